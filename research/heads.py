@@ -14,16 +14,16 @@ from torch.nn import functional as F
 
 
 class LinearHead(nn.Module):
-    """(x - mean) / std -> linear -> logits; the standardisation is stored with the weights."""
+    """(x - mean) / scale -> linear -> logits; buffer names match classifier.model.LinearHead's state dict."""
 
     def __init__(self, dim: int, classes: int):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_scale", torch.ones(dim))
         self.linear = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.std)
+        return self.linear((x - self.feature_mean) / self.feature_scale)
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def fit_head(
 ) -> LinearHead:
     vectors = vectors.float()
     head = LinearHead(vectors.shape[1], classes)
-    head.mean.copy_(vectors.mean(dim=0))
-    head.std.copy_(vectors.std(dim=0).clamp_min(1e-6))
+    head.feature_mean.copy_(vectors.mean(dim=0))
+    head.feature_scale.copy_(vectors.std(dim=0).clamp_min(1e-6))
     weights = sample_weights(labels, origins, settings, classes)
     optimizer = torch.optim.LBFGS(head.linear.parameters(), max_iter=settings.iterations, line_search_fn="strong_wolfe")
 

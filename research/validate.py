@@ -8,9 +8,8 @@ numbers estimate how the model does on a new source, not on near-duplicates of i
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -23,14 +22,20 @@ MIN_ORIGIN_SIZE_FOR_WORST = 3
 
 @dataclass
 class Dataset:
-    """Aggregated vectors of training images plus their labels and origin groups."""
+    """Aggregated vectors of images plus their labels and origin groups."""
 
     vectors: torch.Tensor
     labels: torch.Tensor
     origins: list[str]
-    files: list[str] = field(default_factory=list)
-    # Generated images join every fold's training set and are never held out or scored.
-    synthetic: torch.Tensor | None = None
+
+
+@dataclass
+class Generated:
+    """Generated training images: they join every fold whose held-out origins they were not made from."""
+
+    vectors: torch.Tensor
+    labels: torch.Tensor
+    sources: list[tuple[str, ...]]
 
 
 @dataclass
@@ -82,17 +87,31 @@ def summarise(truth: torch.Tensor, probs: torch.Tensor, origins: list[str]) -> d
     return metrics
 
 
-def leave_one_origin_out(data: Dataset, settings: HeadSettings) -> Validation:
+def origin_folds(origins: list[str], fold_count: int) -> list[set[str]]:
+    """Origins dealt into folds, largest first, each to the currently smallest fold (grouped k-fold)."""
+    sizes = Counter(origins)
+    folds: list[set[str]] = [set() for _ in range(fold_count)]
+    totals = [0] * fold_count
+    for origin, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        smallest = totals.index(min(totals))
+        folds[smallest].add(origin)
+        totals[smallest] += size
+    return [fold for fold in folds if fold]
+
+
+def cross_validate(data: Dataset, settings: HeadSettings, generated: Generated | None = None, fold_count: int = 12) -> Validation:
+    """Grouped k-fold by origin: every image is scored by a head trained without any image of its origin."""
     logits = torch.zeros(len(data.labels), len(LABELS))
-    for origin in sorted(set(data.origins)):
-        held_out = torch.tensor([o == origin for o in data.origins])
+    for held_origins in origin_folds(data.origins, fold_count):
+        held_out = torch.tensor([origin in held_origins for origin in data.origins])
         train_vectors, train_labels = data.vectors[~held_out], data.labels[~held_out]
         train_origins = [o for o, out in zip(data.origins, held_out.tolist()) if not out]
-        if data.synthetic is not None:
-            synthetic_vectors, synthetic_labels, synthetic_origins = data.synthetic
-            train_vectors = torch.cat([train_vectors, synthetic_vectors])
-            train_labels = torch.cat([train_labels, synthetic_labels])
-            train_origins = train_origins + synthetic_origins
+        if generated is not None:
+            # A generated image made from a held-out origin would leak it into training.
+            usable = torch.tensor([not held_origins.intersection(sources) for sources in generated.sources])
+            train_vectors = torch.cat([train_vectors, generated.vectors[usable]])
+            train_labels = torch.cat([train_labels, generated.labels[usable]])
+            train_origins += ["generated:" + "+".join(s) for s, ok in zip(generated.sources, usable.tolist()) if ok]
         head = fit_head(train_vectors, train_labels, train_origins, settings)
         with torch.no_grad():
             logits[held_out] = head(data.vectors[held_out].float())
