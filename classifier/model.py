@@ -23,6 +23,7 @@ from torch import nn
 from classifier import LABELS
 from classifier.features import FeatureExtractor, FeatureSpec
 from classifier.vgg import make_features
+from classifier.weights import state_dict_sha256
 
 MODEL_FILE_FORMAT = "illustfeed-classifier"
 MODEL_FILE_FORMAT_VERSION = 1
@@ -116,7 +117,9 @@ class ImageClassifier(nn.Module):
         """
         spec_json = json.dumps(self.spec.to_dict(), sort_keys=True)
         spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
-        trunk = self.backbone if not self.backbone_delta else f"{self.backbone}+{self.version}"
+        trunk = self.backbone
+        if self.backbone_delta:
+            trunk += "+" + state_dict_sha256(self.backbone_delta)[:12]
         if self.backbone_width != 1.0:
             trunk += f"@w{self.backbone_width:g}"
         return f"{trunk}:{spec_digest}"
@@ -249,7 +252,8 @@ def build_from_record(
 ) -> ImageClassifier:
     """Attach a trunk to a model record: ImageNet weights from `trunk_weights`, then the file's delta."""
     trunk = make_features(record.backbone_width)
-    trunk_state = trunk.state_dict()
+    # Weights and deltas are named as in the whole model (`features.N.weight`); the trunk alone says `N.weight`.
+    trunk_state = {f"features.{name}": tensor for name, tensor in trunk.state_dict().items()}
     if record.backbone == IMAGENET_BACKBONE:
         if record.backbone_width != 1.0:
             raise ModelFileError(f"model file {source}: ImageNet weights exist only at width 1.0")
@@ -262,7 +266,7 @@ def build_from_record(
             raise ModelFileError(f"model file {source}: backbone {record.backbone} lacks trunk tensors {missing[:4]}")
     trunk_state.update(record.backbone_delta)
     try:
-        trunk.load_state_dict(trunk_state, strict=True)
+        trunk.load_state_dict({name.removeprefix("features."): t for name, t in trunk_state.items()}, strict=True)
         model = new_classifier(trunk, record.feature_spec, backbone=record.backbone, backbone_width=record.backbone_width)
         model.head = _loaded_head(model.head, record.head_state)
     except (RuntimeError, ValueError) as error:
