@@ -243,6 +243,9 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         accounts = sorted((account for account in targets.accounts if account.handle not in unfollowed),
                           key=lambda account: (rows.get(account.handle) or {}).get("last_crawl_at") or "")
         run.accounts = len(accounts)
+        with store.transaction():  # remember resolved ids, so later runs skip the lookup (a paid read on X)
+            for account in accounts:
+                store.upsert_account(source.name, account.handle, account.external_id, account.display_name)
         book = _FailureBook(store, source, max_attempts)
         for index, account in enumerate(accounts):
             cursor = (rows.get(account.handle) or {}).get("cursor")
