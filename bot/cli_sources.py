@@ -13,8 +13,8 @@ def cmd_crawl(args: argparse.Namespace, config: Config) -> int:
     with Store.open(config.data_path) as store:
         summary = crawl_once(store, config)
     print(json.dumps(summary.as_dict()) if args.json else summary.text())
-    stopped = [run for run in summary.runs if run.error]
-    return 1 if stopped and len(stopped) == len(summary.runs) else 0
+    # Non-zero when a source could not run (credentials, budget), so cron and scripts notice.
+    return 1 if any(run.error for run in summary.runs) else 0
 
 
 def register(subparsers) -> None:

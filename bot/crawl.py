@@ -224,14 +224,15 @@ def _set_account_state(store: Store, source: str, account: Account, cursor: str 
 
 
 def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget, ingest: IngestConfig,
-                         max_attempts: int) -> SourceRun:
-    run = SourceRun(source.name, read_budget=budget.limit)
+                         max_attempts: int) -> SourceRun | None:
+    """Crawl one network source; None when it has nothing configured or followed."""
     rows = _account_rows(store, source.name)
     followed = [handle for handle, row in rows.items() if row["followed"] and row["followed_via"]]
     unfollowed = {handle for handle, row in rows.items() if not row["followed"]}
+    if not source.has_work(followed):
+        return None
+    run = SourceRun(source.name, read_budget=budget.limit)
     try:
-        if not source.has_work(followed):
-            return run
         reason = source.configured()
         if reason is not None:
             run.error = reason
@@ -333,8 +334,9 @@ def crawl_once(store: Store, config: Config, http: Http | None = None) -> CrawlS
     if folder_run is not None:
         summary.runs.append(folder_run)
     for source, budget in network_sources(store, config, http):
-        summary.runs.append(crawl_network_source(store, source, budget, config.ingest,
-                                                 config.sources.http.max_media_attempts))
+        run = crawl_network_source(store, source, budget, config.ingest, config.sources.http.max_media_attempts)
+        if run is not None:
+            summary.runs.append(run)
     summary.seconds = time.monotonic() - started
     for run in summary.runs:
         for problem in run.problems:
