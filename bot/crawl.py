@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bot.config import Config, IngestConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, HttpSettings, RateLimited, SourceError
+from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
 from bot.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
 from bot.records import MediaRef, Post
 from bot.sources.folder import FolderSource
@@ -307,11 +307,7 @@ def crawl_folder(store: Store, config: Config) -> SourceRun | None:
 
 def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
              clock: Callable[[], float] = time.time) -> Http:
-    http = config.sources.http
-    return Http(HttpSettings(timeout_s=http.timeout_s, max_retries=http.max_retries,
-                             backoff_base_s=http.backoff_base_s, backoff_max_s=http.backoff_max_s,
-                             max_rate_limit_wait_s=http.max_rate_limit_wait_s, user_agent=http.user_agent),
-                sleep=sleep, clock=clock)
+    return Http(config.sources.http, sleep=sleep, clock=clock)
 
 
 def network_sources(store: Store, config: Config, http: Http) -> list[tuple[NetworkSource, ReadBudget]]:

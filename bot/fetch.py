@@ -12,13 +12,13 @@ import email.utils
 import logging
 import random
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from bot.config import SourceHttpConfig
 from bot.sources.base import FetchError
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,6 @@ class BudgetExhausted(SourceError):
 
 class DownloadRefused(FetchError):
     """The media can never be fetched as it is (host not allowed, too big, not an image): no later retry."""
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    timeout_s: float = 30.0
-    max_retries: int = 3
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_rate_limit_wait_s: float = 60.0
-    user_agent: str = "illustfeed/0.1"
 
 
 class _TimeoutSession(requests.Session):
@@ -145,7 +135,7 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
 class Http:
     """One session plus the retry and rate-limit policy; `sleep`, `clock` and `jitter` are injectable for tests."""
 
-    def __init__(self, settings: HttpSettings = HttpSettings(), session: requests.Session | None = None,
+    def __init__(self, settings: SourceHttpConfig = SourceHttpConfig(), session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  jitter: Callable[[], float] = random.random):
         self.settings = settings

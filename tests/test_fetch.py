@@ -5,9 +5,8 @@ import pytest
 import requests
 import responses
 
-from bot.fetch import (
-    ApiUnavailable, DownloadRefused, Http, HttpSettings, RateLimited, host_allowed, rate_limit_reset_in,
-)
+from bot.config import SourceHttpConfig
+from bot.fetch import ApiUnavailable, DownloadRefused, Http, RateLimited, host_allowed, rate_limit_reset_in
 from bot.sources.base import FetchError
 from tests.test_sources_x import FakeClock, make_jpeg
 
@@ -21,7 +20,7 @@ def clock():
 
 @pytest.fixture
 def http(clock):
-    return Http(HttpSettings(max_retries=2, backoff_base_s=1.0, max_rate_limit_wait_s=30.0),
+    return Http(SourceHttpConfig(max_retries=2, backoff_base_s=1.0, max_rate_limit_wait_s=30.0),
                 sleep=clock.sleep, clock=clock.time, jitter=lambda: 1.0)
 
 

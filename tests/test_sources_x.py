@@ -14,7 +14,8 @@ from PIL import Image
 
 from bot.config import parse_config
 from bot.crawl import crawl_once
-from bot.fetch import Http, HttpSettings
+from bot.config import SourceHttpConfig
+from bot.fetch import Http
 from storage import Store
 
 API = "https://api.twitter.com"
@@ -276,7 +277,7 @@ def world(tmp_path):
 
 
 def http_for(clock: FakeClock) -> Http:
-    return Http(HttpSettings(max_retries=2, max_rate_limit_wait_s=60.0), sleep=clock.sleep, clock=clock.time,
+    return Http(SourceHttpConfig(max_retries=2, max_rate_limit_wait_s=60.0), sleep=clock.sleep, clock=clock.time,
                 jitter=lambda: 0.5)
 
 
