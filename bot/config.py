@@ -72,10 +72,37 @@ class XSourceConfig:
 
 
 @dataclass(frozen=True)
+class BlueskySourceConfig:
+    enabled: bool = True
+    appview: str = "https://public.api.bsky.app"
+    accounts: tuple[str, ...] = ()
+    following_of: str = ""
+    include_reposts: bool = False
+    backfill_posts: int = 100
+    page_size: int = 100
+    media_hosts: tuple[str, ...] = ("cdn.bsky.app", "video.bsky.app", "video.cdn.bsky.app")
+
+
+@dataclass(frozen=True)
+class MastodonSourceConfig:
+    enabled: bool = True
+    instance: str = ""
+    access_token: str = ""
+    accounts: tuple[str, ...] = ()
+    following_of: str = ""
+    include_reblogs: bool = False
+    backfill_posts: int = 100
+    page_size: int = 40
+    media_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     folder: FolderSourceConfig = field(default_factory=FolderSourceConfig)
     http: SourceHttpConfig = field(default_factory=SourceHttpConfig)
     x: XSourceConfig = field(default_factory=XSourceConfig)
+    bluesky: BlueskySourceConfig = field(default_factory=BlueskySourceConfig)
+    mastodon: MastodonSourceConfig = field(default_factory=MastodonSourceConfig)
 
 
 @dataclass(frozen=True)
@@ -176,6 +203,7 @@ ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_X_CONSUMER_SECRET": "sources.x.consumer_secret",
     "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
     "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
+    "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
 }
 
 

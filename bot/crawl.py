@@ -237,8 +237,9 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         if reason is not None:
             run.error = reason
             return run
-        run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
+        # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
+        run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         run.problems += targets.problems
         # Accounts crawled longest ago go first, so a budget or rate limit that cuts a run short rotates.
         accounts = sorted((account for account in targets.accounts if account.handle not in unfollowed),
@@ -312,12 +313,21 @@ def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
 
 def network_sources(store: Store, config: Config, http: Http) -> list[tuple[NetworkSource, ReadBudget]]:
     """Each enabled network source with its read meter."""
+    from bot.sources.bluesky import BlueskySource
+    from bot.sources.mastodon import MastodonSource
     from bot.sources.x import XSource
 
     found: list[tuple[NetworkSource, ReadBudget]] = []
-    if config.sources.x.enabled:
-        budget = ReadBudget(store, "x", max(0, config.sources.x.daily_read_budget), http.clock)
-        found.append((XSource(config.sources.x, http, config.ingest.max_bytes, meter=budget.spend), budget))
+    settings = config.sources
+    # Only X reads are paid; the others are counted (limit 0) for the summary.
+    for enabled, source_class, section, limit in (
+        (settings.x.enabled, XSource, settings.x, max(0, settings.x.daily_read_budget)),
+        (settings.bluesky.enabled, BlueskySource, settings.bluesky, 0),
+        (settings.mastodon.enabled, MastodonSource, settings.mastodon, 0),
+    ):
+        if enabled:
+            budget = ReadBudget(store, source_class.name, limit, http.clock)
+            found.append((source_class(section, http, config.ingest.max_bytes, meter=budget.spend), budget))
     return found
 
 
