@@ -13,7 +13,7 @@ import responses
 from bot.config import parse_config
 from bot.crawl import crawl_once
 from storage import Store
-from tests.test_sources_x import FakeClock, http_for, make_jpeg
+from tests.test_sources_x import FakeClock, http_for, make_jpeg, served_world, sha
 
 APPVIEW = "https://public.api.bsky.app"
 
@@ -161,15 +161,7 @@ def bluesky_config(tmp_path, **settings):
 
 @pytest.fixture
 def world():
-    clock = FakeClock()
-    bsky, images = build_world(clock)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        bsky.install(mock)
-        yield bsky, images, clock
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    yield from served_world(build_world)
 
 
 def test_crawl_stores_images_quotes_and_links_reposts(world, tmp_path):

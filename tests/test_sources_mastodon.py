@@ -1,7 +1,6 @@
 """Mastodon source and crawl against fake instances (payloads written from the Mastodon REST API docs)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from bot.config import parse_config
 from bot.crawl import crawl_once
 from bot.follows import follow, unfollow
 from storage import Store
-from tests.test_sources_x import FakeClock, http_for, make_jpeg
+from tests.test_sources_x import FakeClock, http_for, make_jpeg, served_world, sha
 
 HOME = "mastodon.example"
 
@@ -159,15 +158,7 @@ def mastodon_config(tmp_path, **settings):
 
 @pytest.fixture
 def world():
-    clock = FakeClock()
-    fake, images = build_world(clock)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        yield fake, images, clock
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    yield from served_world(build_world)
 
 
 def test_crawl_stores_images_links_boosts_and_keeps_the_token_home(world, tmp_path):

@@ -1,6 +1,7 @@
 """X source and crawl against a fake X API v2 served through `responses` (payloads written from the API docs)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -267,13 +268,22 @@ def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
     return x, images
 
 
-@pytest.fixture
-def world(tmp_path):
+def served_world(build):
+    """(fake network, its images, clock) with the network installed in `responses`; shared by the source tests."""
     clock = FakeClock()
-    x, images = build_world(clock)
+    fake, images = build(clock)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        x.install(mock)
-        yield x, images, clock
+        fake.install(mock)
+        yield fake, images, clock
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def world():
+    yield from served_world(build_world)
 
 
 def http_for(clock: FakeClock) -> Http:
@@ -298,12 +308,11 @@ def test_first_crawl_stores_every_image_once_and_records_failures(world, tmp_pat
         assert run.error is None, run.error
         assert run.accounts == 2
         # alice: 1002 p1, 1003 p2+p3, 1004 gif preview, 1005 video preview; bob: 2005 b3 (+ the retweet dup).
-        import hashlib
-        expected = sorted(hashlib.sha256(images[n]).hexdigest() for n in ("p1", "p2", "p3", "gif", "video", "b3"))
+        expected = sorted(sha(images[n]) for n in ("p1", "p2", "p3", "gif", "video", "b3"))
         assert stored_sha256s(store) == expected
         assert summary.total("media_new") == 6
         # The retweet links the stored fox to bob's post instead of storing it again.
-        fox = store.scalar("SELECT id FROM media WHERE sha256 = ?", (hashlib.sha256(images["p1"]).hexdigest(),))
+        fox = store.scalar("SELECT id FROM media WHERE sha256 = ?", (sha(images["p1"]),))
         linked = store.query("SELECT p.external_id, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
                              "WHERE pm.media_id = ? ORDER BY p.external_id", (fox,))
         assert [row["external_id"] for row in linked] == ["1002", "2003"]

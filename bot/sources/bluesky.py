@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 from bot.config import BlueskySourceConfig
 from bot.fetch import Http, SourceError
 from bot.records import MediaRef, Post
-from bot.sources.network import Account, AccountBatch, Targets, normalise_handle
+from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
 
 SOURCE_NAME = "bluesky"
 PROFILES_PER_CALL = 25  # app.bsky.actor.getProfiles accepts up to 25 actors
@@ -104,15 +104,8 @@ class BlueskySource:
             except SourceError as error:
                 problems.append(f"follows of {owner} unavailable: {error}")
         listed = [bluesky_handle(handle) for handle in (*self.settings.accounts, *followed)]
-        listed = [handle for handle in dict.fromkeys(listed) if handle not in by_handle]
-        unknown = [handle for handle in listed if handle not in known_ids]
-        found, missing = self.lookup(unknown) if unknown else ({}, [])
+        missing = add_listed(by_handle, listed, known_ids, self.lookup)
         problems += [f"Bluesky account {handle} not found" for handle in missing]
-        for handle in listed:
-            if handle in found:
-                by_handle[handle] = found[handle]
-            elif handle in known_ids:
-                by_handle[handle] = Account(handle, known_ids[handle])
         return Targets(tuple(by_handle.values()), tuple(problems))
 
     def account_posts(self, account: Account, cursor: str | None) -> AccountBatch:

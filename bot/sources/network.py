@@ -7,7 +7,7 @@ than skips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from bot.records import MediaRef, Post
 
@@ -38,6 +38,24 @@ class AccountBatch:
 class Targets:
     accounts: tuple[Account, ...]
     problems: tuple[str, ...] = field(default_factory=tuple)  # e.g. a following list the API tier cannot read
+
+
+def add_listed(by_handle: dict[str, Account], listed: Iterable[str], known_ids: Mapping[str, str],
+               lookup: Callable[[list[str]], tuple[dict[str, Account], list[str]]]) -> list[str]:
+    """Add the `listed` handles to `by_handle`, ids from the store or else one batched `lookup`.
+
+    Accounts already in `by_handle` (from a following list) keep their entry. Returns the handles the
+    network does not know.
+    """
+    listed = [handle for handle in dict.fromkeys(listed) if handle and handle not in by_handle]
+    unknown = [handle for handle in listed if handle not in known_ids]
+    found, missing = lookup(unknown) if unknown else ({}, [])
+    for handle in listed:
+        if handle in found:
+            by_handle[handle] = found[handle]
+        elif handle in known_ids:
+            by_handle[handle] = Account(handle, known_ids[handle])
+    return missing
 
 
 class NetworkSource(Protocol):

@@ -18,7 +18,7 @@ from bot.config import XSourceConfig
 from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError
 from bot.records import MediaRef, Post
 from bot.sources.base import FetchError
-from bot.sources.network import Account, AccountBatch, Targets, normalise_handle
+from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +175,8 @@ class XSource:
             except SourceError as error:
                 problems.append(f"following list of @{owner} unavailable: {error}")
         listed = [normalise_handle(handle) for handle in (*self.settings.accounts, *followed)]
-        listed = [handle for handle in dict.fromkeys(listed) if handle and handle not in by_handle]
-        unknown = [handle for handle in listed if handle not in known_ids]
-        found, missing = self.lookup(unknown) if unknown else ({}, [])
+        missing = add_listed(by_handle, listed, known_ids, self.lookup)
         problems += [f"X account @{handle} not found (renamed, suspended or deleted?)" for handle in missing]
-        for handle in listed:
-            if handle in found:
-                by_handle[handle] = found[handle]
-            elif handle in known_ids:
-                by_handle[handle] = Account(handle, known_ids[handle])
         return Targets(tuple(by_handle.values()), tuple(problems))
 
     def account_posts(self, account: Account, cursor: str | None) -> AccountBatch:
