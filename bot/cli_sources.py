@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from bot.cli import CommandError
 from bot.config import Config
 from bot.crawl import crawl_once
 from bot.follows import NETWORK_SOURCES, FollowError, follow, list_sources, unfollow
@@ -25,10 +25,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
         try:
             result = change(store, args.source, args.handle, config.sources.mastodon.instance)
         except FollowError as error:
-            # Reported here rather than raised as bot.cli.CommandError: under `python -m bot.cli` that module
-            # is __main__, and bot.cli's CommandError would be a different class its handler does not catch.
-            print(f"illustfeed: error: {error}", file=sys.stderr)
-            return 1
+            raise CommandError(str(error)) from None
     verb = "following" if args.command == "follow" else "no longer following"
     note = "" if result["was_followed"] == (args.command == "unfollow") else " (unchanged)"
     print(f"{args.source}: {verb} {result['handle']}{note}")
@@ -53,8 +50,7 @@ def cmd_sources(args: argparse.Namespace, config: Config) -> int:
 
 
 def register(subparsers) -> None:
-    parents = getattr(subparsers, "common_parents", [])
-    crawl = subparsers.add_parser("crawl", parents=parents,
+    crawl = subparsers.add_parser("crawl",
                                   help="read new posts of every enabled source once and store their images")
     crawl.add_argument("--once", action="store_true",
                        help="one pass, then exit (the only mode here; `illustfeed run` crawls on an interval)")
@@ -62,10 +58,10 @@ def register(subparsers) -> None:
     crawl.set_defaults(handler=cmd_crawl)
     for name, help_text in (("follow", "crawl this account from now on (in addition to the config lists)"),
                             ("unfollow", "stop crawling this account, even if a config list names it")):
-        command = subparsers.add_parser(name, parents=parents, help=help_text)
+        command = subparsers.add_parser(name, help=help_text)
         command.add_argument("source", choices=NETWORK_SOURCES)
         command.add_argument("handle", help="x: name; bluesky: name.bsky.social; mastodon: @user@instance")
         command.set_defaults(handler=cmd_follow)
-    sources = subparsers.add_parser("sources", parents=parents, help="what each source crawls")
+    sources = subparsers.add_parser("sources", help="what each source crawls")
     sources.add_argument("--json", action="store_true", help="one JSON array")
     sources.set_defaults(handler=cmd_sources)
