@@ -18,8 +18,7 @@ from classifier.features import FeatureExtractor, FeatureSpec, image_views
 from classifier.preprocess import load_rgb_frames
 from classifier.vgg import make_features
 from research.corpus import read_manifest, shared_dir
-from research.synth import OUT_DIR as SYNTH_DIR
-from research.synth import read_generated
+from research.synth import SETS, read_generated, set_dir
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 WIDE_LAYERS = (15, 22, 29)
@@ -67,12 +66,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framing", action="append", required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--synthetic", action="store_true", help="the generated images of research.synth, not the dev corpus")
+    parser.add_argument("--synthetic", choices=SETS, help="a generated set of research.synth instead of the dev corpus")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
-        paths, prefix = [SYNTH_DIR / item.file for item in read_generated()], "synth"
+        paths = [set_dir(args.synthetic) / item.file for item in read_generated(args.synthetic)]
+        prefix = "synth" if args.synthetic == "ui" else f"synth_{args.synthetic}"
     else:
         paths, prefix = [image.path for image in read_manifest()], "dev"
     trunk = load_vgg16_trunk()

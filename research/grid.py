@@ -35,7 +35,7 @@ class Variant:
     layers: tuple[int, ...] = (22, 29)
     pooling: tuple[str, ...] = ("avg", "max")
     head: HeadSettings = field(default_factory=HeadSettings)
-    generated: bool = False
+    generated: tuple[str, ...] = ()  # research.synth sets added to every fold's training data
     backbone: str = "vgg16"
 
 
@@ -76,9 +76,12 @@ def variants() -> list[Variant]:
         Variant("multi conv4+5, l2 1e-3", head=HeadSettings(l2=1e-3)),
         Variant("multi conv4+5, l2 1e-1", head=HeadSettings(l2=1e-1)),
         Variant("multi conv4+5, illustration x2", head=HeadSettings(illustration_boost=2.0)),
-        Variant("multi conv4+5 + generated", generated=True),
-        Variant("multi conv4+5 + generated, illustration x2", generated=True, head=HeadSettings(illustration_boost=2.0)),
-        Variant("multi conv3+4+5 + generated", layers=(15, 22, 29), generated=True),
+        Variant("multi conv4+5 + ui", generated=("ui",)),
+        Variant("multi conv4+5 + ui, illustration x2", generated=("ui",), head=HeadSettings(illustration_boost=2.0)),
+        Variant("multi conv3+4+5 + ui", layers=(15, 22, 29), generated=("ui",)),
+        Variant("multi conv3+4+5 + ui + stylised", layers=(15, 22, 29), generated=("ui", "stylised")),
+        Variant("multi conv3+4+5 + ui + stylised, illustration x2", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
+        Variant("multi conv4+5 + ui + stylised, illustration x2", generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
         Variant("lite0 multi avg+max", backbone="lite0"),
         Variant("lite0 pad avg+max", backbone="lite0", aggregate="pad"),
     ]
@@ -92,18 +95,22 @@ def variant_named(name: str) -> Variant:
     raise KeyError(f"no variant named {name!r} in research.grid.variants()")
 
 
+def generated_data(variant: Variant) -> Generated | None:
+    if not variant.generated:
+        return None
+    items = [item for name in variant.generated for item in read_generated(name)]
+    return Generated(
+        torch.cat([load_vectors("synth" if name == "ui" else f"synth_{name}", variant) for name in variant.generated]),
+        torch.tensor([LABELS.index(item.label) for item in items]),
+        [item.sources for item in items],
+    )
+
+
 def evaluate(variant: Variant, data_cache: dict) -> dict:
     images = data_cache.setdefault("images", read_manifest())
     labels = torch.tensor([image.label_index for image in images])
     data = Dataset(load_vectors("dev", variant), labels, [image.origin for image in images])
-    generated = None
-    if variant.generated:
-        items = read_generated()
-        generated = Generated(
-            load_vectors("synth", variant),
-            torch.tensor([LABELS.index(item.label) for item in items]),
-            [item.sources for item in items],
-        )
+    generated = generated_data(variant)
     result = cross_validate(data, variant.head, generated)
     return {"variant": asdict(variant), "metrics": result.metrics, "probs": result.probs}
 
@@ -112,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the variants whose name contains this")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # heads are small; leave the second core to feature extraction
     results_path = OUT_DIR / "validation.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     data_cache: dict = {}

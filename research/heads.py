@@ -1,7 +1,8 @@
-"""A linear softmax head on cached feature vectors: standardised inputs, weighted samples, L2 penalty.
+"""Fitting the product's linear head (classifier.model.LinearHead) with origin-aware sample weights.
 
-Research version used for the experiment grid; `fit_head` returns a plain `nn.Module` so the shipped
-model can hold it as a state dict.
+The product's nightly `train_head` balances classes on a user's labels; the default model is trained on a
+corpus where two sources supply half the images, so here each origin's images also share their weight,
+the loss is full-batch L-BFGS with an L2 penalty (deterministic, seconds per fold).
 """
 from __future__ import annotations
 
@@ -9,21 +10,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-
-class LinearHead(nn.Module):
-    """(x - mean) / scale -> linear -> logits; buffer names match classifier.model.LinearHead's state dict."""
-
-    def __init__(self, dim: int, classes: int):
-        super().__init__()
-        self.register_buffer("feature_mean", torch.zeros(dim))
-        self.register_buffer("feature_scale", torch.ones(dim))
-        self.linear = nn.Linear(dim, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.feature_mean) / self.feature_scale)
+from classifier.model import LinearHead
 
 
 @dataclass(frozen=True)
@@ -58,8 +47,7 @@ def fit_head(
 ) -> LinearHead:
     vectors = vectors.float()
     head = LinearHead(vectors.shape[1], classes)
-    head.feature_mean.copy_(vectors.mean(dim=0))
-    head.feature_scale.copy_(vectors.std(dim=0).clamp_min(1e-6))
+    head.set_standardisation(vectors)
     weights = sample_weights(labels, origins, settings, classes)
     optimizer = torch.optim.LBFGS(head.linear.parameters(), max_iter=settings.iterations, line_search_fn="strong_wolfe")
 
@@ -72,10 +60,3 @@ def fit_head(
 
     optimizer.step(closure)
     return head.eval()
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The softmax temperature minimising NLL of held-out logits (grid then refine; 1-D, so no optimiser)."""
-    candidates = torch.exp(torch.linspace(-3, 3, 241))
-    losses = torch.stack([F.cross_entropy(logits / t, labels) for t in candidates])
-    return float(candidates[int(losses.argmin())])

@@ -26,6 +26,8 @@ from classifier.preprocess import load_rgb_frames
 from research.corpus import CorpusImage, read_manifest
 
 OUT_DIR = Path(__file__).resolve().parent / "out" / "synth"
+# Generated sets: "ui" (interfaces around art, comic pages, art off white) and "stylised" (painted photos).
+SETS = ("ui", "stylised")
 SYLLABLES = ("ka", "ri", "to", "mel", "an", "so", "vi", "ne", "lu", "pra", "dor", "ex", "im", "qua", "te", "ob")
 
 
@@ -245,10 +247,29 @@ def comic_page(panels: list[Image.Image], rng: random.Random) -> Image.Image:
     return page
 
 
-def generate(images: list[CorpusImage], count_per_kind: int, seed: int = 0) -> list[Generated]:
+def painted(photo: Image.Image, rng: random.Random) -> Image.Image:
+    """A photo turned into flat brush-like patches (mode filter) with boosted colour: a digital painting."""
+    from PIL import ImageEnhance  # noqa: PLC0415
+
+    small = fit_inside(photo, 512, 512)
+    strokes = small.filter(ImageFilter.ModeFilter(rng.choice((5, 7, 9))))
+    return ImageEnhance.Color(strokes).enhance(rng.uniform(1.1, 1.6))
+
+
+def cartoon(photo: Image.Image, rng: random.Random) -> Image.Image:
+    """A photo as cel-shaded art: smoothed, reduced to a few flat colours, dark outlines on the edges."""
+    small = fit_inside(photo, 512, 512).filter(ImageFilter.MedianFilter(5))
+    flat = small.quantize(colors=rng.randint(6, 16), method=Image.Quantize.MEDIANCUT).convert("RGB")
+    edges = np.asarray(small.convert("L").filter(ImageFilter.FIND_EDGES), dtype=np.int16) > rng.randint(24, 40)
+    pixels = np.asarray(flat).copy()
+    pixels[edges] = (20, 20, 20)
+    return Image.fromarray(pixels, "RGB")
+
+
+def generate(images: list[CorpusImage], count_per_kind: int, seed: int = 0, generated_set: str = "ui") -> list[Generated]:
     rng = random.Random(seed)
     by_label = {label: [image for image in images if image.label == label] for label in ("illustration", "photo")}
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    set_dir(generated_set).mkdir(parents=True, exist_ok=True)
     generated: list[Generated] = []
 
     def pick(label: str) -> tuple[Image.Image, str]:
@@ -260,10 +281,15 @@ def generate(images: list[CorpusImage], count_per_kind: int, seed: int = 0) -> l
 
     def save(image: Image.Image, label: str, kind: str, sources: list[str]) -> None:
         name = f"{kind}_{len(generated):04d}.jpg"
-        image.save(OUT_DIR / name, quality=rng.randint(75, 95))
+        image.save(set_dir(generated_set) / name, quality=rng.randint(75, 95))
         generated.append(Generated(name, label, kind, tuple(sorted(set(sources)))))
 
-    for _ in range(count_per_kind):
+    for _ in range(count_per_kind if generated_set == "stylised" else 0):
+        photo, origin = pick("photo")
+        save(painted(photo, rng), "illustration", "painted_photo", [origin])
+        photo, origin = pick("photo")
+        save(cartoon(photo, rng), "illustration", "cartoon_photo", [origin])
+    for _ in range(count_per_kind if generated_set == "ui" else 0):
         content, origin = pick(rng.choice(("illustration", "illustration", "photo")))
         save(phone_post(content, rng), "screenshot", "phone_post", [origin])
         content, origin = pick(rng.choice(("illustration", "photo")))
@@ -274,12 +300,18 @@ def generate(images: list[CorpusImage], count_per_kind: int, seed: int = 0) -> l
         save(off_white(artwork, rng), "illustration", "off_white", [origin])
         panels = [pick("illustration") for _ in range(rng.randint(2, 4))]
         save(comic_page([panel for panel, _ in panels], rng), "illustration", "comic_page", [o for _, o in panels])
-    (OUT_DIR / "generated.json").write_text(json.dumps([asdict(item) for item in generated], indent=1))
+    (set_dir(generated_set) / "generated.json").write_text(json.dumps([asdict(item) for item in generated], indent=1))
     return generated
 
 
-def read_generated() -> list[Generated]:
-    rows = json.loads((OUT_DIR / "generated.json").read_text())
+def set_dir(generated_set: str) -> Path:
+    if generated_set not in SETS:
+        raise ValueError(f"unknown generated set {generated_set!r}; known: {SETS}")
+    return OUT_DIR if generated_set == "ui" else OUT_DIR.parent / f"synth_{generated_set}"
+
+
+def read_generated(generated_set: str = "ui") -> list[Generated]:
+    rows = json.loads((set_dir(generated_set) / "generated.json").read_text())
     return [Generated(row["file"], row["label"], row["kind"], tuple(row["sources"])) for row in rows]
 
 
@@ -287,9 +319,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=48, help="images per generator (5 generators)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="generated_set", choices=SETS, default="ui")
     args = parser.parse_args()
-    generated = generate(read_manifest(), args.count, args.seed)
-    print(f"wrote {len(generated)} images to {OUT_DIR}")
+    generated = generate(read_manifest(), args.count, args.seed, args.generated_set)
+    print(f"wrote {len(generated)} images to {set_dir(args.generated_set)}")
 
 
 if __name__ == "__main__":

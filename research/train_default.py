@@ -15,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from classifier import LABELS
 from classifier.features import FeatureExtractor, FeatureSpec
 from classifier.model import IMAGENET_BACKBONE, ImageClassifier, save_model
+from classifier.versions import DEFAULT_MODEL_DIR
 from classifier.vgg import make_features
 from research.corpus import read_manifest
-from research.grid import evaluate, load_vectors, variant_named
+from research.grid import evaluate, generated_data, load_vectors, variant_named
 from research.heads import fit_head
 from research.synth import read_generated
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "classifier" / "default_model"
-DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "vgg16_default.pt"
+
+DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.pt"
 CHOSEN_VARIANT = "multi conv4+5 + generated, illustration x2"
 DEFAULT_VERSION = "default-1"
 
@@ -42,13 +42,11 @@ def main() -> None:
     vectors = load_vectors("dev", variant)
     labels = torch.tensor([image.label_index for image in images])
     origins = [image.origin for image in images]
-    generated_count = 0
-    if variant.generated:
-        items = read_generated()
-        vectors = torch.cat([vectors, load_vectors("synth", variant)])
-        labels = torch.cat([labels, torch.tensor([LABELS.index(item.label) for item in items])])
-        origins += ["generated:" + "+".join(item.sources) for item in items]
-        generated_count = len(items)
+    generated = generated_data(variant)
+    if generated is not None:
+        vectors = torch.cat([vectors, generated.vectors])
+        labels = torch.cat([labels, generated.labels])
+        origins += generated.origin_groups()
     head = fit_head(vectors, labels, origins, variant.head)
     framing = "pad_square" if variant.aggregate == "pad" else variant.cache
     spec = FeatureSpec(layers=variant.layers, pooling=variant.pooling, framing=framing)
@@ -65,7 +63,7 @@ def main() -> None:
         data_summary={
             "dev_images": dict(Counter(image.label for image in images)),
             "dev_origins": len(set(image.origin for image in images)),
-            "generated_images": generated_count,
+            "generated_images": {name: len(read_generated(name)) for name in variant.generated},
             "recipe": args.variant,
             "head": {"l2": variant.head.l2, "weighting": variant.head.weighting, "illustration_boost": variant.head.illustration_boost},
         },

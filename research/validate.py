@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from classifier import LABELS
-from research.heads import HeadSettings, fit_head, fit_temperature
+from classifier.evaluate import compute_metrics
+from classifier.train import fit_temperature
+from research.heads import HeadSettings, fit_head
 
 # Origins with fewer images than this still count in pooled metrics but are too small to report alone.
 MIN_ORIGIN_SIZE_FOR_WORST = 3
@@ -37,6 +39,10 @@ class Generated:
     labels: torch.Tensor
     sources: list[tuple[str, ...]]
 
+    def origin_groups(self) -> list[str]:
+        """Weighting groups: images generated from the same dev origins share one group's weight."""
+        return ["generated:" + "+".join(sources) for sources in self.sources]
+
 
 @dataclass
 class Validation:
@@ -46,30 +52,15 @@ class Validation:
     metrics: dict
 
 
-def f1_scores(truth: torch.Tensor, predicted: torch.Tensor, classes: int) -> list[float]:
-    scores = []
-    for label in range(classes):
-        true_positive = float(((predicted == label) & (truth == label)).sum())
-        denominator = float((predicted == label).sum() + (truth == label).sum())
-        scores.append(2 * true_positive / denominator if denominator else 0.0)
-    return scores
-
-
 def summarise(truth: torch.Tensor, probs: torch.Tensor, origins: list[str]) -> dict:
     predicted = probs.argmax(dim=1)
     correct = (predicted == truth).float()
-    metrics: dict = {
-        "accuracy": float(correct.mean()),
-        "macro_f1": sum(f1_scores(truth, predicted, len(LABELS))) / len(LABELS),
-        "recall": {},
-        "origin_mean_recall": {},
-        "worst_origins": {},
-        "confusion": [[int(((truth == t) & (predicted == p)).sum()) for p in range(len(LABELS))] for t in range(len(LABELS))],
-    }
+    metrics = compute_metrics([LABELS[t] for t in truth.tolist()], [LABELS[p] for p in predicted.tolist()])
+    metrics.update(recall={}, origin_mean_recall={}, worst_origins={})
     origin_accuracy = []
     for label, name in enumerate(LABELS):
         members = truth == label
-        metrics["recall"][name] = float(correct[members].mean())
+        metrics["recall"][name] = metrics["per_class"][name]["recall"]
         per_origin: dict[str, list[float]] = defaultdict(list)
         for index in torch.nonzero(members).flatten().tolist():
             per_origin[origins[index]].append(float(correct[index]))
@@ -111,7 +102,7 @@ def cross_validate(data: Dataset, settings: HeadSettings, generated: Generated |
             usable = torch.tensor([not held_origins.intersection(sources) for sources in generated.sources])
             train_vectors = torch.cat([train_vectors, generated.vectors[usable]])
             train_labels = torch.cat([train_labels, generated.labels[usable]])
-            train_origins += ["generated:" + "+".join(s) for s, ok in zip(generated.sources, usable.tolist()) if ok]
+            train_origins += [group for group, ok in zip(generated.origin_groups(), usable.tolist()) if ok]
         head = fit_head(train_vectors, train_labels, train_origins, settings)
         with torch.no_grad():
             logits[held_out] = head(data.vectors[held_out].float())
