@@ -135,8 +135,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--framing", action="append", default=[])
+    # One thread: on a busy shared machine each of Lite0's ~200 small ops otherwise waits for a second
+    # core at every barrier (measured: 1 thread 7 views/s, 2 threads 1 view/s under load).
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = load_lite0()
     if args.check:
         print("top-5 rate", check_imagenet(model))

@@ -26,7 +26,7 @@ from research.synth import read_generated
 
 
 DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.pt"
-CHOSEN_VARIANT = "multi conv4+5 + generated, illustration x2"
+CHOSEN_VARIANT = "multi conv3+4+5 + ui + stylised, illustration x2"
 DEFAULT_VERSION = "default-1"
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--variant", default=CHOSEN_VARIANT)
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_FILE)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     variant = variant_named(args.variant)
     validation = evaluate(variant, {})
     images = read_manifest()
