@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy shared machine (see research.effnet)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = FeatureSpec(layers=(22, 29), framing="pad_square")

@@ -52,9 +52,10 @@ def aggregate(views: torch.Tensor, how: str) -> torch.Tensor:
 
 def load_vectors(prefix: str, variant: Variant) -> torch.Tensor:
     if variant.backbone == "vgg16":
-        cache = torch.load(cache_path(f"{prefix}_{variant.cache}"), weights_only=True)
+        # "a+b": each image's views from both framing caches, aggregated together.
+        caches = [torch.load(cache_path(f"{prefix}_{name}"), weights_only=True)["views"] for name in variant.cache.split("+")]
         columns = torch.cat([torch.arange(s.start, s.stop) for s in block_slices(WIDE_SPEC, variant.layers, variant.pooling)])
-        return torch.stack([aggregate(views[:, columns], variant.aggregate) for views in cache["views"]])
+        return torch.stack([aggregate(torch.cat(views)[:, columns], variant.aggregate) for views in zip(*caches)])
     cache = torch.load(cache_path(f"{prefix}_{variant.backbone}_{variant.cache}"), weights_only=True)
     return torch.stack([aggregate(views, variant.aggregate) for views in cache["views"]])
 
@@ -82,7 +83,15 @@ def variants() -> list[Variant]:
         Variant("multi conv3+4+5 + ui + stylised", layers=(15, 22, 29), generated=("ui", "stylised")),
         Variant("multi conv3+4+5 + ui + stylised, illustration x2", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
         Variant("multi conv4+5 + ui + stylised, illustration x2", generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
+        Variant("pad conv3+4+5 + ui + stylised, illustration x2", aggregate="pad", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
+        Variant("crop conv3+4+5, illustration x2", cache="center_crop", aggregate="pad", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
+        Variant("multi conv3+4+5, illustration x2", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
+        Variant("multi+crop conv3+4+5, illustration x2", cache="multi_view+center_crop", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
+        Variant("multi+crop conv3+4+5, illustration x3", cache="multi_view+center_crop", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
+        Variant("crop conv3+4+5, illustration x3", cache="center_crop", aggregate="pad", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
+        Variant("multi conv3+4+5 + ui + stylised, illustration x3", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=3.0)),
         Variant("lite0 multi avg+max", backbone="lite0"),
+        Variant("lite0 multi avg+max, illustration x2", backbone="lite0", head=HeadSettings(illustration_boost=2.0)),
         Variant("lite0 pad avg+max", backbone="lite0", aggregate="pad"),
     ]
     return grid

@@ -26,7 +26,7 @@ from research.synth import read_generated
 
 
 DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.pt"
-CHOSEN_VARIANT = "multi conv3+4+5 + ui + stylised, illustration x2"
+CHOSEN_VARIANT = "multi conv3+4+5 + ui + stylised, illustration x3"
 DEFAULT_VERSION = "default-1"
 
 
