@@ -46,12 +46,36 @@ class SourcesConfig:
     folder: FolderSourceConfig = field(default_factory=FolderSourceConfig)
 
 
+DISCORD_MAX_ATTACHMENTS = 10  # per message, Discord's limit
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str = field(default="", repr=False)  # secret; env ILLUSTFEED_DISCORD_TOKEN
+    guild_id: int = 0  # slash commands are synced to this guild (instant); 0 = global (up to an hour)
+    feed_channel_id: int = 0  # 0 = do not post the feed
+    report_channel_id: int = 0  # 0 = no reports
+    allowed_user_ids: tuple[int, ...] = ()
+    allowed_role_ids: tuple[int, ...] = ()
+    feed_batch_size: int = 4
+    feed_interval_seconds: float = 60.0
+    feed_max_attachment_bytes: int = 8_000_000  # per message; larger images are linked, not attached
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:
+            raise ConfigError(f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, "
+                              f"got {self.feed_batch_size}")
+        if self.feed_interval_seconds < 1:
+            raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
 
     @property
     def data_path(self) -> Path:
@@ -138,6 +162,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Environment variable -> dotted config key. Secrets belong here rather than in files under version control.
 ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_DATA_DIR": "data_dir",
+    "ILLUSTFEED_DISCORD_TOKEN": "discord.token",
 }
 
 

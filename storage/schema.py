@@ -114,8 +114,29 @@ CREATE VIEW latest_prediction AS
     SELECT * FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY media_id);
 """
 
+# Chat (issue 8): retrain requests the runner honours, and which media went to which feed channel.
+SCHEMA_V2_CHAT = """
+CREATE TABLE retrain_requests (
+    id INTEGER PRIMARY KEY,
+    requested_by TEXT NOT NULL,
+    via TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    result TEXT
+);
+CREATE INDEX retrain_requests_open ON retrain_requests(finished_at, started_at);
+CREATE TABLE feed_posts (
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    channel TEXT NOT NULL,
+    message_id TEXT,
+    posted_at TEXT NOT NULL,
+    PRIMARY KEY (media_id, channel)
+);
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2_CHAT)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
