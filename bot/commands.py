@@ -13,6 +13,7 @@ Conventions shared with the classifier and the runner:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class Reply:
     attachments: tuple[Attachment, ...] = ()
     choices: tuple[Choice, ...] = ()
     item: "ReviewItem | None" = None
+    notice: str | None = None  # for the caller alone, e.g. that someone else labelled the item first
 
 
 def refusal(text: str) -> Reply:
@@ -181,34 +183,36 @@ def item_reply(item: ReviewItem, prefix: str = "") -> Reply:
     return Reply(text, attachments=tuple(attachments), choices=choices, item=item)
 
 
-def next_review(store: Store, prefix: str = "") -> Reply:
+def next_review(store: Store, prefix: str = "", notice: str | None = None) -> Reply:
     """The most uncertain pending item (lowest priority first), or a reply saying the queue is empty."""
     pending = store.query(
         "SELECT q.media_id, q.reason FROM review_queue q JOIN media m ON m.id = q.media_id "
         "WHERE q.state = 'pending' AND m.status = 'ok' ORDER BY q.priority, q.created_at, q.media_id")
     if not pending:
         text = "The review queue is empty."
-        return Reply(f"{prefix}\n\n{text}" if prefix else text)
+        return Reply(f"{prefix}\n\n{text}" if prefix else text, notice=notice)
     head = pending[0]
-    return item_reply(review_item(store, head["media_id"], head["reason"], len(pending)), prefix)
+    reply = item_reply(review_item(store, head["media_id"], head["reason"], len(pending)), prefix)
+    return dataclasses.replace(reply, notice=notice)
 
 
 def _describe_label(row: dict) -> str:
     return f"{row['label']} by {row['by']} via {row['via']} at {row['at']}"
 
 
-def _record_label(store: Store, actor: Actor, media_id: int, label: str) -> str:
-    """Add the label row and say what it replaced. The read and the write share one transaction, so two
-    reviewers answering at once are ordered and the second one learns about the first."""
+def _record_label(store: Store, actor: Actor, media_id: int, label: str) -> tuple[str, bool]:
+    """Add the label row; returns (what happened, whether the media already had a label). The read and the
+    write share one transaction, so two reviewers answering at once are ordered and the second one learns
+    about the first."""
     with store.transaction():
         previous = store.current_label(media_id)
         store.add_label(media_id, label, by=actor.by, via=actor.via)
     if previous is None:
-        return f"Media {media_id} labelled {label}."
+        return f"Media {media_id} labelled {label}.", False
     if previous["by"] == actor.by and previous["label"] == label:
-        return f"Media {media_id} labelled {label} again (you had already labelled it)."
+        return f"Media {media_id} labelled {label} again (you had already labelled it).", False
     return (f"Media {media_id} was already labelled {_describe_label(previous)}; "
-            f"your {label} is recorded too and now counts (history keeps both).")
+            f"your {label} is recorded too and now counts (history keeps both)."), True
 
 
 def review_answer(store: Store, actor: Actor, media_id: int, answer: str) -> Reply:
@@ -220,25 +224,25 @@ def review_answer(store: Store, actor: Actor, media_id: int, answer: str) -> Rep
     try:
         store.media(media_id)
         if answer == SKIP:
-            outcome = _skip(store, media_id)
+            outcome, already_labelled = _skip(store, media_id)
         else:
-            outcome = _record_label(store, actor, media_id, answer)
+            outcome, already_labelled = _record_label(store, actor, media_id, answer)
     except StoreError as error:
         return refusal(str(error))
-    return next_review(store, prefix=outcome)
+    return next_review(store, prefix=outcome, notice=outcome if already_labelled else None)
 
 
-def _skip(store: Store, media_id: int) -> str:
+def _skip(store: Store, media_id: int) -> tuple[str, bool]:
     with store.transaction():
         current = store.current_label(media_id)
         skipped = store.execute(
             "UPDATE review_queue SET state = 'skipped', updated_at = ? WHERE media_id = ? AND state = 'pending'",
             (utc_now(), media_id)).rowcount
     if skipped:
-        return f"Media {media_id} skipped."
+        return f"Media {media_id} skipped.", False
     if current is not None:
-        return f"Media {media_id} was already labelled {_describe_label(current)}; nothing skipped."
-    return f"Media {media_id} is not waiting for review; nothing skipped."
+        return f"Media {media_id} was already labelled {_describe_label(current)}; nothing skipped.", True
+    return f"Media {media_id} is not waiting for review; nothing skipped.", False
 
 
 # --- labels ---------------------------------------------------------------------------------------------
@@ -252,7 +256,8 @@ def label(store: Store, actor: Actor, media_reference: str | int, label_name: st
         return refusal(f"Unknown label {label_name!r}; expected one of {', '.join(LABELS)}.")
     try:
         media_id = store.resolve_media(media_reference)
-        return Reply(_record_label(store, actor, media_id, label_name))
+        outcome, already_labelled = _record_label(store, actor, media_id, label_name)
+        return Reply(outcome, notice=outcome if already_labelled else None)
     except StoreError as error:
         return refusal(str(error))
 

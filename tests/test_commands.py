@@ -140,6 +140,7 @@ def test_second_presser_is_told_who_labelled_first_and_both_labels_are_kept(stor
     second = commands.review_answer(store, SECOND_REVIEWER, queued[1], "screenshot")
     assert first.text.startswith(f"Media {queued[1]} labelled illustration.")
     assert f"Media {queued[1]} was already labelled illustration by discord:101 via discord" in second.text
+    assert first.notice is None and second.notice.startswith(f"Media {queued[1]} was already labelled")
     assert [(r["label"], r["by"]) for r in labels_rows(store, queued[1])] == [
         ("illustration", "discord:101"), ("screenshot", "discord:202")]
     assert store.final_label(queued[1]) == "screenshot"
