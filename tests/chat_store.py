@@ -1,29 +1,20 @@
 """Test helpers for the chat tests: a real store with generated images, predictions and review-queue rows."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from bot.commands import Actor
 from bot.config import IngestConfig
 from bot.ingest import ingest_post
 from bot.records import MediaRef, Post
 from storage import LABELS, Store, utc_now
+from tests import imagegen
 
 REVIEWER = Actor(by="discord:101", via="discord", name="alice", authorised=True)
 SECOND_REVIEWER = Actor(by="discord:202", via="discord", name="bob", authorised=True)
 STRANGER = Actor(by="discord:303", via="discord", name="mallory", authorised=False)
-
-
-def png_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A distinct noise image per seed (random noise never passes the near-duplicate check)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def ingest_images(store: Store, seeds: list[int], account: str = "alice", source: str = "x") -> list[int]:
@@ -34,14 +25,14 @@ def ingest_images(store: Store, seeds: list[int], account: str = "alice", source
         post = Post(source=source, account=account, post_id=f"{account}-{seed}",
                     url=f"https://{source}.example/{account}/status/{seed}", display_name=account.title(),
                     media=(MediaRef(url=url),))
-        _is_new, outcomes = ingest_post(store, post, lambda ref, seed=seed: png_bytes(seed), IngestConfig())
+        _is_new, outcomes = ingest_post(store, post, lambda ref, seed=seed: imagegen.png(seed, (64, 48)), IngestConfig())
         assert outcomes[0].status == "new", outcomes
         media_ids.append(outcomes[0].media_id)
     return media_ids
 
 
 def overlay_sha(store: Store, seed: int) -> str:
-    return store.derived.put(png_bytes(10_000 + seed, (32, 32)), "png")
+    return store.derived.put(imagegen.png(10_000 + seed, (32, 32)), "png")
 
 
 def predict(store: Store, media_id: int, probabilities: tuple[float, float, float], borderline: bool = True,
