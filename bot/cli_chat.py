@@ -78,6 +78,7 @@ def review_loop(store: Store, actor: Actor, open_overlay: bool = False) -> int:
                 return answered
             if key == UNDO:
                 print_reply(commands.undo(store, actor))
+                print()
                 reply = commands.next_review(store)
                 continue
             reply = commands.review_answer(store, actor, item.media_id, keys[key])

@@ -175,7 +175,7 @@ def format_item(item: ReviewItem) -> str:
 
 
 def item_reply(item: ReviewItem, prefix: str = "") -> Reply:
-    attachments = [Attachment(item.image_path, f"media {item.media_id}")]
+    attachments = [Attachment(item.image_path, f"image of media {item.media_id}")]
     if item.overlay_path is not None:
         attachments.append(Attachment(item.overlay_path, f"Grad-CAM overlay of media {item.media_id}"))
     choices = tuple(Choice(key, text, answer, item.media_id) for key, text, answer in REVIEW_CHOICES)

@@ -279,3 +279,29 @@ def test_a_failed_feed_post_is_retried(store, media_ids):
         run(post_feed_batch(store, BrokenChannel(42), DiscordConfig()))
     assert store.scalar("SELECT COUNT(*) FROM feed_posts") == 0
     assert run(post_feed_batch(store, FakeChannel(42), DiscordConfig())) == 1
+
+
+def test_setup_hook_syncs_to_the_guild_registers_persistent_buttons_and_starts_the_feed(store, monkeypatch):
+    bot = IllustfeedBot(DiscordConfig(token="x", guild_id=1234, feed_channel_id=42), store)
+    synced = []
+
+    async def fake_sync(*, guild=None):
+        synced.append(guild.id if guild else None)
+        return bot.tree.get_commands(guild=guild)
+
+    monkeypatch.setattr(bot.tree, "sync", fake_sync)
+
+    async def start_and_close():
+        await bot.setup_hook()
+        feed_running = bot.feed_task is not None and not bot.feed_task.done()
+        await bot.close()
+        await asyncio.sleep(0)
+        return feed_running, bot.feed_task.cancelled()
+
+    assert run(start_and_close()) == (True, True)
+    assert synced == [1234]
+    assert sorted(c.name for c in bot.tree.get_commands(guild=discord.Object(1234)))[:2] == ["follow", "label"]
+    # After a restart a press on an old message is routed by its custom id alone.
+    patterns = bot._connection._view_store._dynamic_items
+    (pattern, factory), = patterns.items()
+    assert factory is ReviewButton and pattern.fullmatch(custom_id(17, "screenshot"))
