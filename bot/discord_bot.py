@@ -157,35 +157,39 @@ Method = Literal["gradcam", "lime"]
 Source = Literal["x", "bluesky", "mastodon", "folder"]
 
 
+# Commands that take no options: the slash command name is also the ChatAdapter method.
+COMMANDS_WITHOUT_OPTIONS = {
+    "review": "Show the most uncertain image waiting for review",
+    "undo": "Revoke your latest label",
+    "stats": "Counts by label, review queue, labels since the model, metrics",
+    "retrain": "Queue a retrain now",
+    "sources": "Followed accounts, last crawl and errors",
+}
+
+
+def _forward(method: Callable[[discord.Interaction], Any]) -> Callable[[discord.Interaction], Any]:
+    # A plain function: discord.py reads the callback's signature, and a bound method's would confuse it.
+    async def callback(interaction: discord.Interaction) -> None:
+        await method(interaction)
+    return callback
+
+
 def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.CommandTree:
     """The slash commands; each one hands its interaction to `chat`."""
     tree = app_commands.CommandTree(client)
-
-    @tree.command(name="review", description="Show the most uncertain image waiting for review")
-    async def review(interaction: discord.Interaction) -> None:
-        await chat.review(interaction)
+    for name, description in COMMANDS_WITHOUT_OPTIONS.items():
+        tree.add_command(app_commands.Command(name=name, description=description,
+                                              callback=_forward(getattr(chat, name))))
 
     @tree.command(name="label", description="Label an image")
     @app_commands.describe(media="media id or sha256 prefix", label="what the image is")
     async def label(interaction: discord.Interaction, media: str, label: Label) -> None:
         await chat.label(interaction, media, label)
 
-    @tree.command(name="undo", description="Revoke your latest label")
-    async def undo(interaction: discord.Interaction) -> None:
-        await chat.undo(interaction)
-
     @tree.command(name="why", description="Show where the classifier looked")
     @app_commands.describe(media="media id or sha256 prefix", method="explanation method")
     async def why(interaction: discord.Interaction, media: str, method: Method = "gradcam") -> None:
         await chat.why(interaction, media, method)
-
-    @tree.command(name="stats", description="Counts by label, review queue, labels since the model, metrics")
-    async def stats(interaction: discord.Interaction) -> None:
-        await chat.stats(interaction)
-
-    @tree.command(name="retrain", description="Queue a retrain now")
-    async def retrain(interaction: discord.Interaction) -> None:
-        await chat.retrain(interaction)
 
     @tree.command(name="follow", description="Follow an account")
     @app_commands.describe(source="network", handle="account handle")
@@ -196,10 +200,6 @@ def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.Comman
     @app_commands.describe(source="network", handle="account handle")
     async def unfollow(interaction: discord.Interaction, source: Source, handle: str) -> None:
         await chat.unfollow(interaction, source, handle)
-
-    @tree.command(name="sources", description="Followed accounts, last crawl and errors")
-    async def sources(interaction: discord.Interaction) -> None:
-        await chat.sources(interaction)
 
     return tree
 

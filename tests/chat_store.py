@@ -1,7 +1,6 @@
 """Test helpers for the chat tests: a real store with generated images, predictions and review-queue rows."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +51,3 @@ def predict(store: Store, media_id: int, probabilities: tuple[float, float, floa
         if borderline if queue is None else queue:
             store.execute("INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
                           "VALUES (?, ?, ?, 'pending', ?, ?)", (media_id, "borderline", ordered[0], now, now))
-
-
-def open_store(tmp_path: Path) -> Store:
-    return Store.open(tmp_path / "data")

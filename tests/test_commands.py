@@ -9,13 +9,7 @@ import pytest
 from bot import commands
 from bot.commands import Actor, Permissions
 from storage import Store
-from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images, open_store, predict
-
-
-@pytest.fixture
-def store(tmp_path):
-    with open_store(tmp_path) as opened:
-        yield opened
+from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images, predict
 
 
 @pytest.fixture
@@ -152,7 +146,7 @@ def test_second_presser_is_told_who_labelled_first_and_both_labels_are_kept(stor
 
 def test_concurrent_presses_from_two_connections_are_ordered(tmp_path):
     """Two processes' worth of connections pressing at once: exactly one of them sees the other's label."""
-    with open_store(tmp_path) as store:
+    with Store.open(tmp_path / "data") as store:
         media_id = ingest_images(store, [5])[0]
         predict(store, media_id, (0.4, 0.35, 0.25))
     barrier = threading.Barrier(2)
@@ -171,7 +165,7 @@ def test_concurrent_presses_from_two_connections_are_ordered(tmp_path):
         thread.join()
     told = [by for by, reply in replies.items() if "was already labelled" in reply.text]
     assert len(told) == 1
-    with open_store(tmp_path) as store:
+    with Store.open(tmp_path / "data") as store:
         rows = labels_rows(store, media_id)
         assert len(rows) == 2 and rows[-1]["by"] == told[0]
 

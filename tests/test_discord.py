@@ -14,7 +14,7 @@ from bot.commands import Permissions
 from bot.config import DiscordConfig, load_config
 from bot.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
                              post_feed_batch)
-from tests.chat_store import ingest_images, open_store, predict
+from tests.chat_store import ingest_images, predict
 
 OWNER_ID, HELPER_ROLE, HELPER_ID, STRANGER_ID = 111, 777, 222, 333
 
@@ -57,12 +57,6 @@ class FakeInteraction:
     @property
     def sent(self):
         return self.response.calls + self.followup.calls
-
-
-@pytest.fixture
-def store(tmp_path):
-    with open_store(tmp_path) as opened:
-        yield opened
 
 
 @pytest.fixture
