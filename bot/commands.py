@@ -36,8 +36,8 @@ REVIEW_CHOICES: tuple[tuple[str, str, str], ...] = (
 REVIEW_ANSWERS = tuple(answer for _key, _text, answer in REVIEW_CHOICES)
 EXPLAIN_METHODS = ("gradcam", "lime")
 OVERLAY_EXTS = ("png", "gif")
-# Sources the crawler knows; a follow for anything else could never be crawled.
-KNOWN_SOURCES = ("x", "bluesky", "mastodon", "folder")
+# Networks whose accounts are followed by handle (folder accounts are the inbox's subfolders).
+FOLLOWABLE_SOURCES = ("x", "bluesky", "mastodon")
 
 
 # --- who is asking --------------------------------------------------------------------------------------
@@ -175,7 +175,10 @@ def format_item(item: ReviewItem) -> str:
 
 
 def item_reply(item: ReviewItem, prefix: str = "") -> Reply:
-    attachments = [Attachment(item.image_path, f"image of media {item.media_id}")]
+    attachments = []
+    # A file missing on disk (restored database, deleted blob) must not break the reply.
+    if item.image_path.is_file():
+        attachments.append(Attachment(item.image_path, f"image of media {item.media_id}"))
     if item.overlay_path is not None:
         attachments.append(Attachment(item.overlay_path, f"Grad-CAM overlay of media {item.media_id}"))
     choices = tuple(Choice(key, text, answer, item.media_id) for key, text, answer in REVIEW_CHOICES)
@@ -403,11 +406,12 @@ def finish_retrain_request(store: Store, request_id: int, result: str) -> None:
 
 # --- sources --------------------------------------------------------------------------------------------
 # bot/follows.py (the sources engineer's) was not on main when this was written; these keep its semantics:
-# `accounts.followed` flags the account, UNIQUE(source, handle), unfollowing keeps the account and its posts.
+# `accounts.followed` flags the account, UNIQUE(source, handle), handles lower case without a leading '@',
+# unfollowing keeps the account and its posts.
 
 
 def _normalise_handle(handle: str) -> str:
-    return handle.strip().removeprefix("@")
+    return handle.strip().removeprefix("@").lower()
 
 
 def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool = True) -> Reply:
@@ -415,8 +419,8 @@ def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool 
     if not actor.authorised:
         return refusal(NOT_ALLOWED)
     source = source.strip().lower()
-    if source not in KNOWN_SOURCES:
-        return refusal(f"Unknown source {source!r}; expected one of {', '.join(KNOWN_SOURCES)}.")
+    if source not in FOLLOWABLE_SOURCES:
+        return refusal(f"Unknown source {source!r}; expected one of {', '.join(FOLLOWABLE_SOURCES)}.")
     handle = _normalise_handle(handle)
     if not handle or any(c.isspace() for c in handle):
         return refusal(f"Not a handle: {handle!r}.")

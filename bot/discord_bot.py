@@ -7,6 +7,7 @@ media id and the answer (`illustfeed:label:<media_id>:<answer>`), so they keep w
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 from typing import Any, Callable, Literal
@@ -154,7 +155,7 @@ class ChatAdapter:
 
 Label = Literal["illustration", "screenshot", "photo"]
 Method = Literal["gradcam", "lime"]
-Source = Literal["x", "bluesky", "mastodon", "folder"]
+Source = Literal["x", "bluesky", "mastodon"]
 
 
 # Commands that take no options: the slash command name is also the ChatAdapter method.
@@ -252,11 +253,13 @@ class IllustfeedBot(discord.Client):
                 log.warning("posting to feed channel %s failed: %s", self.settings.feed_channel_id, error)
             await asyncio.sleep(self.settings.feed_interval_seconds)
 
-    async def post_report(self, text: str) -> None:
-        """For the runner: a line in the report channel (retrain results, crawl errors), when one is set."""
+    async def post_report(self, text: str, png: bytes | None = None) -> None:
+        """For the runner: a message in the report channel (retrain results, crawl errors), with an optional
+        PNG (a confusion matrix, say), when a report channel is set."""
         if self.settings.report_channel_id:
             channel = await self.channel(self.settings.report_channel_id)
-            await channel.send(text[:MESSAGE_LIMIT], allowed_mentions=discord.AllowedMentions.none())
+            files = [discord.File(io.BytesIO(png), filename="report.png")] if png is not None else []
+            await channel.send(text[:MESSAGE_LIMIT], files=files, allowed_mentions=discord.AllowedMentions.none())
 
 
 async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settings: DiscordConfig) -> int:

@@ -271,11 +271,13 @@ def test_follow_unfollow_and_sources(store, queued):
     assert "@alice" not in commands.sources(store).text
     assert not commands.follow(store, REVIEWER, "x", "alice", followed=False).ok
     assert commands.follow(store, REVIEWER, "x", "alice").text == "Now following @alice on x."
+    assert commands.follow(store, REVIEWER, "x", "@ALICE").text == "Already following @alice on x."
     assert store.scalar("SELECT COUNT(*) FROM accounts WHERE handle = 'alice'") == 1
 
 
 def test_follow_rejects_unknown_sources_and_bad_handles(store):
     assert "Unknown source 'myspace'" in commands.follow(store, REVIEWER, "myspace", "bob").text
+    assert "Unknown source 'folder'" in commands.follow(store, REVIEWER, "folder", "bob").text
     assert "Not a handle" in commands.follow(store, REVIEWER, "x", "  ").text
     assert "Not a handle" in commands.follow(store, REVIEWER, "x", "two words").text
     assert store.scalar("SELECT COUNT(*) FROM accounts") == 0
@@ -298,3 +300,10 @@ def test_feed_batch_links_images_over_the_attachment_budget(store, queued):
     first_size = store.media(queued[0])["bytes"]
     batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
     assert [i.media_id for i in batch.attached] == [queued[0]] and [i.media_id for i in batch.linked] == [queued[3]]
+
+
+def test_a_missing_image_file_leaves_it_out_of_the_reply(store, queued):
+    store.media_path(queued[1]).unlink()
+    reply = commands.next_review(store)
+    assert reply.item.media_id == queued[1]
+    assert [a.description for a in reply.attachments] == [f"Grad-CAM overlay of media {queued[1]}"]

@@ -299,3 +299,18 @@ def test_setup_hook_syncs_to_the_guild_registers_persistent_buttons_and_starts_t
     patterns = bot._connection._view_store._dynamic_items
     (pattern, factory), = patterns.items()
     assert factory is ReviewButton and pattern.fullmatch(custom_id(17, "screenshot"))
+
+
+def test_reports_go_to_the_report_channel_with_an_optional_png(store):
+    bot = IllustfeedBot(DiscordConfig(token="x", report_channel_id=77), store)
+    channel = FakeChannel(77)
+    bot.get_channel = {77: channel}.get
+    run(bot.post_report("retrain: model m2 promoted", png=b"\x89PNG fake"))
+    run(bot.post_report("crawl: x @bob failed"))
+    (first, first_kwargs), (second, second_kwargs) = channel.sent
+    assert first == "retrain: model m2 promoted" and first_kwargs["files"][0].filename == "report.png"
+    assert first_kwargs["files"][0].fp.read() == b"\x89PNG fake"
+    assert second == "crawl: x @bob failed" and second_kwargs["files"] == []
+    silent = IllustfeedBot(DiscordConfig(token="x"), store)
+    silent.get_channel = {}.__getitem__  # any lookup would raise: no report channel means no message
+    run(silent.post_report("nobody hears this"))
