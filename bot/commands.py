@@ -493,10 +493,9 @@ class FeedBatch:
         return "\n".join(f"{n}. {item.caption}" for n, item in enumerate(self.items, start=1))
 
 
-def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int) -> FeedBatch:
-    """The oldest illustrations (final label) not yet posted to `channel`, at most `limit`, attachments
-    kept under `max_attachment_bytes` in total."""
-    rows = store.query(
+def _unposted_illustrations(store: Store, channel: str, limit: int = -1) -> list[dict]:
+    """Media whose final label is illustration and that `channel` has not had yet, oldest first."""
+    return store.query(
         "SELECT m.id, m.bytes FROM media m "
         "LEFT JOIN current_label cl ON cl.media_id = m.id "
         "LEFT JOIN latest_prediction lp ON lp.media_id = m.id "
@@ -504,6 +503,23 @@ def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int
         "AND COALESCE(cl.label, CASE WHEN lp.borderline = 0 THEN lp.label END) = 'illustration' "
         "AND NOT EXISTS (SELECT 1 FROM feed_posts f WHERE f.media_id = m.id AND f.channel = ?) "
         "ORDER BY m.id LIMIT ?", (channel, limit))
+
+
+def skip_feed_backlog(store: Store, channel: str) -> int:
+    """On a channel's first start, mark the illustrations already stored as seen (message_id NULL) so only
+    new ones are posted; a channel that has had posts keeps its backlog. Returns how many were skipped."""
+    with store.transaction():
+        if store.scalar("SELECT 1 FROM feed_posts WHERE channel = ? LIMIT 1", (channel,)):
+            return 0
+        backlog = [row["id"] for row in _unposted_illustrations(store, channel)]
+        mark_feed_posted(store, channel, backlog, None)
+    return len(backlog)
+
+
+def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int) -> FeedBatch:
+    """The oldest illustrations (final label) not yet posted to `channel`, at most `limit`, attachments
+    kept under `max_attachment_bytes` in total."""
+    rows = _unposted_illustrations(store, channel, limit)
     batch = FeedBatch()
     attached_bytes = 0
     for row in rows:

@@ -60,6 +60,7 @@ class DiscordConfig:
     feed_batch_size: int = 4
     feed_interval_seconds: float = 60.0
     feed_max_attachment_bytes: int = 8_000_000  # per message; larger images are linked, not attached
+    feed_post_backlog: bool = False  # on a channel's first start, post the illustrations already stored too
 
     def __post_init__(self) -> None:
         if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:

@@ -245,6 +245,11 @@ class IllustfeedBot(discord.Client):
 
     async def feed_loop(self) -> None:
         await self.wait_until_ready()
+        if not self.settings.feed_post_backlog:
+            skipped = commands.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id))
+            if skipped:
+                log.info("feed channel %s starts after %d stored illustrations (feed_post_backlog = false)",
+                         self.settings.feed_channel_id, skipped)
         while not self.is_closed():
             try:
                 await post_feed_batch(self.store, await self.channel(self.settings.feed_channel_id), self.settings)

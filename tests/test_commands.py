@@ -307,3 +307,12 @@ def test_a_missing_image_file_leaves_it_out_of_the_reply(store, queued):
     reply = commands.next_review(store)
     assert reply.item.media_id == queued[1]
     assert [a.description for a in reply.attachments] == [f"Grad-CAM overlay of media {queued[1]}"]
+
+
+def test_a_new_feed_channel_skips_the_backlog_once(store, queued):
+    assert commands.skip_feed_backlog(store, "discord:1") == 1  # queued[3], the confident illustration
+    assert commands.feed_batch(store, "discord:1", 10, 10**9).items == []
+    commands.label(store, REVIEWER, str(queued[0]), "illustration")
+    assert commands.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
+    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
+    assert store.query("SELECT media_id, message_id FROM feed_posts") == [{"media_id": queued[3], "message_id": None}]

@@ -314,3 +314,27 @@ def test_reports_go_to_the_report_channel_with_an_optional_png(store):
     silent = IllustfeedBot(DiscordConfig(token="x"), store)
     silent.get_channel = {}.__getitem__  # any lookup would raise: no report channel means no message
     run(silent.post_report("nobody hears this"))
+
+
+@pytest.mark.parametrize("post_backlog, expected_posts", [(False, 0), (True, 1)])
+def test_feed_loop_posts_only_new_illustrations_unless_asked_for_the_backlog(store, media_ids, post_backlog,
+                                                                            expected_posts):
+    bot = IllustfeedBot(DiscordConfig(token="x", feed_channel_id=42, feed_post_backlog=post_backlog), store)
+    channel = FakeChannel(42)
+    bot.get_channel = {42: channel}.get
+
+    async def ready():
+        return None
+
+    bot.wait_until_ready = ready
+
+    async def one_tick():
+        task = asyncio.create_task(bot.feed_loop())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(one_tick())
+    assert len(channel.sent) == expected_posts  # media_ids[2] is the one stored illustration
+    assert store.query("SELECT media_id, message_id IS NULL AS skipped FROM feed_posts") == [
+        {"media_id": media_ids[2], "skipped": int(not post_backlog)}]
