@@ -10,6 +10,7 @@ import asyncio
 import io
 import logging
 import re
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import discord
@@ -18,7 +19,7 @@ from discord import app_commands
 from bot import commands
 from bot.commands import Actor, Explainer, Permissions, Reply
 from bot.config import DiscordConfig
-from storage import Store
+from storage import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,20 @@ DISCORD_BY = re.compile(r"discord:([0-9]+)")
 
 class DiscordTokenMissing(RuntimeError):
     """No bot token in ILLUSTFEED_DISCORD_TOKEN or [discord] token."""
+
+
+async def _explained_in_thread(explainer: Explainer, image_path: Path, method: str) -> Explainer:
+    """Run `explainer` in a worker thread now and return one that replays its result (or its error), so the
+    command layer and the store stay on the loop thread."""
+    try:
+        result = await asyncio.to_thread(explainer, image_path, method)
+    except Exception as error:  # replayed inside commands.why, which reports it
+        failure = error  # `error` is unbound when the except block ends
+
+        def replay_error(_path: Path, _method: str) -> tuple[bytes, str]:
+            raise failure
+        return replay_error
+    return lambda _path, _method: result
 
 
 def custom_id(media_id: int, answer: str) -> str:
@@ -112,13 +127,19 @@ class ChatAdapter:
         await self.send(interaction, commands.undo(self.store, self.actor(interaction.user)))
 
     async def why(self, interaction: discord.Interaction, media: str, method: str = "gradcam") -> None:
-        if self.explainer is None:
-            await self.send(interaction, commands.why(self.store, media, method))
-            return
-        # A fresh explanation runs the network for seconds: acknowledge now, answer from a worker thread.
-        await interaction.response.defer(thinking=True)
-        reply = await asyncio.to_thread(commands.why, self.store, media, method, self.explainer)
-        await self.send(interaction, reply)
+        explainer = self.explainer
+        image_path = self._media_file(media)
+        if explainer is not None and image_path is not None and method in commands.EXPLAIN_METHODS:
+            # A fresh explanation runs the network for seconds: acknowledge now, compute in a worker thread.
+            await interaction.response.defer(thinking=True)
+            explainer = await _explained_in_thread(explainer, image_path, method)
+        await self.send(interaction, commands.why(self.store, media, method, explainer))
+
+    def _media_file(self, media: str) -> Path | None:
+        try:
+            return self.store.media_path(self.store.resolve_media(media))
+        except StoreError:
+            return None  # commands.why names the problem
 
     async def stats(self, interaction: discord.Interaction) -> None:
         await self.send(interaction, commands.stats(self.store))

@@ -338,3 +338,23 @@ def test_feed_loop_posts_only_new_illustrations_unless_asked_for_the_backlog(sto
     assert len(channel.sent) == expected_posts  # media_ids[2] is the one stored illustration
     assert store.query("SELECT media_id, message_id IS NULL AS skipped FROM feed_posts") == [
         {"media_id": media_ids[2], "skipped": int(not post_backlog)}]
+
+
+def test_why_runs_only_the_explainer_off_the_loop_thread_and_reports_its_failure(store, media_ids):
+    import threading
+
+    threads = []
+
+    def broken(path, method):
+        threads.append(threading.current_thread())
+        raise RuntimeError("model file unreadable")
+
+    chat = ChatAdapter(store, Permissions(), explainer=broken)
+    fake = interaction(chat)
+    run(chat.why(fake, str(media_ids[0]), "gradcam"))
+    assert threads and threads[0] is not threading.main_thread()
+    (defer, _, _), (followup, content, kwargs) = fake.sent
+    assert "fresh gradcam explanation failed: model file unreadable" in content and len(kwargs["files"]) == 1
+    unknown = interaction(chat)
+    run(chat.why(unknown, "4242"))
+    assert only_call(unknown)[1] == "no media with id 4242" and len(threads) == 1
