@@ -113,7 +113,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
                           "or [discord] token in the config file")
     with Store.open(config.data_path) as store:
-        asyncio.run(run_bot(config.discord, store))
+        asyncio.run(run_bot(config.discord, store, config=config))
     return 0
 
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from bot import follows
+from bot.config import Config
+from bot.follows import FollowError
 from bot.status import store_status
 from storage import LABELS, Store, StoreError, utc_now
 
@@ -36,8 +39,6 @@ REVIEW_CHOICES: tuple[tuple[str, str, str], ...] = (
 REVIEW_ANSWERS = tuple(answer for _key, _text, answer in REVIEW_CHOICES)
 EXPLAIN_METHODS = ("gradcam", "lime")
 OVERLAY_EXTS = ("png", "gif")
-# Networks whose accounts are followed by handle (folder accounts are the inbox's subfolders).
-FOLLOWABLE_SOURCES = ("x", "bluesky", "mastodon")
 
 
 # --- who is asking --------------------------------------------------------------------------------------
@@ -405,58 +406,44 @@ def finish_retrain_request(store: Store, request_id: int, result: str) -> None:
 
 
 # --- sources --------------------------------------------------------------------------------------------
-# bot/follows.py (the sources engineer's) was not on main when this was written; these keep its semantics:
-# `accounts.followed` flags the account, UNIQUE(source, handle), handles lower case without a leading '@',
-# unfollowing keeps the account and its posts.
 
 
-def _normalise_handle(handle: str) -> str:
-    return handle.strip().removeprefix("@").lower()
-
-
-def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool = True) -> Reply:
-    """`/follow source handle` (and `/unfollow` with followed=False)."""
+def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool = True,
+           mastodon_instance: str = "") -> Reply:
+    """`/follow source handle` (and `/unfollow` with followed=False), through bot.follows."""
     if not actor.authorised:
         return refusal(NOT_ALLOWED)
-    source = source.strip().lower()
-    if source not in FOLLOWABLE_SOURCES:
-        return refusal(f"Unknown source {source!r}; expected one of {', '.join(FOLLOWABLE_SOURCES)}.")
-    handle = _normalise_handle(handle)
-    if not handle or any(c.isspace() for c in handle):
-        return refusal(f"Not a handle: {handle!r}.")
-    with store.transaction():
-        existing = store.query_one("SELECT * FROM accounts WHERE source = ? AND handle = ?", (source, handle))
-        if followed:
-            if existing is None:
-                store.execute("INSERT INTO accounts (source, handle, followed, created_at) VALUES (?, ?, 1, ?)",
-                              (source, handle, utc_now()))
-            elif not existing["followed"]:
-                store.execute("UPDATE accounts SET followed = 1 WHERE id = ?", (existing["id"],))
-        elif existing is not None and existing["followed"]:
-            store.execute("UPDATE accounts SET followed = 0 WHERE id = ?", (existing["id"],))
-    name = f"@{handle} on {source}"
+    change = follows.follow if followed else follows.unfollow
+    try:
+        result = change(store, source.strip().lower(), handle, mastodon_instance)
+    except FollowError as error:
+        return refusal(f"{error}.")
+    name = f"{result['handle']} on {result['source']}"
     if followed:
-        return Reply(f"Already following {name}." if existing and existing["followed"] else f"Now following {name}.")
-    if existing is None or not existing["followed"]:
-        return refusal(f"Not following {name}.")
-    return Reply(f"Unfollowed {name}; its stored posts stay.")
+        return Reply(f"Already following {name}." if result["was_followed"] else f"Now following {name}.")
+    if result["was_followed"]:
+        return Reply(f"Unfollowed {name}; its stored posts stay.")
+    return Reply(f"{name} was not followed; it stays skipped even if a config list names it.")
 
 
-def sources(store: Store) -> Reply:
-    """`/sources`: followed accounts with their last crawl and last error."""
-    rows = store.query(
-        "SELECT a.source, a.handle, a.last_crawl_at, a.last_error, COUNT(p.id) AS posts FROM accounts a "
-        "LEFT JOIN posts p ON p.account_id = a.id WHERE a.followed = 1 "
-        "GROUP BY a.id ORDER BY a.source, a.handle")
-    if not rows:
-        return Reply("Not following anyone yet. Use /follow source handle.")
-    lines = [f"Following {len(rows)} accounts:"]
-    for row in rows:
-        line = (f"- {row['source']} @{row['handle']}: {row['posts']} posts, "
-                f"last crawl {row['last_crawl_at'] or 'never'}")
-        if row["last_error"]:
-            line += f", last error: {row['last_error']}"
-        lines.append(line)
+def sources(store: Store, config: Config | None = None) -> Reply:
+    """`/sources`: per source what is crawled, each account's last crawl and last error."""
+    lines = []
+    for item in follows.list_sources(store, config):
+        state = "enabled" if item["enabled"] else "disabled"
+        if item["source"] == "folder":
+            lines.append(f"folder ({state}): {item['path']}, {item['accounts']} accounts")
+            continue
+        lines.append(f"{item['source']} ({state}): config {', '.join(item['configured_accounts']) or '-'}; "
+                     f"followed {', '.join(item['followed']) or '-'}; "
+                     f"unfollowed {', '.join(item['unfollowed']) or '-'}; reads today {item['reads_today']}")
+        for account in item["accounts"]:
+            if not account["followed"]:
+                continue
+            line = f"  - {account['handle']}: last crawl {account['last_crawl_at'] or 'never'}"
+            if account["last_error"]:
+                line += f", last error: {account['last_error']}"
+            lines.append(line)
     return Reply("\n".join(lines))
 
 

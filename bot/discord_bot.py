@@ -18,8 +18,9 @@ from discord import app_commands
 
 from bot import commands
 from bot.commands import Actor, Explainer, Permissions, Reply
-from bot.config import DiscordConfig
-from storage import Store, StoreError
+from bot.config import Config, DiscordConfig
+from bot.follows import NETWORK_SOURCES
+from storage import LABELS, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,12 @@ class ChatAdapter:
     """Each slash command and button press: who is asking, which command, how the reply is sent."""
 
     def __init__(self, store: Store, permissions: Permissions, explainer: Explainer | None = None,
-                 on_retrain_requested: Callable[[], None] | None = None):
+                 on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None):
         self.store = store
         self.permissions = permissions
         self.explainer = explainer
         self.on_retrain_requested = on_retrain_requested
+        self.config = config or Config()  # for /sources (configured accounts) and Mastodon handles
 
     def actor(self, user: discord.abc.User) -> Actor:
         role_ids = [role.id for role in getattr(user, "roles", ())]  # a Member has roles, a DM User none
@@ -148,15 +150,16 @@ class ChatAdapter:
         actor = self.actor(interaction.user)
         await self.send(interaction, commands.request_retrain(self.store, actor, self.on_retrain_requested))
 
-    async def follow(self, interaction: discord.Interaction, source: str, handle: str) -> None:
-        await self.send(interaction, commands.follow(self.store, self.actor(interaction.user), source, handle))
+    async def follow(self, interaction: discord.Interaction, source: str, handle: str, followed: bool = True
+                     ) -> None:
+        await self.send(interaction, commands.follow(self.store, self.actor(interaction.user), source, handle,
+                                                     followed, self.config.sources.mastodon.instance))
 
     async def unfollow(self, interaction: discord.Interaction, source: str, handle: str) -> None:
-        actor = self.actor(interaction.user)
-        await self.send(interaction, commands.follow(self.store, actor, source, handle, followed=False))
+        await self.follow(interaction, source, handle, followed=False)
 
     async def sources(self, interaction: discord.Interaction) -> None:
-        await self.send(interaction, commands.sources(self.store))
+        await self.send(interaction, commands.sources(self.store, self.config))
 
     # Buttons --------------------------------------------------------------------------------------------
 
@@ -174,9 +177,10 @@ class ChatAdapter:
                                             allowed_mentions=discord.AllowedMentions.none())
 
 
-Label = Literal["illustration", "screenshot", "photo"]
-Method = Literal["gradcam", "lime"]
-Source = Literal["x", "bluesky", "mastodon"]
+# Literal of a tuple is the Literal of its items: Discord shows them as the option's choices.
+Label = Literal[LABELS]
+Method = Literal[commands.EXPLAIN_METHODS]
+Source = Literal[NETWORK_SOURCES]
 
 
 # Commands that take no options: the slash command name is also the ChatAdapter method.
@@ -234,13 +238,13 @@ class IllustfeedBot(discord.Client):
     """The Discord client: syncs the commands to the configured guild and posts the feed in batches."""
 
     def __init__(self, settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-                 on_retrain_requested: Callable[[], None] | None = None):
+                 on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None):
         # Slash commands and buttons need no privileged intent: roles come with each interaction's member.
         super().__init__(intents=discord.Intents.default())
         self.settings = settings
         self.store = store
         permissions = Permissions(frozenset(settings.allowed_user_ids), frozenset(settings.allowed_role_ids))
-        self.chat = ChatAdapter(store, permissions, explainer, on_retrain_requested)
+        self.chat = ChatAdapter(store, permissions, explainer, on_retrain_requested, config)
         self.tree = build_tree(self, self.chat)
         self.feed_task: asyncio.Task | None = None
 
@@ -305,15 +309,17 @@ async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settin
 
 
 def create_bot(settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-               on_retrain_requested: Callable[[], None] | None = None) -> IllustfeedBot:
+               on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None
+               ) -> IllustfeedBot:
+    """The bot, not yet connected. `config` (the whole configuration) lets /sources show configured accounts."""
     if not settings.token:
         raise DiscordTokenMissing("no Discord bot token: set ILLUSTFEED_DISCORD_TOKEN or [discord] token")
-    return IllustfeedBot(settings, store, explainer, on_retrain_requested)
+    return IllustfeedBot(settings, store, explainer, on_retrain_requested, config)
 
 
 async def run_bot(settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-                  on_retrain_requested: Callable[[], None] | None = None) -> None:
+                  on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None) -> None:
     """The async entry the runner starts inside its loop; returns when the bot is closed or cancelled."""
-    bot = create_bot(settings, store, explainer, on_retrain_requested)
+    bot = create_bot(settings, store, explainer, on_retrain_requested, config)
     async with bot:
         await bot.start(settings.token)

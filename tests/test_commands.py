@@ -258,28 +258,31 @@ def test_retrain_request_is_queued_once_claimed_and_finished(store):
 
 
 def test_follow_unfollow_and_sources(store, queued):
-    assert commands.follow(store, REVIEWER, "Bluesky", "@artist.bsky.social").text == \
-        "Now following @artist.bsky.social on bluesky."
-    assert commands.follow(store, REVIEWER, "bluesky", "artist.bsky.social").text.startswith("Already following")
+    assert commands.follow(store, REVIEWER, "Bluesky", "@Artist.bsky.social").text == \
+        "Now following artist.bsky.social on bluesky."
+    assert commands.follow(store, REVIEWER, "bluesky", "artist.bsky.social").text == \
+        "Already following artist.bsky.social on bluesky."
     store.execute("UPDATE accounts SET last_crawl_at = '2026-01-02T03:04:05+00:00', last_error = 'HTTP 500' "
                   "WHERE handle = 'artist.bsky.social'")
-    listing = commands.sources(store).text
-    assert "- bluesky @artist.bsky.social: 0 posts, last crawl 2026-01-02T03:04:05+00:00, last error: HTTP 500" in listing
-    assert "- x @alice: 4 posts, last crawl never" in listing
-    assert commands.follow(store, REVIEWER, "x", "alice", followed=False).ok
+    listing = commands.sources(store).text.splitlines()
+    assert "bluesky (enabled): config -; followed artist.bsky.social; unfollowed -; reads today 0" in listing
+    assert "  - artist.bsky.social: last crawl 2026-01-02T03:04:05+00:00, last error: HTTP 500" in listing
+    assert commands.follow(store, REVIEWER, "x", "alice", followed=False).text == \
+        "Unfollowed alice on x; its stored posts stay."
     assert store.scalar("SELECT COUNT(*) FROM posts") == 4  # unfollowing keeps what was stored
-    assert "@alice" not in commands.sources(store).text
-    assert not commands.follow(store, REVIEWER, "x", "alice", followed=False).ok
-    assert commands.follow(store, REVIEWER, "x", "alice").text == "Now following @alice on x."
-    assert commands.follow(store, REVIEWER, "x", "@ALICE").text == "Already following @alice on x."
-    assert store.scalar("SELECT COUNT(*) FROM accounts WHERE handle = 'alice'") == 1
+    assert "x (enabled): config -; followed -; unfollowed alice; reads today 0" in commands.sources(store).text
+    assert "was not followed" in commands.follow(store, REVIEWER, "x", "alice", followed=False).text
+    assert commands.follow(store, REVIEWER, "x", "@ALICE").text == "Now following alice on x."
+    assert store.query("SELECT followed, followed_via FROM accounts WHERE source = 'x'") == [
+        {"followed": 1, "followed_via": "command"}]
 
 
-def test_follow_rejects_unknown_sources_and_bad_handles(store):
-    assert "Unknown source 'myspace'" in commands.follow(store, REVIEWER, "myspace", "bob").text
-    assert "Unknown source 'folder'" in commands.follow(store, REVIEWER, "folder", "bob").text
-    assert "Not a handle" in commands.follow(store, REVIEWER, "x", "  ").text
-    assert "Not a handle" in commands.follow(store, REVIEWER, "x", "two words").text
+def test_follow_refuses_unknown_sources_and_bad_handles(store):
+    replies = [commands.follow(store, REVIEWER, "myspace", "bob"), commands.follow(store, REVIEWER, "x", "two words"),
+               commands.follow(store, REVIEWER, "mastodon", "painter")]
+    assert all(not r.ok and r.private for r in replies)
+    assert "unknown source 'myspace'" in replies[0].text and "X handle 'two words'" in replies[1].text
+    assert "Mastodon handle 'painter' is not user@instance" in replies[2].text
     assert store.scalar("SELECT COUNT(*) FROM accounts") == 0
 
 

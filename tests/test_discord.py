@@ -11,7 +11,7 @@ import discord
 import pytest
 
 from bot.commands import Permissions
-from bot.config import DiscordConfig, load_config
+from bot.config import DiscordConfig, load_config, parse_config
 from bot.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
                              post_feed_batch)
 from tests.chat_store import ingest_images, predict
@@ -201,8 +201,8 @@ def test_stats_retrain_follow_sources_render(chat, store, media_ids):
         replies[name] = only_call(fake)[1]
     assert woken == [True] and replies["retrain"].startswith("Retrain queued (request 1)")
     assert "Review queue: 2 pending" in replies["stats"] and "A retrain is queued." in replies["stats"]
-    assert replies["follow"] == "Now following @painter@example.social on mastodon."
-    assert "- mastodon @painter@example.social: 0 posts" in replies["sources"]
+    assert replies["follow"] == "Now following painter@example.social on mastodon."
+    assert "mastodon (enabled): config -; followed painter@example.social;" in replies["sources"]
 
 
 def test_slash_command_tree_has_every_command_and_label_choices(store):
@@ -358,3 +358,14 @@ def test_why_runs_only_the_explainer_off_the_loop_thread_and_reports_its_failure
     unknown = interaction(chat)
     run(chat.why(unknown, "4242"))
     assert only_call(unknown)[1] == "no media with id 4242" and len(threads) == 1
+
+
+def test_follow_uses_the_configured_mastodon_instance_and_sources_lists_config_accounts(store):
+    config = parse_config({"sources": {"mastodon": {"instance": "example.social"}, "x": {"accounts": ["inkwell"]}}})
+    chat = ChatAdapter(store, Permissions(frozenset({OWNER_ID})), config=config)
+    fake = interaction(chat)
+    run(chat.follow(fake, "mastodon", "painter"))
+    assert only_call(fake)[1] == "Now following painter@example.social on mastodon."
+    fake = interaction(chat)
+    run(chat.sources(fake))
+    assert "x (enabled): config inkwell;" in only_call(fake)[1]
