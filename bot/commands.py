@@ -4,8 +4,8 @@ The Discord adapter (`bot/discord_bot.py`) and the terminal (`bot/cli_chat.py`) 
 render the replies, so every behaviour here is testable on a real store without Discord.
 
 Conventions shared with the classifier and the runner:
-- `review_queue.priority`: lower is reviewed first. The classifier writes the prediction's confidence there,
-  so the most uncertain call comes first; ties go to the oldest row.
+- `review_queue.priority`: higher is reviewed first. The classifier (`classifier.inference.decide`) writes
+  1 - margin there, so the most uncertain call comes first; ties go to the oldest row.
 - `labels.by` is a stable identity (`discord:<user id>`, or the terminal's user name), `labels.via` the
   interface ("discord", "cli"). A correction adds a row; `/undo` sets `revoked_at`; the latest row counts.
 - `retrain_requests`: a row with `started_at` NULL is a pending request. The runner calls
@@ -188,10 +188,10 @@ def item_reply(item: ReviewItem, prefix: str = "") -> Reply:
 
 
 def next_review(store: Store, prefix: str = "", notice: str | None = None) -> Reply:
-    """The most uncertain pending item (lowest priority first), or a reply saying the queue is empty."""
+    """The most uncertain pending item (highest priority first), or a reply saying the queue is empty."""
     pending = store.query(
         "SELECT q.media_id, q.reason FROM review_queue q JOIN media m ON m.id = q.media_id "
-        "WHERE q.state = 'pending' AND m.status = 'ok' ORDER BY q.priority, q.created_at, q.media_id")
+        "WHERE q.state = 'pending' AND m.status = 'ok' ORDER BY q.priority DESC, q.created_at, q.media_id")
     if not pending:
         text = "The review queue is empty."
         return Reply(f"{prefix}\n\n{text}" if prefix else text, notice=notice)

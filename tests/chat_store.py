@@ -1,13 +1,11 @@
 """Test helpers for the chat tests: a real store with generated images, predictions and review-queue rows."""
 from __future__ import annotations
 
-
-import numpy as np
-
 from bot.commands import Actor
 from bot.config import IngestConfig
 from bot.ingest import ingest_post
 from bot.records import MediaRef, Post
+from classifier.inference import decide
 from storage import LABELS, Store, utc_now
 from tests import imagegen
 
@@ -35,19 +33,20 @@ def overlay_sha(store: Store, seed: int) -> str:
 
 
 def predict(store: Store, media_id: int, probabilities: tuple[float, float, float], borderline: bool = True,
-            model_version: str = "m1", with_overlay: bool = True, queue: bool | None = None) -> None:
-    """A prediction row as the classifier writes it, and (for borderline calls) its review-queue row with
-    priority = confidence (lower = reviewed first)."""
-    best = int(np.argmax(probabilities))
-    ordered = sorted(probabilities, reverse=True)
+            model_version: str = "m1", with_overlay: bool = True) -> None:
+    """A prediction row as the classifier writes it and, for borderline calls, its review-queue row with the
+    classifier's own priority (`classifier.inference.decide`: higher = more uncertain = reviewed first)."""
+    decision = decide(probabilities, LABELS, min_confidence=0.6, min_margin=0.15)
     overlay = overlay_sha(store, media_id) if with_overlay else None
     now = utc_now()
     with store.transaction():
         store.execute(
             "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot, prob_photo, "
             "label, confidence, margin, borderline, overlay_sha256, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (media_id, model_version, *probabilities, LABELS[best], ordered[0], ordered[0] - ordered[1],
+            (media_id, model_version, *probabilities, decision.label, decision.confidence, decision.margin,
              int(borderline), overlay, now))
-        if borderline if queue is None else queue:
+        if borderline:
             store.execute("INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
-                          "VALUES (?, ?, ?, 'pending', ?, ?)", (media_id, "borderline", ordered[0], now, now))
+                          "VALUES (?, ?, ?, 'pending', ?, ?)",
+                          (media_id, f"{model_version}: {decision.reason or 'borderline'}", decision.priority, now,
+                           now))

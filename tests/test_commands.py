@@ -14,7 +14,7 @@ from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images,
 
 @pytest.fixture
 def queued(store):
-    """Three borderline media with confidences 0.6, 0.4, 0.5 (queue order: 2nd, 3rd, 1st) and one confident."""
+    """Three borderline media with top-2 margins 0.3, 0.1, 0.25 (queue order: 2nd, 3rd, 1st) and one confident."""
     media_ids = ingest_images(store, [1, 2, 3, 4])
     predict(store, media_ids[0], (0.6, 0.3, 0.1))
     predict(store, media_ids[1], (0.3, 0.4, 0.3))
@@ -319,3 +319,18 @@ def test_a_new_feed_channel_skips_the_backlog_once(store, queued):
     assert commands.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
     assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
     assert store.query("SELECT media_id, message_id FROM feed_posts") == [{"media_id": queued[3], "message_id": None}]
+
+
+def test_queue_order_follows_the_classifiers_priority_then_age(store):
+    """Higher priority (1 - margin, as classifier.inference.decide writes it) first; equal ones oldest first."""
+    media_ids = ingest_images(store, [21, 22, 23])
+    for media_id, priority, created in zip(media_ids, (0.5, 0.9, 0.9), ("2026-01-03", "2026-01-02", "2026-01-01")):
+        store.execute("INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
+                      "VALUES (?, 'test', ?, 'pending', ?, ?)", (media_id, priority, created, created))
+    order = []
+    reply = commands.next_review(store)
+    while reply.item is not None:
+        order.append(reply.item.media_id)
+        assert reply.item.probabilities is None and "Not classified yet." in reply.text
+        reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "skip")
+    assert order == [media_ids[2], media_ids[1], media_ids[0]]
