@@ -11,7 +11,8 @@ from typing import Iterator, TextIO
 
 from bot import commands
 from bot.commands import Actor, Reply
-from bot.config import Config, ConfigError
+from bot.cli import CommandError
+from bot.config import Config
 from storage import LABELS, Store
 
 QUIT, UNDO = "q", "u"
@@ -107,13 +108,21 @@ def cmd_label(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_bot(args: argparse.Namespace, config: Config) -> int:
+    import aiohttp
+    import discord
+
     from bot.discord_bot import run_bot
 
     if not config.discord.token:
-        raise ConfigError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
-                          "or [discord] token in the config file")
+        raise CommandError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
+                           "or [discord] token in the config file")
     with Store.open(config.data_path) as store:
-        asyncio.run(run_bot(config.discord, store, config=config))
+        try:
+            asyncio.run(run_bot(config.discord, store, config=config))
+        except discord.LoginFailure as error:
+            raise CommandError(f"Discord refused the bot token ({error}); check ILLUSTFEED_DISCORD_TOKEN") from None
+        except (discord.HTTPException, aiohttp.ClientError) as error:
+            raise CommandError(f"cannot reach Discord: {error}") from None
     return 0
 
 
