@@ -155,9 +155,6 @@ class ChatAdapter:
         await self.send(interaction, commands.follow(self.store, self.actor(interaction.user), source, handle,
                                                      followed, self.config.sources.mastodon.instance))
 
-    async def unfollow(self, interaction: discord.Interaction, source: str, handle: str) -> None:
-        await self.follow(interaction, source, handle, followed=False)
-
     async def sources(self, interaction: discord.Interaction) -> None:
         await self.send(interaction, commands.sources(self.store, self.config))
 
@@ -217,17 +214,19 @@ def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.Comman
     async def why(interaction: discord.Interaction, media: str, method: Method = "gradcam") -> None:
         await chat.why(interaction, media, method)
 
-    @tree.command(name="follow", description="Follow an account")
-    @app_commands.describe(source="network", handle="account handle")
-    async def follow(interaction: discord.Interaction, source: Source, handle: str) -> None:
-        await chat.follow(interaction, source, handle)
-
-    @tree.command(name="unfollow", description="Stop following an account (its stored posts stay)")
-    @app_commands.describe(source="network", handle="account handle")
-    async def unfollow(interaction: discord.Interaction, source: Source, handle: str) -> None:
-        await chat.unfollow(interaction, source, handle)
-
+    for name, followed, description in (
+            ("follow", True, "Crawl an account from now on"),
+            ("unfollow", False, "Stop crawling an account (its stored posts stay)")):
+        tree.add_command(app_commands.Command(name=name, description=description,
+                                              callback=_follow_callback(chat, followed)))
     return tree
+
+
+def _follow_callback(chat: ChatAdapter, followed: bool) -> Callable[..., Any]:
+    @app_commands.describe(source="network", handle="x: name; bluesky: name.bsky.social; mastodon: @user@instance")
+    async def callback(interaction: discord.Interaction, source: Source, handle: str) -> None:
+        await chat.follow(interaction, source, handle, followed)
+    return callback
 
 
 def feed_channel_key(channel_id: int) -> str:

@@ -147,7 +147,7 @@ def test_strangers_are_refused_privately_and_nothing_changes(chat, store, media_
         lambda f: chat.undo(f),
         lambda f: chat.retrain(f),
         lambda f: chat.follow(f, "x", "bob"),
-        lambda f: chat.unfollow(f, "x", "alice"),
+        lambda f: chat.follow(f, "x", "alice", followed=False),
     ]
     for call in calls:
         fake = interaction(chat, STRANGER_ID, (5,))
@@ -213,6 +213,9 @@ def test_slash_command_tree_has_every_command_and_label_choices(store):
     choices = [c.value for c in label_command.get_parameter("label").choices]
     assert choices == ["illustration", "screenshot", "photo"]
     assert [c.value for c in bot.tree.get_command("why").get_parameter("method").choices] == ["gradcam", "lime"]
+    assert [c.value for c in bot.tree.get_command("unfollow").get_parameter("source").choices] == [
+        "x", "bluesky", "mastodon"]
+    assert "@user@instance" in bot.tree.get_command("follow").get_parameter("handle").description
 
 
 def test_slash_command_callbacks_reach_the_adapter(store, media_ids):
@@ -220,6 +223,12 @@ def test_slash_command_callbacks_reach_the_adapter(store, media_ids):
     fake = interaction(bot.chat)
     run(bot.tree.get_command("label").callback(fake, str(media_ids[0]), "photo"))
     assert only_call(fake)[1] == f"Media {media_ids[0]} labelled photo."
+    fake = interaction(bot.chat)
+    run(bot.tree.get_command("unfollow").callback(fake, "x", "alice"))
+    assert only_call(fake)[1] == "Unfollowed alice on x; its stored posts stay."
+    fake = interaction(bot.chat)
+    run(bot.tree.get_command("stats").callback(fake))
+    assert only_call(fake)[1].startswith("Media: 3 (")
 
 
 def test_no_token_is_a_clear_error_and_the_token_never_shows(store, tmp_path):
