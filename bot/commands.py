@@ -163,7 +163,12 @@ def review_item(store: Store, media_id: int, reason: str = "", pending: int = 0)
 
 
 def format_item(item: ReviewItem) -> str:
-    lines = [f"Media {item.media_id} ({item.pending} waiting for review)"]
+    return f"Media {item.media_id} ({item.pending} waiting for review)\n{item_details(item)}"
+
+
+def item_details(item: ReviewItem) -> str:
+    """The call, why it was queued, and where the image came from."""
+    lines = []
     if item.probabilities is not None:
         probabilities = "  ".join(f"{label} {item.probabilities[label]:.0%}" for label in LABELS)
         lines.append(f"Model {item.model_version} says {item.predicted}: {probabilities}")
@@ -313,7 +318,7 @@ def why(store: Store, media_reference: str | int, method: str = "gradcam",
     except StoreError as error:
         return refusal(str(error))
     item = review_item(store, media_id)
-    summary = format_item(item).split("\n", 1)[1]
+    summary = item_details(item)
     note = "Fresh explanations are unavailable (no explainer or active model loaded)."
     if explainer is not None:
         try:
