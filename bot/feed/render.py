@@ -105,15 +105,16 @@ def _tile(item: FeedItem, thumbnail_size: int) -> str:
     )
 
 
-def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int) -> str:
+def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, limit: int | None = None) -> str:
+    """The gallery page; `limit` (when not the default page size) is kept in the link to older tiles."""
     label_links = " ".join(
         f'<a href="/?{urlencode({"label": name})}"' + (' aria-current="page"' if name == label else "")
         + f">{_e(name)}s</a>"
         for name in LABELS
     )
     tiles = "".join(_tile(item, thumbnail_size) for item in page.items)
-    older = (f'<a rel="next" href="/?{_e(urlencode({"label": label, "cursor": page.next_cursor}))}">Older \u2192</a>'
-             if page.next_cursor else "")
+    older_query = {"label": label, "cursor": page.next_cursor} | ({"limit": limit} if limit else {})
+    older = f'<a rel="next" href="/?{_e(urlencode(older_query))}">Older \u2192</a>' if page.next_cursor else ""
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

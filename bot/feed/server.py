@@ -105,29 +105,31 @@ def _page_response(request: web.Request, body: bytes, content_type: str) -> web.
     return response
 
 
-async def _page(request: web.Request, default_limit: int) -> tuple[str, FeedPage]:
+async def _page(request: web.Request, default_limit: int) -> tuple[str, int, FeedPage]:
+    """The page a request's label, cursor and limit ask for: (label, limit, page)."""
     settings = settings_of(request)
     label = parse_label(request.query.get("label"))
     cursor = parse_cursor(request.query.get("cursor"))
     limit = parse_limit(request.query.get("limit"), default_limit, settings.max_page_size)
     page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit)
-    return label, page
+    return label, limit, page
 
 
 async def gallery(request: web.Request) -> web.Response:
     settings = settings_of(request)
     try:
-        label, page = await _page(request, settings.page_size)
+        label, limit, page = await _page(request, settings.page_size)
     except FeedQueryError as error:
         raise web.HTTPBadRequest(text=str(error))
-    document = gallery_html(page, settings.title, label, settings.thumbnail_size)
+    document = gallery_html(page, settings.title, label, settings.thumbnail_size,
+                            limit if limit != settings.page_size else None)
     return _page_response(request, document.encode("utf-8"), "text/html")
 
 
 async def atom_feed(request: web.Request) -> web.Response:
     settings = settings_of(request)
     try:
-        label, page = await _page(request, settings.atom_entries)
+        label, _limit, page = await _page(request, settings.atom_entries)
     except FeedQueryError as error:
         raise web.HTTPBadRequest(text=str(error))
     root = base_url(request)
@@ -161,7 +163,7 @@ def item_json(item: FeedItem, root: str) -> dict:
 
 async def api_media(request: web.Request) -> web.Response:
     try:
-        label, page = await _page(request, settings_of(request).page_size)
+        label, _limit, page = await _page(request, settings_of(request).page_size)
     except FeedQueryError as error:
         return web.json_response({"error": str(error)}, status=400)
     root = base_url(request)
