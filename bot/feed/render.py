@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import re
-import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from urllib.parse import urlencode, urlsplit
 
@@ -129,11 +128,9 @@ def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, li
     )
 
 
-def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
-    element = ET.SubElement(parent, f"{{{ATOM_NS}}}{tag}", {k: XML_ILLEGAL.sub("", v) for k, v in attributes.items()})
-    if text is not None:
-        element.text = XML_ILLEGAL.sub("", text)
-    return element
+def _x(value: object) -> str:
+    """Text for an XML element or attribute: escaped, and without the characters XML cannot carry at all."""
+    return html.escape(XML_ILLEGAL.sub("", str(value)), quote=True)
 
 
 def _entry_content(item: FeedItem, media_url: str) -> str:
@@ -148,28 +145,35 @@ def _entry_content(item: FeedItem, media_url: str) -> str:
     return "".join(parts)
 
 
+def _atom_entry(item: FeedItem, base_url: str) -> str:
+    media_url = f"{base_url}/media/{item.sha256}"
+    credit = item.credit
+    post_link = safe_link(credit.post_url) if credit else None
+    published = (f"<published>{rfc3339(credit.created_at)}</published>"
+                 if credit and parse_time(credit.created_at) else "")
+    return (
+        f"<entry><id>urn:illustfeed:media:{item.sha256}</id>"
+        f"<title>{_x(entry_title(item))}</title>"
+        f"<updated>{rfc3339(item.first_seen_at)}</updated>{published}"
+        f"<author><name>{_x(credit.author if credit else 'unknown')}</name></author>"
+        f'<link rel="alternate" type="text/html" href="{_x(post_link or media_url)}"/>'
+        f'<link rel="enclosure" type="{_x(item.mime)}" length="{int(item.bytes or 0)}" href="{_x(media_url)}"/>'
+        # The HTML is escaped once more to become the text of a type="html" content element.
+        f'<content type="html">{_x(_entry_content(item, media_url))}</content></entry>'
+    )
+
+
 def atom_xml(page: FeedPage, title: str, label: str, base_url: str, self_url: str) -> bytes:
-    """An Atom 1.0 feed of the page; images are linked by absolute URL under `base_url`."""
-    ET.register_namespace("", ATOM_NS)
-    feed = ET.Element(f"{{{ATOM_NS}}}feed")
-    _sub(feed, "id", f"urn:illustfeed:feed:{label}")
-    _sub(feed, "title", title if label == "illustration" else f"{title}: {label}s")
-    _sub(feed, "updated", rfc3339(page.items[0].first_seen_at) if page.items else EPOCH)
-    _sub(feed, "link", rel="self", type="application/atom+xml", href=self_url)
-    _sub(feed, "link", rel="alternate", type="text/html", href=f"{base_url}/?{urlencode({'label': label})}")
-    _sub(feed, "generator", "illustfeed")
-    for item in page.items:
-        media_url = f"{base_url}/media/{item.sha256}"
-        author = item.credit.author if item.credit else "unknown"
-        entry = _sub(feed, "entry")
-        _sub(entry, "id", f"urn:illustfeed:media:{item.sha256}")
-        _sub(entry, "title", entry_title(item))
-        _sub(entry, "updated", rfc3339(item.first_seen_at))
-        if item.credit and parse_time(item.credit.created_at):
-            _sub(entry, "published", rfc3339(item.credit.created_at))
-        _sub(_sub(entry, "author"), "name", author)
-        post_link = safe_link(item.credit.post_url) if item.credit else None
-        _sub(entry, "link", rel="alternate", type="text/html", href=post_link or media_url)
-        _sub(entry, "link", rel="enclosure", type=item.mime, length=str(item.bytes), href=media_url)
-        _sub(entry, "content", _entry_content(item, media_url), type="html")
-    return ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+    """An Atom 1.0 feed (RFC 4287) of the page; images are linked by absolute URL under `base_url`."""
+    feed_title = title if label == "illustration" else f"{title}: {label}s"
+    updated = rfc3339(page.items[0].first_seen_at) if page.items else EPOCH
+    alternate = f"{base_url}/?{urlencode({'label': label})}"
+    return (
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+        f'<feed xmlns="{ATOM_NS}"><id>urn:illustfeed:feed:{_x(label)}</id><title>{_x(feed_title)}</title>'
+        f"<updated>{updated}</updated>"
+        f'<link rel="self" type="application/atom+xml" href="{_x(self_url)}"/>'
+        f'<link rel="alternate" type="text/html" href="{_x(alternate)}"/><generator>illustfeed</generator>'
+        + "".join(_atom_entry(item, base_url) for item in page.items)
+        + "</feed>\n"
+    ).encode("utf-8")
