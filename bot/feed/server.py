@@ -117,10 +117,7 @@ async def _page(request: web.Request, default_limit: int) -> tuple[str, int, Fee
 
 async def gallery(request: web.Request) -> web.Response:
     settings = settings_of(request)
-    try:
-        label, limit, page = await _page(request, settings.page_size)
-    except FeedQueryError as error:
-        raise web.HTTPBadRequest(text=str(error))
+    label, limit, page = await _page(request, settings.page_size)
     document = gallery_html(page, settings.title, label, settings.thumbnail_size,
                             limit if limit != settings.page_size else None)
     return _page_response(request, document.encode("utf-8"), "text/html")
@@ -128,10 +125,7 @@ async def gallery(request: web.Request) -> web.Response:
 
 async def atom_feed(request: web.Request) -> web.Response:
     settings = settings_of(request)
-    try:
-        label, _limit, page = await _page(request, settings.atom_entries)
-    except FeedQueryError as error:
-        raise web.HTTPBadRequest(text=str(error))
+    label, _limit, page = await _page(request, settings.atom_entries)
     root = base_url(request)
     document = atom_xml(page, settings.title, label, root, root + request.path_qs)
     return _page_response(request, document, "application/atom+xml")
@@ -162,10 +156,7 @@ def item_json(item: FeedItem, root: str) -> dict:
 
 
 async def api_media(request: web.Request) -> web.Response:
-    try:
-        label, _limit, page = await _page(request, settings_of(request).page_size)
-    except FeedQueryError as error:
-        return web.json_response({"error": str(error)}, status=400)
+    label, _limit, page = await _page(request, settings_of(request).page_size)
     root = base_url(request)
     response = web.json_response({
         "label": label,
@@ -253,6 +244,17 @@ async def stylesheet(request: web.Request) -> web.Response:
     return response
 
 
+@web.middleware
+async def _bad_requests(request: web.Request, handler) -> web.StreamResponse:
+    """A bad label, cursor or limit is a 400 naming it: JSON for the API, plain text elsewhere."""
+    try:
+        return await handler(request)
+    except FeedQueryError as error:
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": str(error)}, status=400)
+        raise web.HTTPBadRequest(text=str(error)) from None
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -261,7 +263,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
-    app = web.Application()
+    app = web.Application(middlewares=[_bad_requests])
     app[SETTINGS] = settings
     app[THUMBNAIL_LOCKS] = {}
 
