@@ -1,6 +1,7 @@
 """The feed app over HTTP (aiohttp test client) on a real store: pages, rules, paging, escaping, media, errors."""
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 
@@ -325,3 +326,28 @@ def test_healthz_reports_ok_and_counts(store, data_dir):
     assert body["ok"] is True
     assert body["feed"] == 2 and body["media"] == 4 and body["posts"] == 4
     assert body["by_label"] == {"illustration": 2, "screenshot": 0, "photo": 1}
+
+
+def test_healthz_is_503_naming_the_error_when_the_database_fails(store, data_dir):
+    illustrations(store, 1)
+    store.execute("DROP TABLE media_verdict")
+
+    async def scenario(client):
+        response = await client.get("/healthz")
+        return response.status, await response.json()
+
+    status, body = with_client(data_dir, scenario)
+    assert status == 503 and body["ok"] is False and "media_verdict" in body["error"]
+
+
+def test_concurrent_requests_make_one_thumbnail(store, data_dir):
+    media_id, = illustrations(store, 1)
+    sha = store.media(media_id)["sha256"]
+
+    async def scenario(client):
+        responses = await asyncio.gather(*(client.get(f"/thumb/{sha}") for _ in range(6)))
+        return {response.status for response in responses}, {response.headers["ETag"] for response in responses}
+
+    statuses, etags = with_client(data_dir, scenario)
+    assert statuses == {200} and len(etags) == 1
+    assert store.scalar("SELECT COUNT(*) FROM thumbnails WHERE media_id = ?", (media_id,)) == 1
