@@ -23,8 +23,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    serve = subparsers.add_parser("serve", parents=subparsers.common_parents,
-                                  help="serve the gallery, Atom feed and JSON API over HTTP")
+    serve = subparsers.add_parser("serve", help="serve the gallery, Atom feed and JSON API over HTTP")
     serve.add_argument("--host", help="address to bind (default: [feed] host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: [feed] port, 8080; 0 picks a free one)")
     serve.set_defaults(handler=cmd_serve)
