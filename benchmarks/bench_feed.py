@@ -91,7 +91,7 @@ async def measure(url: str, paths: list[str]) -> list[float]:
 
 
 def naive_first_page_ms(store: Store, repeats: int = 5) -> float:
-    """The first gallery page answered by joining the schema views (what migration 2 avoids)."""
+    """The first gallery page answered by joining the schema views (what migration 3, FEED_V3, avoids)."""
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()

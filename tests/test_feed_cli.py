@@ -16,7 +16,7 @@ import pytest
 from bot.cli import main
 from bot.config import ConfigError, parse_config
 from storage import Store
-from storage.schema import SCHEMA_V1
+from storage.schema import FEED_V3, MIGRATIONS
 from tests.test_feed_fixtures import illustrations, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +75,12 @@ def test_feed_config_defaults_and_bad_values_name_the_key():
             parse_config({"feed": table}, environ={})
 
 
-def test_migration_fills_media_verdict_from_a_version_1_database(tmp_path):
+def test_migration_fills_media_verdict_from_a_database_made_before_it(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     conn = sqlite3.connect(data_dir / "illustfeed.db")
-    conn.executescript(f"BEGIN;\n{SCHEMA_V1}\nPRAGMA user_version = 1;\nCOMMIT;")
+    earlier = MIGRATIONS[:MIGRATIONS.index(FEED_V3)]
+    conn.executescript("BEGIN;\n" + "\n".join(earlier) + f"\nPRAGMA user_version = {len(earlier)};\nCOMMIT;")
     conn.executescript(
         "INSERT INTO media (id, sha256, status, first_seen_at) VALUES (1, 'a', 'ok', 't'), (2, 'b', 'ok', 't'),"
         " (3, 'c', 'ok', 't');"

@@ -3,7 +3,7 @@
 "Newest first" is the order the bot first stored the media (`media.first_seen_at`); the media id is assigned
 in that same order and is the paging key, so a page boundary is a plain `id < cursor` that media arriving
 later (always with a higher id) can never shift: paging has no gaps and no repeats while the store grows.
-The label test reads `media_verdict` (kept current by triggers, schema migration 2) through an index.
+The label test reads `media_verdict` (kept current by triggers, schema migration 3, FEED_V3) through an index.
 """
 from __future__ import annotations
 
