@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
@@ -15,6 +14,7 @@ from bot.feed import create_app
 from bot.ingest import NEW, ingest_post
 from bot.records import MediaRef, Post
 from storage import Store
+from tests import imagegen
 
 T = TypeVar("T")
 # Distinct, saturated colours: each generated image is mostly one of them, so a screenshot shows which loaded.
@@ -32,9 +32,7 @@ def make_image(index: int, size: tuple[int, int] = (320, 240), fmt: str = "PNG")
         w, h = rng.randrange(10, 40), rng.randrange(10, 40)
         shade = rng.randrange(0, 80)
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=(shade,) * 3)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
+    return imagegen.encode(image, fmt)
 
 
 def add_post(store: Store, index: int, account: str = "artist", text: str | None = None,

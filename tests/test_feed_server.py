@@ -12,7 +12,6 @@ from PIL import Image
 from bot.config import FeedConfig, IngestConfig
 from bot.ingest import ingest_post
 from bot.records import MediaRef, Post
-from storage import Store
 from tests.test_feed_fixtures import COLOURS, add_post, illustrations, make_image, predict, with_client
 
 TILE_ID = re.compile(r'<figure class="tile" id="m(\d+)"')
@@ -20,13 +19,8 @@ TILE_ID = re.compile(r'<figure class="tile" id="m(\d+)"')
 
 @pytest.fixture
 def data_dir(tmp_path):
+    """Where conftest's `store` fixture keeps its database: the app opens its own Store on it."""
     return tmp_path / "data"
-
-
-@pytest.fixture
-def store(data_dir):
-    with Store.open(data_dir) as opened:
-        yield opened
 
 
 def tile_ids(page_html: str) -> list[int]:
@@ -135,7 +129,7 @@ def test_paging_has_no_gaps_or_repeats_while_new_media_arrive(store, data_dir):
         seen = []
         first = await get_json(client, "/api/media?limit=3")
         seen.append(api_ids(first))
-        # New media arrive between page requests: an illustration, a screenshot, a relabelled one.
+        # New media arrive between page requests: two illustrations and a screenshot.
         arrived = illustrations(store, 2, start=100)
         screenshot = add_post(store, 200)
         predict(store, screenshot, "screenshot")

@@ -290,6 +290,9 @@ async def start_feed_server(config: Config, store_factory: Callable[[], Store] |
                             host: str | None = None, port: int | None = None) -> web.AppRunner:
     """Start serving inside the running loop; returns the runner (`await runner.cleanup()` stops it).
 
+    `store_factory` must return a Store of its own (default: `Store.open(config.data_path)`): the app calls it
+    once, on its store thread, and closes that Store when the runner is cleaned up.
+
     `runner.addresses` holds the bound (host, port), which tells the port chosen when `port` is 0.
     """
     factory = store_factory or (lambda: Store.open(config.data_path))

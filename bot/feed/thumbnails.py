@@ -81,11 +81,3 @@ def record_thumbnail(store: Store, media_id: int, spec: ThumbnailSpec, data: byt
     )
     return Thumbnail(digest, spec.ext, spec.mime, width, height)
 
-
-def ensure_thumbnail(store: Store, media_id: int, spec: ThumbnailSpec) -> Thumbnail:
-    """The stored thumbnail of a media, made now if it has none (for batch jobs; the server splits the steps)."""
-    existing = stored_thumbnail(store, media_id, spec)
-    if existing is not None:
-        return existing
-    data, width, height = render_thumbnail(store.media_path(media_id), spec)
-    return record_thumbnail(store, media_id, spec, data, width, height)
