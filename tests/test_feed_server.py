@@ -12,6 +12,7 @@ from PIL import Image
 from bot.config import FeedConfig, IngestConfig
 from bot.ingest import ingest_post
 from bot.records import MediaRef, Post
+from tests import imagegen
 from tests.test_feed_fixtures import COLOURS, add_post, illustrations, make_image, predict, with_client
 
 TILE_ID = re.compile(r'<figure class="tile" id="m(\d+)"')
@@ -345,3 +346,21 @@ def test_concurrent_requests_make_one_thumbnail(store, data_dir):
     statuses, etags = with_client(data_dir, scenario)
     assert statuses == {200} and len(etags) == 1
     assert store.scalar("SELECT COUNT(*) FROM thumbnails WHERE media_id = ?", (media_id,)) == 1
+
+
+def test_thumbnails_are_upright_and_composite_transparency_on_white(store, data_dir):
+    rotated = Image.new("RGB", (400, 200), COLOURS[2])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    transparent = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    transparent.paste((200, 30, 30, 255), (100, 100, 200, 200))
+    upright_id = add_post(store, 1, image=imagegen.encode(rotated, "JPEG", exif=exif))
+    clear_id = add_post(store, 2, image=imagegen.encode(transparent, "PNG"))
+
+    async def scenario(client):
+        return [await (await client.get(f"/thumb/{store.media(media_id)['sha256']}")).read()
+                for media_id in (upright_id, clear_id)]
+
+    upright, clear = (Image.open(io.BytesIO(data)).convert("RGB") for data in with_client(data_dir, scenario))
+    assert upright.size == (200, 400)
+    assert min(clear.getpixel((10, 10))) >= 245 and clear.getpixel((150, 150))[0] > 180
