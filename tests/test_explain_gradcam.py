@@ -145,15 +145,16 @@ def test_guided_grad_cam_changes_when_weights_are_randomised(trained):
     assert correlation < 0.5
 
 
-def test_guided_grad_cam_is_sharp_inside_the_grad_cam_region(trained):
+def test_guided_grad_cam_concentrates_more_of_its_mass_on_the_patch_than_grad_cam(trained):
     model, images, _labels, corners = trained
-    hits = 0
+    sharper = 0
     for image, (row, col) in zip(images[:40], corners[:40].tolist()):
-        heatmap = guided_grad_cam(model, image[None], layer=layer_of(model))
-        assert heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE) and heatmap.dtype == np.float32
-        inside = heatmap[max(0, row - 2) : row + PATCH_SIZE + 2, max(0, col - 2) : col + PATCH_SIZE + 2].sum()
-        hits += inside / heatmap.sum() > 0.5
-    assert hits / 40 >= 0.9
+        patch = (slice(row, row + PATCH_SIZE), slice(col, col + PATCH_SIZE))
+        guided = guided_grad_cam(model, image[None], layer=layer_of(model))
+        coarse = grad_cam(model, image[None], layer=layer_of(model))
+        assert guided.shape == (IMAGE_SIZE, IMAGE_SIZE) and guided.dtype == np.float32
+        sharper += guided[patch].sum() / guided.sum() > coarse[patch].sum() / coarse.sum()
+    assert sharper / 40 >= 0.9, f"Guided Grad-CAM sharper than Grad-CAM on only {sharper}/40 images"
 
 
 def test_target_none_explains_the_predicted_class(trained):
