@@ -1,0 +1,122 @@
+"""`illustfeed` command line: a thin shell over library functions; each feature registers its own subcommands."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import Config, ConfigError, load_config
+from bot.ingest import ingest_source
+from bot.sources.folder import FolderSource
+from bot.status import format_status, store_status
+from storage import Store, StoreError
+
+# Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; the message is printed as `illustfeed: error: ...`."""
+
+
+def open_store(config: Config) -> Store:
+    return Store.open(config.data_path)
+
+
+def cmd_init(args: argparse.Namespace, config: Config) -> int:
+    with open_store(config) as store:
+        Path(config.sources.folder.path).mkdir(parents=True, exist_ok=True)
+        print(f"store ready at {store.data_dir.resolve()} (inbox: {Path(config.sources.folder.path).resolve()})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise CommandError(f"import: {folder} is not a directory")
+    source = FolderSource(folder, default_account=args.account or folder.resolve().name, account=args.account,
+                          max_bytes=config.ingest.max_bytes)
+    with open_store(config) as store:
+        summary = ingest_source(store, source, config.ingest, progress=config.ingest.progress and not args.json)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(", ".join(f"{key.replace('_', ' ')} {value}" for key, value in summary.as_dict().items()))
+        for problem in summary.problems:
+            print(f"  skipped {problem}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    with open_store(config) as store:
+        status = store_status(store)
+    print(json.dumps(status) if args.json else format_status(status))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace, config: Config) -> int:
+    with open_store(config) as store:
+        media_id = store.resolve_media(args.media)
+        store.add_label(media_id, args.label, by=args.by, via="cli")
+    print(f"media {media_id} labelled {args.label}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in defaults)")
+    parser = argparse.ArgumentParser(prog="illustfeed", parents=[common],
+                                     description="Turn followed accounts' images into a feed of illustrations.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Subparsers get `common` too, so --config works before or after the command name.
+    subparsers.common_parents = [common]  # type: ignore[attr-defined]
+
+    init = subparsers.add_parser("init", parents=[common], help="create the data dir, database and inbox")
+    init.set_defaults(handler=cmd_init)
+
+    imp = subparsers.add_parser("import", parents=[common], help="import every image under a folder")
+    imp.add_argument("dir", help="folder; each subfolder is an account unless --account is given")
+    imp.add_argument("--account", help="attribute every file to this account")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.set_defaults(handler=cmd_import)
+
+    status = subparsers.add_parser("status", parents=[common], help="counts by label, queue, active model")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=cmd_status)
+
+    label = subparsers.add_parser("label", parents=[common], help="record a human label for a media")
+    label.add_argument("media", help="media id, or sha256 (prefix) of the stored file")
+    label.add_argument("label", choices=("illustration", "screenshot", "photo"))
+    label.add_argument("--by", default="cli", help="who is labelling (recorded in the label history)")
+    label.set_defaults(handler=cmd_label)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"illustfeed: config error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.handler(args, config) or 0)
+    except (CommandError, StoreError, ConfigError, FileNotFoundError) as error:
+        print(f"illustfeed: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The store at a glance: counts by final label, queue, labels and the active model."""
+from __future__ import annotations
+
+from storage import Store
+
+
+def store_status(store: Store) -> dict:
+    by_label = {
+        row["label"]: row["n"]
+        for row in store.query(
+            "SELECT final.label AS label, COUNT(*) AS n FROM ("
+            "  SELECT COALESCE(cl.label, CASE WHEN lp.borderline = 0 THEN lp.label END) AS label"
+            "  FROM media m"
+            "  LEFT JOIN current_label cl ON cl.media_id = m.id"
+            "  LEFT JOIN latest_prediction lp ON lp.media_id = m.id"
+            "  WHERE m.status = 'ok'"
+            ") AS final GROUP BY final.label"
+        )
+    }
+    unlabelled = by_label.pop(None, 0)
+    active = store.active_model()
+    return {
+        "media_total": store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'"),
+        "posts_total": store.scalar("SELECT COUNT(*) FROM posts"),
+        "accounts_total": store.scalar("SELECT COUNT(*) FROM accounts"),
+        "rejected_total": store.scalar("SELECT COUNT(*) FROM media WHERE status = 'rejected'"),
+        "by_label": by_label,
+        "undecided": unlabelled,
+        "review_pending": store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'pending'"),
+        "labels_total": store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL"),
+        "active_model": active["version"] if active else None,
+    }
+
+
+def format_status(status: dict) -> str:
+    labels = ", ".join(f"{label} {count}" for label, count in sorted(status["by_label"].items())) or "none yet"
+    return "\n".join([
+        f"media: {status['media_total']} stored, {status['rejected_total']} rejected, "
+        f"{status['posts_total']} posts from {status['accounts_total']} accounts",
+        f"final labels: {labels}; undecided {status['undecided']}",
+        f"review queue: {status['review_pending']} pending; human labels: {status['labels_total']}",
+        f"active model: {status['active_model'] or 'none'}",
+    ])

@@ -1,0 +1,79 @@
+"""Content-addressed blob files: `<root>/ab/cd/<sha256>.<ext>`, written atomically, never overwritten."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+EXT_PATTERN = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+class BlobError(ValueError):
+    """A blob id or extension that cannot name a file in the store."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_blob_name(sha256: str, ext: str) -> None:
+    # Both parts end up in a path: validating them here keeps callers (web, chat) free of traversal checks.
+    if not SHA256_PATTERN.match(sha256):
+        raise BlobError(f"not a sha256 hex digest: {sha256!r}")
+    if not EXT_PATTERN.match(ext):
+        raise BlobError(f"not a file extension: {ext!r}")
+
+
+class BlobStore:
+    """Files named by the sha256 of their bytes under one root folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, sha256: str, ext: str) -> Path:
+        check_blob_name(sha256, ext)
+        return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{ext}"
+
+    def exists(self, sha256: str, ext: str) -> bool:
+        return self.path(sha256, ext).is_file()
+
+    def read(self, sha256: str, ext: str) -> bytes:
+        return self.path(sha256, ext).read_bytes()
+
+    def put(self, data: bytes, ext: str) -> str:
+        """Store `data` and return its sha256. An existing blob is left as it is (same name = same bytes)."""
+        digest = sha256_hex(data)
+        target = self.path(digest, ext)
+        if target.is_file():
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Temp file in the same folder so the rename is atomic; fsync before it so a crash never leaves
+        # a named file with missing bytes.
+        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, target)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return digest
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files a killed process left behind; returns how many."""
+        removed = 0
+        if self.root.is_dir():
+            for stale in self.root.glob("*/*/.tmp-*"):
+                stale.unlink(missing_ok=True)
+                removed += 1
+        return removed

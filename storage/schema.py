@@ -1,0 +1,136 @@
+"""The SQLite schema as an ordered list of migrations; `PRAGMA user_version` records how many ran."""
+from __future__ import annotations
+
+import sqlite3
+
+LABEL_CHECK = "label IN ('illustration', 'screenshot', 'photo')"
+
+SCHEMA_V1 = f"""
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    external_id TEXT,
+    display_name TEXT,
+    followed INTEGER NOT NULL DEFAULT 1,
+    cursor TEXT,
+    last_crawl_at TEXT,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    UNIQUE (source, handle)
+);
+CREATE TABLE posts (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    source TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    url TEXT,
+    text TEXT,
+    created_at TEXT,
+    fetched_at TEXT NOT NULL,
+    UNIQUE (source, external_id)
+);
+CREATE TABLE media (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT UNIQUE,
+    phash TEXT,
+    mime TEXT,
+    ext TEXT,
+    width INTEGER,
+    height INTEGER,
+    frames INTEGER,
+    bytes INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'rejected', 'removed')),
+    reject_reason TEXT,
+    source_url TEXT,
+    first_seen_at TEXT NOT NULL
+);
+CREATE INDEX media_status ON media(status);
+CREATE TABLE post_media (
+    post_id INTEGER NOT NULL REFERENCES posts(id),
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    position INTEGER NOT NULL DEFAULT 0,
+    alt_text TEXT,
+    source_url TEXT,
+    PRIMARY KEY (post_id, media_id)
+);
+CREATE INDEX post_media_media ON post_media(media_id);
+CREATE TABLE predictions (
+    id INTEGER PRIMARY KEY,
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    model_version TEXT NOT NULL,
+    prob_illustration REAL NOT NULL,
+    prob_screenshot REAL NOT NULL,
+    prob_photo REAL NOT NULL,
+    label TEXT NOT NULL CHECK ({LABEL_CHECK}),
+    confidence REAL NOT NULL,
+    margin REAL NOT NULL,
+    borderline INTEGER NOT NULL,
+    overlay_sha256 TEXT,
+    created_at TEXT NOT NULL,
+    UNIQUE (media_id, model_version)
+);
+CREATE TABLE labels (
+    id INTEGER PRIMARY KEY,
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    label TEXT NOT NULL CHECK ({LABEL_CHECK}),
+    "by" TEXT NOT NULL,
+    via TEXT NOT NULL,
+    at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX labels_media ON labels(media_id);
+CREATE TABLE review_queue (
+    media_id INTEGER PRIMARY KEY REFERENCES media(id),
+    reason TEXT NOT NULL,
+    priority REAL NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'skipped')),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX review_queue_pending ON review_queue(state, priority);
+CREATE TABLE models (
+    version TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    metrics TEXT,
+    data_summary TEXT,
+    parent TEXT,
+    active INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE features (
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    backbone TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    dim INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (media_id, backbone)
+);
+CREATE VIEW current_label AS
+    SELECT media_id, label, "by", via, at FROM labels
+    WHERE id IN (SELECT MAX(id) FROM labels WHERE revoked_at IS NULL GROUP BY media_id);
+CREATE VIEW latest_prediction AS
+    SELECT * FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY media_id);
+"""
+
+# Append new migrations; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer illustfeed than this one."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; returns the version it was at before."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; upgrade illustfeed"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        # executescript commits first, so each migration runs in its own explicit transaction.
+        conn.executescript(f"BEGIN;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;")
+    return current

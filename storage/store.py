@@ -1,0 +1,223 @@
+"""The SQLite store: one database file plus blob folders under a data dir, and the queries every stage shares."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import sqlite_utils
+
+from storage.blobs import BlobStore
+from storage.schema import migrate
+
+DB_FILENAME = "illustfeed.db"
+LABELS = ("illustration", "screenshot", "photo")
+
+
+class StoreError(ValueError):
+    """A request the store cannot satisfy (unknown media, bad label, ambiguous reference)."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """One SQLite connection (WAL, foreign keys) and the blob stores of one data dir. One Store per thread."""
+
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection):
+        self.data_dir = Path(data_dir)
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.blobs = BlobStore(self.data_dir / "media")
+        self.derived = BlobStore(self.data_dir / "derived")
+        self._transaction_depth = 0
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> "Store":
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
+        conn = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        migrate(conn)
+        store = cls(data_dir, conn)
+        store.blobs.remove_stale_temp_files()
+        store.derived.remove_stale_temp_files()
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all. Nested use joins the outer transaction.
+
+        Use `execute` inside; sqlite-utils' own write helpers commit on their own and must stay outside.
+        """
+        with self._lock:
+            if self._transaction_depth:
+                self._transaction_depth += 1
+                try:
+                    yield
+                finally:
+                    self._transaction_depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._transaction_depth = 1
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+            finally:
+                self._transaction_depth = 0
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def query(self, sql: str, params: Any = ()) -> list[dict]:
+        return [dict(row) for row in self.conn.execute(sql, params)]
+
+    def query_one(self, sql: str, params: Any = ()) -> dict | None:
+        row = self.conn.execute(sql, params).fetchone()
+        return dict(row) if row is not None else None
+
+    def scalar(self, sql: str, params: Any = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return row[0] if row is not None else None
+
+    # Accounts and posts ------------------------------------------------------------------------------
+
+    def upsert_account(self, source: str, handle: str, external_id: str | None = None,
+                       display_name: str | None = None) -> int:
+        self.execute(
+            "INSERT INTO accounts (source, handle, external_id, display_name, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (source, handle) DO UPDATE SET "
+            "external_id = COALESCE(excluded.external_id, external_id), "
+            "display_name = COALESCE(excluded.display_name, display_name)",
+            (source, handle, external_id, display_name, utc_now()),
+        )
+        return self.scalar("SELECT id FROM accounts WHERE source = ? AND handle = ?", (source, handle))
+
+    def upsert_post(self, account_id: int, source: str, external_id: str, url: str | None, text: str | None,
+                    created_at: str | None) -> tuple[int, bool]:
+        """Returns (post id, whether it is new)."""
+        existing = self.scalar("SELECT id FROM posts WHERE source = ? AND external_id = ?", (source, external_id))
+        if existing is not None:
+            return existing, False
+        cursor = self.execute(
+            "INSERT INTO posts (account_id, source, external_id, url, text, created_at, fetched_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account_id, source, external_id, url, text, created_at, utc_now()),
+        )
+        return cursor.lastrowid, True
+
+    def link_post_media(self, post_id: int, media_id: int, position: int, alt_text: str | None,
+                        source_url: str | None) -> bool:
+        """Attach a media to a post; returns False when the link already existed."""
+        cursor = self.execute(
+            "INSERT OR IGNORE INTO post_media (post_id, media_id, position, alt_text, source_url) VALUES (?, ?, ?, ?, ?)",
+            (post_id, media_id, position, alt_text, source_url),
+        )
+        return cursor.rowcount == 1
+
+    # Media -------------------------------------------------------------------------------------------
+
+    def media_by_sha256(self, sha256: str) -> dict | None:
+        return self.query_one("SELECT * FROM media WHERE sha256 = ?", (sha256,))
+
+    def near_duplicate_candidates(self, phash: int, max_distance: int) -> list[dict]:
+        """Accepted media whose perceptual hash is within `max_distance` bits, nearest first."""
+        rows = self.query("SELECT id, sha256, ext, phash, width, height FROM media "
+                          "WHERE status = 'ok' AND phash IS NOT NULL")
+        if not rows or max_distance < 0:
+            return []
+        hashes = np.array([int(row["phash"], 16) for row in rows], dtype=np.uint64)
+        distances = np.bitwise_count(hashes ^ np.uint64(phash))
+        order = np.argsort(distances, kind="stable")
+        return [dict(rows[int(i)], distance=int(distances[i])) for i in order if distances[i] <= max_distance]
+
+    def insert_media(self, **fields: Any) -> int:
+        fields.setdefault("first_seen_at", utc_now())
+        columns = ", ".join(fields)
+        placeholders = ", ".join("?" for _ in fields)
+        cursor = self.execute(f"INSERT INTO media ({columns}) VALUES ({placeholders})", tuple(fields.values()))
+        return cursor.lastrowid
+
+    def media(self, media_id: int) -> dict:
+        row = self.query_one("SELECT * FROM media WHERE id = ?", (media_id,))
+        if row is None:
+            raise StoreError(f"no media with id {media_id}")
+        return row
+
+    def media_path(self, media_id: int) -> Path:
+        row = self.media(media_id)
+        if row["status"] != "ok":
+            raise StoreError(f"media {media_id} is {row['status']}: {row['reject_reason'] or 'no stored file'}")
+        return self.blobs.path(row["sha256"], row["ext"])
+
+    def resolve_media(self, reference: str | int) -> int:
+        """A media id, or the sha256 (or a unique prefix of at least 6 hex digits) of its stored bytes."""
+        text = str(reference).strip().lower()
+        if text.isdigit() and len(text) < 6:
+            return self.media(int(text))["id"]
+        if len(text) >= 6 and all(c in "0123456789abcdef" for c in text):
+            matches = self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2", (text + "%",))
+            if len(matches) == 1:
+                return matches[0]["id"]
+            if len(matches) > 1:
+                raise StoreError(f"sha256 prefix {reference!r} matches more than one media; give more digits")
+        if text.isdigit():
+            return self.media(int(text))["id"]
+        raise StoreError(f"no media matches {reference!r} (give a media id or a sha256 prefix)")
+
+    # Labels ------------------------------------------------------------------------------------------
+
+    def add_label(self, media_id: int, label: str, by: str, via: str) -> int:
+        if label not in LABELS:
+            raise StoreError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
+        self.media(media_id)
+        with self.transaction():
+            cursor = self.execute(
+                'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
+                (media_id, label, by, via, utc_now()),
+            )
+            # A human answer settles the review item.
+            self.execute(
+                "UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
+                (utc_now(), media_id),
+            )
+        return cursor.lastrowid
+
+    def current_label(self, media_id: int) -> dict | None:
+        return self.query_one("SELECT * FROM current_label WHERE media_id = ?", (media_id,))
+
+    def final_label(self, media_id: int) -> str | None:
+        """The latest human label, else the latest prediction when it is not borderline."""
+        return self.scalar(
+            "SELECT COALESCE((SELECT label FROM current_label WHERE media_id = :id), "
+            "(SELECT label FROM latest_prediction WHERE media_id = :id AND borderline = 0))",
+            {"id": media_id},
+        )
+
+    def active_model(self) -> dict | None:
+        return self.query_one("SELECT * FROM models WHERE active = 1")
