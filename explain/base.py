@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from classifier.vgg import LAST_CONV_RELU_INDEX
 
 
@@ -134,3 +135,9 @@ def finish_map(evidence: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     if not peak > 0.0:
         return np.zeros(size, dtype=np.float32)
     return (upsampled / peak).clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
+
+
+def unnormalised_rgb(view: torch.Tensor) -> np.ndarray:
+    """A preprocessed view [3, H, W] back to the uint8 RGB [H, W, 3] the network was shown."""
+    pixels = view.detach().float().cpu().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return (pixels.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)

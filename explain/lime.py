@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from explain.base import check_image_batch, evaluating, resolve_target
+from explain.base import check_image_batch, evaluating, resolve_target, unnormalised_rgb
 from explain.superpixels import slic
 
 KERNEL_WIDTH = 0.25
@@ -42,12 +41,6 @@ class LimeExplanation:
             if abs(self.weights[segment]) > min_weight:
                 sign[segment] = 1 if self.weights[segment] > 0 else -1
         return sign[self.segments]
-
-
-def image_from_tensor(image: torch.Tensor) -> np.ndarray:
-    """Undo the ImageNet normalisation of [1, 3, H, W] to uint8 RGB [H, W, 3] (for superpixels only)."""
-    pixels = image[0].detach().float().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
-    return (pixels.clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def weighted_ridge(
@@ -81,7 +74,7 @@ def lime(
     check_image_batch(image)
     if num_samples < 2:
         raise ValueError(f"LIME needs at least 2 samples, got {num_samples}")
-    segments = slic(image_from_tensor(image), n_segments=n_segments)
+    segments = slic(unnormalised_rgb(image[0]), n_segments=n_segments)
     num_segments = int(segments.max()) + 1
     segment_index = torch.from_numpy(segments.astype(np.int64)).reshape(-1)
     channels = image[0].detach().float().reshape(image.shape[1], -1)

@@ -1,4 +1,4 @@
-"""Explaining a whole media item: every sampled frame explained for the media's class, encoded as PNG/GIF.
+"""Explaining a whole media item: every view of every sampled frame, for the media's class, as PNG or GIF.
 
 `gradcam_overlay` is what the classifier calls for borderline calls; `explain_image` is what the CLI
 calls on a file or a stored blob.
@@ -17,11 +17,11 @@ from torch import nn
 
 from classifier import LABELS
 from classifier.preprocess import ImageModeError, imagenet_eval_tensor, load_rgb_frames
-from explain.base import ExplainError
+from explain.base import ExplainError, evaluating
 from explain.gradcam import grad_cam
 from explain.guided import guided_grad_cam
 from explain.lime import lime
-from explain.overlay import Call, EncodedImage, Explanation, encode, render_frame
+from explain.overlay import Call, EncodedImage, Explanation, compose, encode, paint
 
 DEFAULT_MAX_FRAMES = 4  # as many frames as the classifier averages over
 
@@ -45,26 +45,25 @@ class UnreadableImageError(ExplainError):
 
 def explain_frames(
     model: nn.Module,
-    rgb_frames: Sequence[Image.Image],
-    input_tensors: Sequence[torch.Tensor] | torch.Tensor,
+    views_per_frame: Sequence[torch.Tensor],
     probabilities: Sequence[float],
     labels: Sequence[str] = LABELS,
     method: str = "gradcam",
     target: int | None = None,
     method_options: Mapping[str, Any] | None = None,
 ) -> EncodedImage:
-    """Explain each frame for one class and render the overlays: PNG for one frame, animated GIF for more.
+    """Explain every view of every frame for one class and render them: PNG for one frame, GIF for more.
 
-    rgb_frames: the decoded frames (`classifier.preprocess.load_rgb_frames`), full size.
-    input_tensors: the matching preprocessed tensors, [3, H, W] each or stacked [N, 3, H, W]
-        (`imagenet_eval_tensor`); maps are drawn over the centre crop that recipe keeps.
-    probabilities: the media's probabilities per label (averaged over frames, as the classifier does).
-    target: index of the class to explain; None explains the media's predicted class in every frame.
+    views_per_frame: per decoded frame, the preprocessed views the classifier ran, [V, 3, S, S] (or one
+        view [3, S, S]); ImageNet-normalised, as `classifier.preprocess.normalize` makes them.
+    probabilities: the media's probability per label, as the classifier computed it (shown in the panel).
+    target: index of the class to explain; None explains the media's predicted class in every view.
+    Each view is explained on its own logit for the class (views are not re-aggregated).
     """
     if method not in METHODS:
         raise ExplainError(f"unknown explanation method {method!r}; choose from {', '.join(METHODS)}")
-    if len(rgb_frames) == 0 or len(rgb_frames) != len(input_tensors):
-        raise ExplainError(f"got {len(rgb_frames)} frames but {len(input_tensors)} input tensors")
+    if len(views_per_frame) == 0:
+        raise ExplainError("no frames to explain")
     if len(probabilities) != len(labels):
         raise ExplainError(f"got {len(probabilities)} probabilities for {len(labels)} labels")
     explained = int(np.argmax(probabilities)) if target is None else target
@@ -73,25 +72,28 @@ def explain_frames(
     chosen = METHODS[method]
     call = Call(method=chosen.title, labels=labels, probabilities=probabilities, target=explained)
     rendered = []
-    for frame, tensor in zip(rgb_frames, input_tensors):
-        explanation = chosen.explain(model, tensor.reshape(1, *tensor.shape[-3:]), explained, **(method_options or {}))
-        rendered.append(render_frame(frame, explanation, call))
+    for views in views_per_frame:
+        views = views.reshape(-1, *views.shape[-3:])
+        painted = [
+            paint(view, chosen.explain(model, view[None], explained, **(method_options or {}))) for view in views
+        ]
+        rendered.append(compose(painted, call))
     return encode(rendered)
 
 
 def gradcam_overlay(
     model: nn.Module,
-    rgb_frames: Sequence[Image.Image],
-    input_tensors: Sequence[torch.Tensor] | torch.Tensor,
+    views_per_frame: Sequence[torch.Tensor],
     probabilities: Sequence[float],
     labels: Sequence[str] = LABELS,
 ) -> EncodedImage:
-    """The Grad-CAM overlay stored for a borderline call, for the predicted class (argmax of probabilities).
+    """The Grad-CAM overlay stored for a borderline call: the predicted class (argmax of `probabilities`).
 
-    Arguments as in `explain_frames`. Returns `EncodedImage(data, ext)`: ext "png" for a still, "gif" for
-    animated media, ready for `store.derived.put(overlay.data, overlay.ext)`.
+    `model` must be the eager nn.Module (gradients flow through it; a frozen TorchScript or int8 trunk
+    cannot be differentiated). Arguments as in `explain_frames`. Returns `EncodedImage(data, ext)`, ext
+    "png" for a still and "gif" for animated media, for `store.derived.put(overlay.data, overlay.ext)`.
     """
-    return explain_frames(model, rgb_frames, input_tensors, probabilities, labels, method="gradcam")
+    return explain_frames(model, views_per_frame, probabilities, labels, method="gradcam")
 
 
 def decode_frames(source: bytes | Path, max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image.Image]:
@@ -100,19 +102,19 @@ def decode_frames(source: bytes | Path, max_frames: int = DEFAULT_MAX_FRAMES) ->
     try:
         return load_rgb_frames(source, max_frames=max_frames)
     except (UnidentifiedImageError, ImageModeError, OSError, SyntaxError, ValueError) as error:
-        # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError depending on the codec.
+        # Pillow reports truncated or corrupt data as OSError, SyntaxError or ValueError depending on codec.
         raise UnreadableImageError(f"cannot decode {name} as an image: {error}") from error
 
 
-def media_probabilities(model: nn.Module, input_tensors: torch.Tensor) -> list[float]:
-    """Softmax per frame, averaged over frames (the classifier's rule for animated media)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return torch.softmax(model(input_tensors), dim=1).mean(dim=0).tolist()
-    finally:
-        model.train(was_training)
+def eval_crop_views(frame: Image.Image) -> torch.Tensor:
+    """One view [1, 3, 224, 224]: the torchvision ImageNet eval crop."""
+    return imagenet_eval_tensor(frame)[None]
+
+
+def media_probabilities(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
+    """Softmax of every view of every frame, averaged."""
+    with torch.inference_mode(), evaluating(model):
+        return torch.softmax(model(torch.cat(list(views_per_frame))), dim=1).mean(dim=0).tolist()
 
 
 def explain_image(
@@ -122,12 +124,16 @@ def explain_image(
     target: int | None = None,
     labels: Sequence[str] = LABELS,
     method_options: Mapping[str, Any] | None = None,
+    frame_views: Callable[[Image.Image], torch.Tensor] = eval_crop_views,
     max_frames: int = DEFAULT_MAX_FRAMES,
 ) -> EncodedImage:
-    """Decode a file or blob, classify its frames and render the chosen explanation (PNG, or GIF if animated)."""
+    """Decode a file or blob, run its frames' views and render the explanation (PNG, or GIF if animated).
+
+    `frame_views` frames one RGB frame into the views the model takes, [V, 3, S, S].
+    """
     frames = decode_frames(source, max_frames=max_frames)
-    input_tensors = torch.stack([imagenet_eval_tensor(frame) for frame in frames])
-    probabilities = media_probabilities(model, input_tensors)
+    views_per_frame = [frame_views(frame) for frame in frames]
+    probabilities = media_probabilities(model, views_per_frame)
     if len(probabilities) != len(labels):
-        raise ExplainError(f"model gives {len(probabilities)} classes but there are {len(labels)} labels")
-    return explain_frames(model, frames, input_tensors, probabilities, labels, method, target, method_options)
+        raise ExplainError(f"the model gives {len(probabilities)} classes but there are {len(labels)} labels")
+    return explain_frames(model, views_per_frame, probabilities, labels, method, target, method_options)
