@@ -30,17 +30,21 @@ class LimeExplanation:
     fit_r2: float  # weighted R^2 of the local linear model: how much to trust the weights
     target: int
 
-    def regions(self, num_features: int = 5, min_weight: float = 0.0) -> np.ndarray:
-        """int8 [H, W]: +1 on the top superpixels (by |weight|) that support the target, -1 on those against.
+    def segment_signs(self, num_features: int = 5, min_weight: float = 0.0) -> np.ndarray:
+        """int8 [S]: +1 for the top superpixels (by |weight|) that support the target, -1 against, 0 rest.
 
         The reference explainer's `get_image_and_mask(positive_only=False, num_features=5)`.
         """
         order = np.argsort(-np.abs(self.weights), kind="stable")[:num_features]
-        sign = np.zeros(len(self.weights), dtype=np.int8)
+        signs = np.zeros(len(self.weights), dtype=np.int8)
         for segment in order:
             if abs(self.weights[segment]) > min_weight:
-                sign[segment] = 1 if self.weights[segment] > 0 else -1
-        return sign[self.segments]
+                signs[segment] = 1 if self.weights[segment] > 0 else -1
+        return signs
+
+    def regions(self, num_features: int = 5, min_weight: float = 0.0) -> np.ndarray:
+        """int8 [H, W]: `segment_signs` painted onto the pixels."""
+        return self.segment_signs(num_features, min_weight)[self.segments]
 
 
 def weighted_ridge(

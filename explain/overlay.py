@@ -79,7 +79,7 @@ def paint_heatmap(shown: Image.Image, heatmap: np.ndarray) -> Image.Image:
 def paint_lime(shown: Image.Image, explanation: LimeExplanation) -> Image.Image:
     """Top superpixels tinted green (for the class) or red (against it); every boundary in yellow."""
     segments = np.asarray(Image.fromarray(explanation.segments).resize(shown.size, Image.NEAREST))
-    signs = np.asarray(Image.fromarray(explanation.regions()).resize(shown.size, Image.NEAREST))[..., None]
+    signs = explanation.segment_signs()[segments][..., None]
     pixels = np.asarray(shown, dtype=np.float32)
     pixels = np.where(signs > 0, (1 - LIME_TINT) * pixels + LIME_TINT * LIME_SUPPORT, pixels)
     pixels = np.where(signs < 0, (1 - LIME_TINT) * pixels + LIME_TINT * LIME_AGAINST, pixels)

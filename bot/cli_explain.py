@@ -1,0 +1,116 @@
+"""`illustfeed explain`: render where the active classifier looked in a file or a stored media item."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from bot.cli import CommandError, open_store
+from bot.config import Config
+from classifier import LABELS
+from explain import ExplainError
+from explain.media import METHODS, eval_crop_views, explain_image
+from storage import Store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parents = getattr(subparsers, "common_parents", [])
+    parser = subparsers.add_parser(
+        "explain", parents=parents, help="show where the classifier looked (Grad-CAM, Guided Grad-CAM, LIME)"
+    )
+    parser.add_argument("media", metavar="PATH_OR_MEDIA_ID", help="an image file, or a media id / sha256 prefix")
+    parser.add_argument("--method", choices=tuple(METHODS), default="gradcam")
+    parser.add_argument("--target", choices=LABELS, help="class to explain (default: the predicted one)")
+    parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media: .gif)")
+    parser.add_argument("--samples", type=int, default=1000, help="LIME: perturbed samples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="LIME: random seed of the samples (default 0)")
+    parser.set_defaults(handler=cmd_explain)
+
+
+def load_active_model(store: Store, config: Config) -> nn.Module:
+    """The classifier's active model version (issue 3's loader)."""
+    try:
+        from classifier.model import load_active_model as classifier_loader
+    except ImportError as error:
+        raise CommandError(f"this build has no classifier model loader to explain: {error}") from error
+    return classifier_loader(store, config)
+
+
+def model_frame_views(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
+    """How the model frames an image into views: its FeatureSpec when it has one, else the eval crop."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return eval_crop_views
+    from classifier.features import image_views
+
+    return lambda frame: image_views(frame, spec)
+
+
+def resolve_source(reference: str, store: Store) -> Path:
+    """An existing file path as given, else the stored blob of a media id or sha256 prefix."""
+    path = Path(reference)
+    if path.is_file():
+        return path
+    return store.media_path(store.resolve_media(reference))
+
+
+def write_atomically(data: bytes, target: Path) -> None:
+    """Write to a temp file beside `target` and rename, so a failure never leaves half an overlay."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def explain_to_file(
+    model: nn.Module,
+    source: Path,
+    out: Path,
+    method: str,
+    target_label: str | None,
+    lime_samples: int,
+    lime_seed: int,
+) -> Path:
+    """Render the explanation of `source` to `out` (suffix corrected to .gif for animated media); the path."""
+    labels = tuple(getattr(model, "labels", LABELS))
+    if target_label is not None and target_label not in labels:
+        raise CommandError(f"--target {target_label!r} is not one of the model's labels {labels}")
+    options = {"num_samples": lime_samples, "seed": lime_seed} if method == "lime" else None
+    try:
+        overlay = explain_image(
+            model,
+            source,
+            method=method,
+            target=None if target_label is None else labels.index(target_label),
+            labels=labels,
+            method_options=options,
+            frame_views=model_frame_views(model),
+        )
+    except (ExplainError, ValueError) as error:
+        raise CommandError(f"explain {source}: {error}") from error
+    written = out if out.suffix.lower() == f".{overlay.ext}" else out.with_suffix(f".{overlay.ext}")
+    write_atomically(overlay.data, written)
+    return written
+
+
+def cmd_explain(args: argparse.Namespace, config: Config) -> int:
+    if args.samples < 2:
+        raise CommandError(f"--samples must be at least 2, got {args.samples}")
+    with open_store(config) as store:
+        source = resolve_source(args.media, store)
+        model = load_active_model(store, config)
+        written = explain_to_file(model, source, args.out, args.method, args.target, args.samples, args.seed)
+    note = f" (a {written.suffix[1:].upper()} overlay, so the suffix was changed)" if written != args.out else ""
+    print(f"wrote {written}{note}")
+    return 0
