@@ -1,0 +1,108 @@
+"""`illustfeed explain`: writes overlays for files and stored media, and fails clearly on bad input."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bot.cli_explain
+from bot.cli import main
+from classifier import LABELS, build_vgg16
+from explain.overlay import DISPLAY_VIEW_SIDE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run many times faster on one thread on our shared 2-core machines (no oversubscription)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config whose data dir is in tmp_path; the active model is a reduced-width VGG16."""
+    torch.manual_seed(0)
+    model = build_vgg16(num_classes=len(LABELS), width=1 / 32)
+    monkeypatch.setattr(bot.cli_explain, "load_active_model", lambda store, config: model)
+    path = tmp_path / "config.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n')
+    return path
+
+
+def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).resize(size, Image.NEAREST)
+
+
+def saved(image: Image.Image, path: Path, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **options)
+    return path
+
+
+def test_explains_a_file_with_each_method(tmp_path, config_file, capsys):
+    source = saved(picture(0), tmp_path / "in" / "drawing.png")
+    for method in ("gradcam", "guided-gradcam", "lime"):
+        out = tmp_path / "out" / f"{method}.png"
+        argv = ["explain", str(source), "--method", method, "--out", str(out), "--config", str(config_file)]
+        assert main(argv + ["--samples", "12"]) == 0
+        with Image.open(out) as overlay:
+            assert overlay.format == "PNG" and overlay.width == DISPLAY_VIEW_SIDE
+        assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_target_label_changes_what_is_explained(tmp_path, config_file):
+    source = saved(picture(1), tmp_path / "drawing.png")
+    outputs = []
+    for label in ("illustration", "photo"):
+        out = tmp_path / f"{label}.png"
+        assert main(["explain", str(source), "--target", label, "--out", str(out), "--config", str(config_file)]) == 0
+        outputs.append(np.asarray(Image.open(out).convert("RGB")))
+    assert not np.array_equal(outputs[0], outputs[1])
+
+
+def test_animated_media_gives_an_animated_gif_even_if_out_says_png(tmp_path, config_file, capsys):
+    frames = [picture(seed) for seed in range(3)]
+    source = saved(frames[0], tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    out = tmp_path / "anim-explained.png"
+    assert main(["explain", str(source), "--out", str(out), "--config", str(config_file)]) == 0
+    written = out.with_suffix(".gif")
+    assert not out.exists() and "suffix was changed" in capsys.readouterr().out
+    with Image.open(written) as overlay:
+        assert overlay.format == "GIF" and overlay.n_frames == 3
+
+
+def test_a_stored_media_id_is_explained_from_its_blob(tmp_path, config_file):
+    saved(picture(2), tmp_path / "inbox" / "someone" / "art.png")
+    assert main(["import", str(tmp_path / "inbox"), "--config", str(config_file)]) == 0
+    out = tmp_path / "media1.png"
+    assert main(["explain", "1", "--method", "lime", "--samples", "10", "--out", str(out),
+                 "--config", str(config_file)]) == 0  # fmt: skip
+    with Image.open(out) as overlay:
+        assert overlay.format == "PNG"
+
+
+def test_corrupt_input_is_a_clear_error_and_writes_nothing(tmp_path, config_file, capsys):
+    whole = io.BytesIO()
+    picture(3).save(whole, format="PNG")
+    source = tmp_path / "broken.png"
+    source.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 3])
+    out = tmp_path / "out.png"
+    assert main(["explain", str(source), "--out", str(out), "--config", str(config_file)]) == 1
+    error = capsys.readouterr().err
+    assert "illustfeed: error:" in error and "cannot decode" in error and str(source) in error
+    assert list(tmp_path.glob("out*")) == [] and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_unknown_media_is_a_clear_error(tmp_path, config_file, capsys):
+    out = tmp_path / "out.png"
+    assert main(["explain", "42", "--out", str(out), "--config", str(config_file)]) == 1
+    assert "no media with id 42" in capsys.readouterr().err
+    assert not out.exists()
