@@ -57,6 +57,8 @@ def resolve_source(reference: str, store: Store) -> Path:
     path = Path(reference)
     if path.is_file():
         return path
+    if path.suffix or os.sep in reference:
+        raise CommandError(f"no such file: {reference}")
     return store.media_path(store.resolve_media(reference))
 
 

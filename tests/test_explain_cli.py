@@ -13,15 +13,7 @@ import bot.cli_explain
 from bot.cli import main
 from classifier import LABELS, build_vgg16
 from explain.overlay import DISPLAY_VIEW_SIDE
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many times faster on one thread on our shared 2-core machines (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture
@@ -68,9 +60,10 @@ def test_target_label_changes_what_is_explained(tmp_path, config_file):
     assert not np.array_equal(outputs[0], outputs[1])
 
 
-def test_animated_media_gives_an_animated_gif_even_if_out_says_png(tmp_path, config_file, capsys):
+@pytest.mark.parametrize("name", ["anim.gif", "anim.png", "anim.webp"])  # GIF, APNG, animated WebP
+def test_animated_media_gives_an_animated_gif_even_if_out_says_png(tmp_path, config_file, capsys, name):
     frames = [picture(seed) for seed in range(3)]
-    source = saved(frames[0], tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    source = saved(frames[0], tmp_path / name, save_all=True, append_images=frames[1:], duration=100)
     out = tmp_path / "anim-explained.png"
     assert main(["explain", str(source), "--out", str(out), "--config", str(config_file)]) == 0
     written = out.with_suffix(".gif")
@@ -101,8 +94,10 @@ def test_corrupt_input_is_a_clear_error_and_writes_nothing(tmp_path, config_file
     assert list(tmp_path.glob("out*")) == [] and not list(tmp_path.glob(".tmp-*"))
 
 
-def test_unknown_media_is_a_clear_error(tmp_path, config_file, capsys):
+def test_unknown_media_or_missing_file_is_a_clear_error(tmp_path, config_file, capsys):
     out = tmp_path / "out.png"
     assert main(["explain", "42", "--out", str(out), "--config", str(config_file)]) == 1
     assert "no media with id 42" in capsys.readouterr().err
+    assert main(["explain", "missing.png", "--out", str(out), "--config", str(config_file)]) == 1
+    assert "no such file: missing.png" in capsys.readouterr().err
     assert not out.exists()

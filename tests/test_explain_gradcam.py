@@ -11,6 +11,7 @@ from torch import nn
 
 from classifier import build_vgg16
 from explain import ExplainError, grad_cam, guided_grad_cam
+from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -48,15 +49,6 @@ class SmallCnn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many times faster on one thread on our shared 2-core machines (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

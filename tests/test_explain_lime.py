@@ -11,6 +11,7 @@ from torch import nn
 from classifier.preprocess import normalize
 from explain import lime
 from explain.superpixels import boundaries, slic
+from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 
 TILE = 16
 TILES_PER_SIDE = 4
@@ -36,15 +37,6 @@ class RegionTextureModel(nn.Module):
         region = x[:, :, REGION[0], REGION[1]]
         energy = (region[..., 1:] - region[..., :-1]).abs().mean(dim=(1, 2, 3))
         return torch.stack([energy * 20.0, torch.zeros_like(energy), torch.zeros_like(energy)], dim=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many times faster on one thread on our shared 2-core machines (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def as_batch(rgb: np.ndarray) -> torch.Tensor:

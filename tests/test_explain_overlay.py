@@ -22,17 +22,9 @@ from explain.overlay import (
     paint_heatmap,
     paint_lime,
 )
+from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 
 PANEL_HEIGHT = PANEL_ROW_HEIGHT * (len(LABELS) + 1) + 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many times faster on one thread on our shared 2-core machines (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
