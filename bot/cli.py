@@ -67,29 +67,38 @@ def cmd_label(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in defaults)")
-    parser = argparse.ArgumentParser(prog="illustfeed", parents=[common],
-                                     description="Turn followed accounts' images into a feed of illustrations.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    # Subparsers get `common` too, so --config works before or after the command name.
-    subparsers.common_parents = [common]  # type: ignore[attr-defined]
+CONFIG_HELP = "TOML config file (default: built-in defaults)"
 
-    init = subparsers.add_parser("init", parents=[common], help="create the data dir, database and inbox")
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: accepts --config after the command name too, without resetting one given before."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="illustfeed",
+                                     description="Turn followed accounts' images into a feed of illustrations.")
+    parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       parser_class=CommandParser)
+
+    init = subparsers.add_parser("init", help="create the data dir, database and inbox")
     init.set_defaults(handler=cmd_init)
 
-    imp = subparsers.add_parser("import", parents=[common], help="import every image under a folder")
+    imp = subparsers.add_parser("import", help="import every image under a folder")
     imp.add_argument("dir", help="folder; each subfolder is an account unless --account is given")
     imp.add_argument("--account", help="attribute every file to this account")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.set_defaults(handler=cmd_import)
 
-    status = subparsers.add_parser("status", parents=[common], help="counts by label, queue, active model")
+    status = subparsers.add_parser("status", help="counts by label, queue, active model")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=cmd_status)
 
-    label = subparsers.add_parser("label", parents=[common], help="record a human label for a media")
+    label = subparsers.add_parser("label", help="record a human label for a media")
     label.add_argument("media", help="media id, or sha256 (prefix) of the stored file")
     label.add_argument("label", choices=("illustration", "screenshot", "photo"))
     label.add_argument("--by", default="cli", help="who is labelling (recorded in the label history)")
