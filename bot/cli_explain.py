@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -15,7 +15,8 @@ from bot.cli import CommandError, open_store
 from bot.config import Config
 from classifier import LABELS
 from explain import ExplainError
-from explain.media import METHODS, eval_crop_views, explain_image
+from explain.base import evaluating
+from explain.media import METHODS, eval_crop_views, explain_image, media_probabilities
 from storage import Store
 
 
@@ -30,16 +31,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media: .gif)")
     parser.add_argument("--samples", type=int, default=1000, help="LIME: perturbed samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="LIME: random seed of the samples (default 0)")
+    parser.add_argument("--model", metavar="VERSION_OR_PATH", help="default: the active model")
     parser.set_defaults(handler=cmd_explain)
 
 
-def load_active_model(store: Store, config: Config) -> nn.Module:
-    """The classifier's active model version (issue 3's loader)."""
+def load_explained_model(store: Store, config: Config, version_or_path: str | None) -> nn.Module:
+    """The classifier's model as `classify` loads it: the given version or file, else the active one."""
     try:
-        from classifier.model import load_active_model as classifier_loader
+        from classifier.runtime import load_classifier
     except ImportError as error:
         raise CommandError(f"this build has no classifier model loader to explain: {error}") from error
-    return classifier_loader(store, config)
+    from classifier.model import ModelFileError
+
+    try:
+        return load_classifier(store, config, version_or_path)
+    except ModelFileError as error:
+        raise CommandError(str(error)) from error
 
 
 def model_frame_views(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
@@ -50,6 +57,21 @@ def model_frame_views(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]
     from classifier.features import image_views
 
     return lambda frame: image_views(frame, spec)
+
+
+def model_probabilities(model: nn.Module) -> Callable[[nn.Module, Sequence[torch.Tensor]], list[float]]:
+    """The product classifier's own rule (views' vectors aggregated per frame, calibrated, frames averaged)
+    when the model has one, so the panel shows what `classify` stores; else averaged softmax."""
+    if not hasattr(model, "probabilities_from_vectors"):
+        return media_probabilities
+    from classifier.features import aggregate_views
+
+    def calibrated(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
+        with torch.inference_mode(), evaluating(model):
+            vectors = torch.stack([aggregate_views(model.extractor(views)) for views in views_per_frame])
+            return model.probabilities_from_vectors(vectors).mean(0).tolist()
+
+    return calibrated
 
 
 def resolve_source(reference: str, store: Store) -> Path:
@@ -98,6 +120,7 @@ def explain_to_file(
             labels=labels,
             method_options=options,
             frame_views=model_frame_views(model),
+            probabilities_of=model_probabilities(model),
         )
     except (ExplainError, ValueError) as error:
         raise CommandError(f"explain {source}: {error}") from error
@@ -111,7 +134,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"--samples must be at least 2, got {args.samples}")
     with open_store(config) as store:
         source = resolve_source(args.media, store)
-        model = load_active_model(store, config)
+        model = load_explained_model(store, config, args.model)
         written = explain_to_file(model, source, args.out, args.method, args.target, args.samples, args.seed)
     note = f" (a {written.suffix[1:].upper()} overlay, so the suffix was changed)" if written != args.out else ""
     print(f"wrote {written}{note}")

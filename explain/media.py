@@ -125,15 +125,17 @@ def explain_image(
     labels: Sequence[str] = LABELS,
     method_options: Mapping[str, Any] | None = None,
     frame_views: Callable[[Image.Image], torch.Tensor] = eval_crop_views,
+    probabilities_of: Callable[[nn.Module, Sequence[torch.Tensor]], Sequence[float]] = media_probabilities,
     max_frames: int = DEFAULT_MAX_FRAMES,
 ) -> EncodedImage:
     """Decode a file or blob, run its frames' views and render the explanation (PNG, or GIF if animated).
 
-    `frame_views` frames one RGB frame into the views the model takes, [V, 3, S, S].
+    `frame_views` frames one RGB frame into the views the model takes, [V, 3, S, S]; `probabilities_of`
+    gives the media's probabilities from the model and those views (shown in the panel).
     """
     frames = decode_frames(source, max_frames=max_frames)
     views_per_frame = [frame_views(frame) for frame in frames]
-    probabilities = media_probabilities(model, views_per_frame)
+    probabilities = probabilities_of(model, views_per_frame)
     if len(probabilities) != len(labels):
         raise ExplainError(f"the model gives {len(probabilities)} classes but there are {len(labels)} labels")
     return explain_frames(model, views_per_frame, probabilities, labels, method, target, method_options)

@@ -21,7 +21,7 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A config whose data dir is in tmp_path; the active model is a reduced-width VGG16."""
     torch.manual_seed(0)
     model = build_vgg16(num_classes=len(LABELS), width=1 / 32)
-    monkeypatch.setattr(bot.cli_explain, "load_active_model", lambda store, config: model)
+    monkeypatch.setattr(bot.cli_explain, "load_explained_model", lambda store, config, version_or_path: model)
     path = tmp_path / "config.toml"
     path.write_text(f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n')
     return path
