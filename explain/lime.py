@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.base import check_image_batch, evaluating, resolve_target, unnormalised_rgb
+from explain.base import ExplainError, check_image_batch, evaluating, resolve_target, unnormalised_rgb
 from explain.superpixels import slic
 
 KERNEL_WIDTH = 0.25
@@ -77,7 +77,7 @@ def lime(
     """Explain `model`'s probability for class `target` (None: predicted) on `image` [1, 3, H, W]."""
     check_image_batch(image)
     if num_samples < 2:
-        raise ValueError(f"LIME needs at least 2 samples, got {num_samples}")
+        raise ExplainError(f"LIME needs at least 2 samples, got {num_samples}")
     segments = slic(unnormalised_rgb(image[0]), n_segments=n_segments)
     num_segments = int(segments.max()) + 1
     segment_index = torch.from_numpy(segments.astype(np.int64)).reshape(-1)
