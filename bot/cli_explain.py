@@ -1,4 +1,8 @@
-"""`illustfeed explain`: render where the active classifier looked in a file or a stored media item."""
+"""`illustfeed explain`: render where the classifier looked in a file or a stored media item.
+
+torch, Pillow and explain/ are imported inside the handler: every `illustfeed` command builds this
+parser, and only `explain` needs them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +10,21 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import torch
-from PIL import Image
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bot.cli import CommandError, open_store
 from bot.config import Config
 from classifier import LABELS
-from explain import ExplainError
-from explain.base import evaluating
-from explain.media import METHODS, eval_crop_views, explain_image, media_probabilities
-from storage import Store
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from storage import Store
+
+# The names of explain.media.METHODS (a test keeps the two equal), here so --help needs no torch.
+METHOD_NAMES: tuple[str, ...] = ("gradcam", "guided-gradcam", "lime")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "explain", parents=parents, help="show where the classifier looked (Grad-CAM, Guided Grad-CAM, LIME)"
     )
     parser.add_argument("media", metavar="PATH_OR_MEDIA_ID", help="an image file, or a media id / sha256 prefix")
-    parser.add_argument("--method", choices=tuple(METHODS), default="gradcam")
+    parser.add_argument("--method", choices=METHOD_NAMES, default="gradcam")
     parser.add_argument("--target", choices=LABELS, help="class to explain (default: the predicted one)")
     parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media: .gif)")
     parser.add_argument("--samples", type=int, default=1000, help="LIME: perturbed samples (default 1000)")
@@ -37,22 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_explained_model(store: Store, config: Config, version_or_path: str | None) -> nn.Module:
     """The classifier's model as `classify` loads it: the given version or file, else the active one."""
-    try:
-        from classifier.runtime import load_classifier
-    except ImportError as error:
-        raise CommandError(f"this build has no classifier model loader to explain: {error}") from error
     from classifier.model import ModelFileError
+    from classifier.runtime import load_classifier
+    from classifier.weights import WeightsError
 
     try:
         return load_classifier(store, config, version_or_path)
-    except ModelFileError as error:
-        raise CommandError(str(error)) from error
+    except (ModelFileError, WeightsError) as error:
+        raise CommandError(f"explain: {error}") from error
 
 
 def model_frame_views(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
     """How the model frames an image into views: its FeatureSpec when it has one, else the eval crop."""
     spec = getattr(model, "spec", None)
     if spec is None:
+        from explain.media import eval_crop_views
+
         return eval_crop_views
     from classifier.features import image_views
 
@@ -63,8 +70,13 @@ def model_probabilities(model: nn.Module) -> Callable[[nn.Module, Sequence[torch
     """The product classifier's own rule (views' vectors aggregated per frame, calibrated, frames averaged)
     when the model has one, so the panel shows what `classify` stores; else averaged softmax."""
     if not hasattr(model, "probabilities_from_vectors"):
+        from explain.media import media_probabilities
+
         return media_probabilities
+    import torch
+
     from classifier.features import aggregate_views
+    from explain.base import evaluating
 
     def calibrated(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
         with torch.inference_mode(), evaluating(model):
@@ -107,6 +119,9 @@ def explain_to_file(
     lime_seed: int,
 ) -> Path:
     """Render the explanation of `source` to `out` (suffix corrected to .gif for animated media); the path."""
+    from explain import ExplainError
+    from explain.media import explain_image
+
     labels = tuple(getattr(model, "labels", LABELS))
     if target_label is not None and target_label not in labels:
         raise CommandError(f"--target {target_label!r} is not one of the model's labels {labels}")
@@ -122,7 +137,7 @@ def explain_to_file(
             frame_views=model_frame_views(model),
             probabilities_of=model_probabilities(model),
         )
-    except (ExplainError, ValueError) as error:
+    except ExplainError as error:
         raise CommandError(f"explain {source}: {error}") from error
     written = out if out.suffix.lower() == f".{overlay.ext}" else out.with_suffix(f".{overlay.ext}")
     write_atomically(overlay.data, written)
