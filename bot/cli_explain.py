@@ -117,6 +117,7 @@ def explain_to_file(
     target_label: str | None,
     lime_samples: int,
     lime_seed: int,
+    max_frames: int,
 ) -> Path:
     """Render the explanation of `source` to `out` (suffix corrected to .gif for animated media); the path."""
     from explain import ExplainError
@@ -136,6 +137,7 @@ def explain_to_file(
             method_options=options,
             frame_views=model_frame_views(model),
             probabilities_of=model_probabilities(model),
+            max_frames=max_frames,
         )
     except ExplainError as error:
         raise CommandError(f"explain {source}: {error}") from error
@@ -150,7 +152,8 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
     with open_store(config) as store:
         source = resolve_source(args.media, store)
         model = load_explained_model(store, config, args.model)
-        written = explain_to_file(model, source, args.out, args.method, args.target, args.samples, args.seed)
+        written = explain_to_file(model, source, args.out, args.method, args.target, args.samples, args.seed,
+                                  max_frames=config.classifier.max_frames)
     note = f" (a {written.suffix[1:].upper()} overlay, so the suffix was changed)" if written != args.out else ""
     print(f"wrote {written}{note}")
     return 0

@@ -110,7 +110,7 @@ def test_a_plain_network_is_explained_on_the_imagenet_eval_crop(tmp_path):
     torch.manual_seed(0)
     source = saved(picture(4), tmp_path / "drawing.png")
     written = explain_to_file(build_vgg16(num_classes=3, width=1 / 32), source, tmp_path / "plain.png",
-                              "gradcam", None, lime_samples=2, lime_seed=0)  # fmt: skip
+                              "gradcam", None, lime_samples=2, lime_seed=0, max_frames=4)  # fmt: skip
     with Image.open(written) as overlay:
         assert overlay.format == "PNG" and overlay.width == DISPLAY_VIEW_SIDE
 
