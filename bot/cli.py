@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_chat",
     "bot.cli_classifier",
     "bot.cli_sources",
+    "bot.cli_feed",
+    "bot.cli_explain",
 )
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from bot import follows
-from bot.config import Config
+from bot.config import Config, FeedConfig
+from bot.feed.queries import RULE_COLUMNS, credits_for
 from bot.follows import FollowError
 from bot.status import store_status
 from storage import LABELS, Store, StoreError, utc_now
@@ -39,6 +40,7 @@ REVIEW_CHOICES: tuple[tuple[str, str, str], ...] = (
 REVIEW_ANSWERS = tuple(answer for _key, _text, answer in REVIEW_CHOICES)
 EXPLAIN_METHODS = ("gradcam", "lime")
 OVERLAY_EXTS = ("png", "gif")
+DEFAULT_FEED_RULE = FeedConfig.rule  # the Discord feed channel shows what the web feed shows
 
 
 # --- who is asking --------------------------------------------------------------------------------------
@@ -137,15 +139,11 @@ def overlay_path(store: Store, overlay_sha256: str | None) -> Path | None:
 
 def media_origin(store: Store, media_id: int) -> tuple[str | None, str | None]:
     """(author as "Name (@handle on source)", post url) of the first post that carried the media."""
-    row = store.query_one(
-        "SELECT a.source, a.handle, a.display_name, p.url FROM post_media pm "
-        "JOIN posts p ON p.id = pm.post_id JOIN accounts a ON a.id = p.account_id "
-        "WHERE pm.media_id = ? ORDER BY p.id LIMIT 1", (media_id,))
-    if row is None:
+    credit = credits_for(store, [media_id]).get(media_id)
+    if credit is None:
         return None, None
-    handle = f"@{row['handle']} on {row['source']}"
-    author = f"{row['display_name']} ({handle})" if row["display_name"] else handle
-    return author, row["url"]
+    handle = f"@{credit.handle} on {credit.source}"
+    return (f"{credit.display_name} ({handle})" if credit.display_name else handle), credit.post_url
 
 
 def review_item(store: Store, media_id: int, reason: str = "", pending: int = 0) -> ReviewItem:
@@ -485,33 +483,32 @@ class FeedBatch:
         return "\n".join(f"{n}. {item.caption}" for n, item in enumerate(self.items, start=1))
 
 
-def _unposted_illustrations(store: Store, channel: str, limit: int = -1) -> list[dict]:
-    """Media whose final label is illustration and that `channel` has not had yet, oldest first."""
+def _unposted_illustrations(store: Store, channel: str, rule: str, limit: int = -1) -> list[dict]:
+    """Media that are illustrations under the web feed's `rule` and that `channel` has not had, oldest first."""
+    column = RULE_COLUMNS[rule]  # a fixed column name per rule, never user input
     return store.query(
-        "SELECT m.id, m.bytes FROM media m "
-        "LEFT JOIN current_label cl ON cl.media_id = m.id "
-        "LEFT JOIN latest_prediction lp ON lp.media_id = m.id "
-        "WHERE m.status = 'ok' "
-        "AND COALESCE(cl.label, CASE WHEN lp.borderline = 0 THEN lp.label END) = 'illustration' "
-        "AND NOT EXISTS (SELECT 1 FROM feed_posts f WHERE f.media_id = m.id AND f.channel = ?) "
-        "ORDER BY m.id LIMIT ?", (channel, limit))
+        f"SELECT m.id, m.bytes FROM media_verdict v JOIN media m ON m.id = v.media_id "
+        f"WHERE v.{column} = 'illustration' AND m.status = 'ok' "
+        f"AND NOT EXISTS (SELECT 1 FROM feed_posts f WHERE f.media_id = m.id AND f.channel = ?) "
+        f"ORDER BY m.id LIMIT ?", (channel, limit))
 
 
-def skip_feed_backlog(store: Store, channel: str) -> int:
+def skip_feed_backlog(store: Store, channel: str, rule: str = DEFAULT_FEED_RULE) -> int:
     """On a channel's first start, mark the illustrations already stored as seen (message_id NULL) so only
     new ones are posted; a channel that has had posts keeps its backlog. Returns how many were skipped."""
     with store.transaction():
         if store.scalar("SELECT 1 FROM feed_posts WHERE channel = ? LIMIT 1", (channel,)):
             return 0
-        backlog = [row["id"] for row in _unposted_illustrations(store, channel)]
+        backlog = [row["id"] for row in _unposted_illustrations(store, channel, rule)]
         mark_feed_posted(store, channel, backlog, None)
     return len(backlog)
 
 
-def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int) -> FeedBatch:
-    """The oldest illustrations (final label) not yet posted to `channel`, at most `limit`, attachments
-    kept under `max_attachment_bytes` in total."""
-    rows = _unposted_illustrations(store, channel, limit)
+def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int,
+               rule: str = DEFAULT_FEED_RULE) -> FeedBatch:
+    """The oldest illustrations (under the web feed's `rule`) not yet posted to `channel`, at most `limit`,
+    attachments kept under `max_attachment_bytes` in total."""
+    rows = _unposted_illustrations(store, channel, rule, limit)
     batch = FeedBatch()
     attached_bytes = 0
     for row in rows:

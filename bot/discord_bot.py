@@ -270,13 +270,15 @@ class IllustfeedBot(discord.Client):
     async def feed_loop(self) -> None:
         await self.wait_until_ready()
         if not self.settings.feed_post_backlog:
-            skipped = commands.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id))
+            skipped = commands.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id),
+                                                 self.chat.config.feed.rule)
             if skipped:
                 log.info("feed channel %s starts after %d stored illustrations (feed_post_backlog = false)",
                          self.settings.feed_channel_id, skipped)
         while not self.is_closed():
             try:
-                await post_feed_batch(self.store, await self.channel(self.settings.feed_channel_id), self.settings)
+                await post_feed_batch(self.store, await self.channel(self.settings.feed_channel_id), self.settings,
+                                      self.chat.config.feed.rule)
             except discord.HTTPException as error:
                 # Not marked as posted: the same items go out at the next tick.
                 log.warning("posting to feed channel %s failed: %s", self.settings.feed_channel_id, error)
@@ -291,11 +293,12 @@ class IllustfeedBot(discord.Client):
             await channel.send(text[:MESSAGE_LIMIT], files=files, allowed_mentions=discord.AllowedMentions.none())
 
 
-async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settings: DiscordConfig) -> int:
+async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settings: DiscordConfig,
+                          rule: str = commands.DEFAULT_FEED_RULE) -> int:
     """Post one message with the next unposted illustrations; returns how many it carried. One message per
     interval stays far below Discord's per-channel rate limit (5 messages / 5 s)."""
     key = feed_channel_key(channel.id)
-    batch = commands.feed_batch(store, key, settings.feed_batch_size, settings.feed_max_attachment_bytes)
+    batch = commands.feed_batch(store, key, settings.feed_batch_size, settings.feed_max_attachment_bytes, rule)
     if not batch.items:
         return 0
     files = [discord.File(item.image_path, filename=f"illustfeed-{item.media_id}{item.image_path.suffix}",

@@ -334,3 +334,12 @@ def test_queue_order_follows_the_classifiers_priority_then_age(store):
         assert reply.item.probabilities is None and "Not classified yet." in reply.text
         reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "skip")
     assert order == [media_ids[2], media_ids[1], media_ids[0]]
+
+
+def test_feed_batch_follows_the_web_feeds_rule(store, queued):
+    # queued[3] is a confident illustration (no human label): human_only leaves it out, the default keeps it.
+    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[3]]
+    assert commands.feed_batch(store, "discord:1", 10, 10**9, rule="human_only").items == []
+    # any_prediction trusts borderline calls too: queued[0] is a borderline illustration call.
+    any_items = commands.feed_batch(store, "discord:1", 10, 10**9, rule="any_prediction").items
+    assert [i.media_id for i in any_items] == [queued[0], queued[3]]
