@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Iterator, TextIO
 
 from bot import commands
-from bot.commands import Actor, Reply
+from bot.commands import ActiveModelExplainer, Actor, Reply
 from bot.cli import CommandError
 from bot.config import Config
 from storage import LABELS, Store
@@ -118,7 +118,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
                            "or [discord] token in the config file")
     with Store.open(config.data_path) as store:
         try:
-            asyncio.run(run_bot(config.discord, store, config=config))
+            asyncio.run(run_bot(config.discord, store, explainer=ActiveModelExplainer(config), config=config))
         except discord.LoginFailure as error:
             raise CommandError(f"Discord refused the bot token ({error}); check ILLUSTFEED_DISCORD_TOKEN") from None
         except (discord.HTTPException, aiohttp.ClientError) as error:

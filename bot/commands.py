@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
+import threading
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from bot import follows
 from bot.config import Config, FeedConfig
@@ -26,6 +29,7 @@ from bot.feed.queries import RULE_COLUMNS, credits_for
 from bot.follows import FollowError
 from bot.status import store_status
 from storage import LABELS, Store, StoreError, utc_now
+from storage.store import DB_FILENAME
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ REVIEW_CHOICES: tuple[tuple[str, str, str], ...] = (
     ("k", "Skip", SKIP),
 )
 REVIEW_ANSWERS = tuple(answer for _key, _text, answer in REVIEW_CHOICES)
-EXPLAIN_METHODS = ("gradcam", "lime")
+EXPLAIN_METHODS = ("gradcam", "guided-gradcam", "lime")  # explain.media.METHODS
 OVERLAY_EXTS = ("png", "gif")
 DEFAULT_FEED_RULE = FeedConfig.rule  # the Discord feed channel shows what the web feed shows
 
@@ -303,6 +307,40 @@ def undo(store: Store, actor: Actor) -> Reply:
 # (image file, method) -> (encoded overlay bytes, "png" | "gif"). Built from the active model by the app;
 # raises for anything it cannot explain.
 Explainer = Callable[[Path, str], tuple[bytes, str]]
+
+
+class ActiveModelExplainer:
+    """An Explainer over the active model (else the shipped default), loaded on first use and reloaded when
+    another model becomes active. It runs in a worker thread, so it reads the models table through its own
+    read-only connection, and one explanation runs at a time (Grad-CAM hooks the shared model)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._loaded: tuple[Path, Any] | None = None
+        self._lock = threading.Lock()
+
+    def active_model_path(self) -> Path:
+        from classifier.versions import default_model_file
+
+        database = (self.config.data_path / DB_FILENAME).resolve()
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT path FROM models WHERE active = 1").fetchone()
+        return Path(row[0]) if row else default_model_file()
+
+    def __call__(self, image_path: Path, method: str) -> tuple[bytes, str]:
+        from bot.cli_explain import model_frame_views, model_probabilities
+        from classifier.runtime import load_classifier
+        from explain.media import explain_image
+
+        model_path = self.active_model_path()
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != model_path:
+                self._loaded = (model_path, load_classifier(None, self.config, str(model_path)))
+            model = self._loaded[1]
+            overlay = explain_image(model, image_path, method=method, labels=tuple(getattr(model, "labels", LABELS)),
+                                    frame_views=model_frame_views(model), probabilities_of=model_probabilities(model),
+                                    max_frames=self.config.classifier.max_frames)
+        return overlay.data, overlay.ext
 
 
 def why(store: Store, media_reference: str | int, method: str = "gradcam",

@@ -212,7 +212,8 @@ def test_slash_command_tree_has_every_command_and_label_choices(store):
     label_command = bot.tree.get_command("label")
     choices = [c.value for c in label_command.get_parameter("label").choices]
     assert choices == ["illustration", "screenshot", "photo"]
-    assert [c.value for c in bot.tree.get_command("why").get_parameter("method").choices] == ["gradcam", "lime"]
+    assert [c.value for c in bot.tree.get_command("why").get_parameter("method").choices] == [
+        "gradcam", "guided-gradcam", "lime"]
     assert [c.value for c in bot.tree.get_command("unfollow").get_parameter("source").choices] == [
         "x", "bluesky", "mastodon"]
     assert "@user@instance" in bot.tree.get_command("follow").get_parameter("handle").description
