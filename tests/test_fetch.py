@@ -8,7 +8,7 @@ import responses
 from bot.config import SourceHttpConfig
 from bot.fetch import ApiUnavailable, DownloadRefused, Http, RateLimited, host_allowed, rate_limit_reset_in
 from bot.sources.base import FetchError
-from tests.test_sources_x import FakeClock, make_jpeg
+from tests.sources_support import FakeClock, make_jpeg
 
 HOSTS = ("cdn.example.org",)
 

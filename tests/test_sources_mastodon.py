@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import pytest
 import responses
 
-from bot.config import parse_config
 from bot.crawl import crawl_once
 from bot.follows import follow, unfollow
 from storage import Store
-from tests.test_sources_x import FakeClock, http_for, make_jpeg, served_world, sha
+from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
 HOME = "mastodon.example"
 
@@ -148,17 +146,12 @@ def build_world(clock: FakeClock) -> tuple[FakeMastodon, dict[str, bytes]]:
 
 
 def mastodon_config(tmp_path, **settings):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"), "ingest": {"progress": False},
-        "sources": {"folder": {"enabled": False}, "x": {"enabled": False},
-                    "mastodon": {"instance": HOME, "access_token": "home-token", "page_size": 2,
-                                 "accounts": ["@artist@mastodon.example", "painter@art.example"], **settings}},
-    }, environ={})
+    return crawl_config(tmp_path, {"mastodon": {"instance": HOME, "access_token": "home-token", "page_size": 2,
+                                                "accounts": ["@artist@mastodon.example", "painter@art.example"],
+                                                **settings}})
 
 
-@pytest.fixture
-def world():
-    yield from served_world(build_world)
+world = world_fixture(build_world)
 
 
 def test_crawl_stores_images_links_boosts_and_keeps_the_token_home(world, tmp_path):

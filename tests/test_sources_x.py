@@ -1,50 +1,18 @@
 """X source and crawl against a fake X API v2 served through `responses` (payloads written from the API docs)."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-import pytest
 import responses
-from PIL import Image
 
-from bot.config import parse_config
 from bot.crawl import crawl_once
-from bot.config import SourceHttpConfig
-from bot.fetch import Http
 from storage import Store
+from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
 API = "https://api.twitter.com"
-
-
-def make_jpeg(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
-    """A distinct real JPEG: a random 12x8 block pattern scaled up (no two seeds look alike to pHash)."""
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-    image = Image.fromarray(blocks).resize(size, Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
-
-
-class FakeClock:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self, start: float = 1_800_000_000.0):
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass
@@ -225,12 +193,7 @@ class FakeX:
 def x_config(tmp_path, **x_settings):
     settings = {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5,
                 "backfill_tweets": 100, **x_settings}
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "ingest": {"max_bytes": 200_000, "progress": False},
-        "sources": {"folder": {"enabled": False}, "x": settings,
-                    "http": {"max_rate_limit_wait_s": 60.0, "max_retries": 2}},
-    }, environ={})
+    return crawl_config(tmp_path, {"x": settings}, ingest={"max_bytes": 200_000})
 
 
 def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
@@ -268,27 +231,7 @@ def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
     return x, images
 
 
-def served_world(build):
-    """(fake network, its images, clock) with the network installed in `responses`; shared by the source tests."""
-    clock = FakeClock()
-    fake, images = build(clock)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        yield fake, images, clock
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def world():
-    yield from served_world(build_world)
-
-
-def http_for(clock: FakeClock) -> Http:
-    return Http(SourceHttpConfig(max_retries=2, max_rate_limit_wait_s=60.0), sleep=clock.sleep, clock=clock.time,
-                jitter=lambda: 0.5)
+world = world_fixture(build_world)
 
 
 def media_count(store: Store) -> int:
