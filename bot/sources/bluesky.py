@@ -67,9 +67,8 @@ class BlueskySource:
         return None  # the public AppView needs no login
 
     def _xrpc(self, method: str, params: dict, what: str) -> dict:
-        response = self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
-                                      params=params, meter=self.meter)
-        return response.json()
+        return self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
+                                  params=params, meter=self.meter).body
 
     def lookup(self, handles: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
         found: dict[str, Account] = {}

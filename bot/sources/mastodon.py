@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from bot.config import MastodonSourceConfig
-from bot.fetch import Http, SourceError
+from bot.fetch import Http, JsonReply, SourceError
 from bot.records import MediaRef, Post
 from bot.sources.network import Account, AccountBatch, Targets, normalise_handle
 
@@ -73,16 +73,19 @@ class MastodonSource:
         hosts = [host for instance in sorted(self.instances) for host in (instance, f".{instance}")]
         return hosts + list(self.settings.media_hosts)
 
-    def _api(self, url: str, what: str, params: dict | None = None):
+    def _api(self, url: str, what: str, expect: type, params: dict | None = None) -> JsonReply:
         host = urlsplit(url).hostname or ""
         self.instances.add(host)
         headers = {"Authorization": f"Bearer {self.settings.access_token}"} \
             if self.settings.access_token and host == self.home else None
-        return self.http.get_json(url, f"Mastodon {what}", host, params=params, headers=headers, meter=self.meter)
+        return self.http.get_json(url, f"Mastodon {what}", host, expect, params=params, headers=headers,
+                                  meter=self.meter)
 
     def lookup(self, handle: str) -> Account:
         user, instance = handle.split("@", 1)
-        body = self._api(f"https://{instance}/api/v1/accounts/lookup", f"lookup {handle}", {"acct": user}).json()
+        body = self._api(f"https://{instance}/api/v1/accounts/lookup", f"lookup {handle}", dict, {"acct": user}).body
+        if not body.get("id"):
+            raise SourceError(f"Mastodon lookup {handle}: the answer names no account id: {str(body)[:200]}")
         return Account(handle, str(body["id"]), body.get("display_name") or None)
 
     def following(self, handle: str) -> list[Account]:
@@ -92,17 +95,17 @@ class MastodonSource:
         url: str | None = f"https://{instance}/api/v1/accounts/{owner.external_id}/following"
         params: dict | None = {"limit": FOLLOWING_PAGE}
         while url:
-            response = self._api(url, f"following of {handle}", params)
-            for item in response.json():
+            reply = self._api(url, f"following of {handle}", list, params)
+            for item in reply.body:
                 acct = item["acct"] if "@" in item["acct"] else f"{item['acct']}@{instance}"
                 # The id here is the home instance's; the account's own instance has another, looked up later.
                 accounts.append(Account(acct.lower(), None, item.get("display_name") or None))
-            url, params = self._next_page(response, instance), None
+            url, params = self._next_page(reply, instance), None
         return accounts
 
     @staticmethod
-    def _next_page(response, instance: str) -> str | None:
-        url = (response.links.get("next") or {}).get("url")
+    def _next_page(reply: JsonReply, instance: str) -> str | None:
+        url = (reply.links.get("next") or {}).get("url")
         # A Link pointing elsewhere is not followed: the allow-list of hosts is the instances we chose.
         return url if url and urlsplit(url).hostname == instance else None
 
@@ -142,13 +145,13 @@ class MastodonSource:
         }
         statuses: list[dict] = []
         while url:
-            response = self._api(url, f"statuses of {account.handle}", params)
-            page = response.json()
+            reply = self._api(url, f"statuses of {account.handle}", list, params)
+            page = reply.body
             fresh = [s for s in page if cursor is None or status_id_key(str(s["id"])) > status_id_key(cursor)]
             statuses += fresh
             if len(fresh) < len(page) or not page or (cursor is None and len(statuses) >= self.settings.backfill_posts):
                 break
-            url, params = self._next_page(response, instance), None
+            url, params = self._next_page(reply, instance), None
         statuses.sort(key=lambda status: status_id_key(str(status["id"])))
         if cursor is None:
             statuses = statuses[-self.settings.backfill_posts:] if self.settings.backfill_posts > 0 else []

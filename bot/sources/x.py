@@ -15,7 +15,7 @@ import requests
 import tweepy
 
 from bot.config import XSourceConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError
+from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, json_body
 from bot.records import MediaRef, Post
 from bot.sources.base import FetchError
 from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
@@ -122,7 +122,7 @@ class XSource:
             raise AccessDenied(f"X API {what}: 403 Forbidden: {_api_detail(response)}", 403)
         if not 200 <= status < 300:
             raise SourceError(f"X API {what}: HTTP {status}: {_api_detail(response)}")
-        return response.json()
+        return json_body(response, f"X API {what}", dict)
 
     def lookup(self, handles: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
         """Accounts by handle (one read per 100 handles) and the handles X does not know."""
