@@ -68,6 +68,10 @@ class DownloadRefused(FetchError):
     """The media can never be fetched as it is (host not allowed, too big, not an image): no later retry."""
 
 
+class TooLarge(DownloadRefused):
+    """Over the byte limit: a smaller rendition of the same media, where the network offers one, may fit."""
+
+
 @dataclass(frozen=True)
 class JsonReply:
     """A checked JSON answer and the response's parsed `Link` header (Mastodon pages by it)."""
@@ -281,7 +285,7 @@ class Http:
                     raise DownloadRefused(f"content type {content_type or 'missing'!r} of {current} is not an image")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise DownloadRefused(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")
+                    raise TooLarge(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")
                 return self._read_limited(response, current, max_bytes)
         raise FetchError(f"more than {MAX_REDIRECTS} redirects from {url}")
 
@@ -293,7 +297,7 @@ class Http:
                 body += chunk
                 # Checked while streaming: a missing or lying Content-Length cannot make us hold more.
                 if len(body) > max_bytes:
-                    raise DownloadRefused(f"{url} is over the limit of {max_bytes} bytes")
+                    raise TooLarge(f"{url} is over the limit of {max_bytes} bytes")
         except requests.RequestException as error:
             raise FetchError(f"download of {url} broke off: {type(error).__name__}: {error}") from None
         return bytes(body)

@@ -434,3 +434,24 @@ def test_photo_urls_ask_for_the_original_size():
     ]
     assert photo_candidates("https://pbs.twimg.com/media/FoO7abc?format=webp&name=small")[0] == \
         "https://pbs.twimg.com/media/FoO7abc?format=webp&name=orig"
+
+
+def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world, tmp_path):
+    x, images, clock = world
+    big_then_small = make_jpeg(300)
+    key = x.photo(big_then_small)
+    base = x.media[key]["url"].rsplit(".", 1)[0]
+    x.files[f"{base}?format=jpg&name=orig"] = (200, "image/jpeg", b"\xff\xd8\xff" + bytes(300_000))
+    x.tweet("202", "2008", [key])
+    config = x_config(tmp_path, accounts=["bob"])
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        assert store.media_by_sha256(sha(big_then_small)) is not None
+        assert [url for url in x.media_calls if base in url] == [f"{base}?format=jpg&name=orig",
+                                                                 f"{base}?format=jpg&name=4096x4096"]
+        assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE post_external_id = '2008'") == 0
+        # Too big at every size: refused for good, each size tried once.
+        x.tweet("202", "2009", [x.photo(b"\xff\xd8\xff" + bytes(300_000))])
+        crawl_once(store, config, http=http_for(clock))
+        row = store.query_one("SELECT reason, given_up FROM fetch_failures WHERE post_external_id = '2009'")
+        assert row["given_up"] == 1 and row["reason"].count("over the limit") == 3

@@ -15,7 +15,7 @@ import requests
 import tweepy
 
 from bot.config import XSourceConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, json_body
+from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
 from bot.records import MediaRef, Post
 from bot.sources.base import FetchError
 from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
@@ -244,13 +244,20 @@ class XSource:
     # Media ------------------------------------------------------------------------------------------
 
     def fetch(self, ref: MediaRef) -> bytes:
+        """The largest rendition that can be fetched under the byte limit; DownloadRefused if none ever can."""
         candidates = photo_candidates(ref.url) if ref.kind == "photo" else [ref.url]
         errors = []
+        every_size_too_large = True
         for url in candidates:
             try:
                 return self.http.download(url, MEDIA_HOSTS, self.max_bytes)
+            except TooLarge as error:
+                errors.append(str(error))
             except DownloadRefused:
                 raise
             except FetchError as error:
                 errors.append(str(error))
+                every_size_too_large = False
+        if every_size_too_large:
+            raise DownloadRefused("; ".join(errors))
         raise FetchError("; ".join(errors))
