@@ -220,3 +220,19 @@ def test_following_of_follows_link_pages(world, tmp_path, monkeypatch):
         assert sum(1 for path, _, _ in fake.api_calls if path.endswith("/following")) == 2
         # Ids come from each account's own instance, not the home instance's view (9001, 9002).
         assert "9001" not in {row["external_id"] for row in store.query("SELECT external_id FROM accounts")}
+
+
+def test_post_text_is_stored_as_plain_text(world, tmp_path):
+    fake, images, clock = world
+    artist = fake.accounts[(HOME, "artist")]
+    status = fake.status(HOME, artist, [fake.attachment("image", make_jpeg(90), f"files.{HOME}")])
+    status["content"] = (
+        '<p>New piece! <a href="https://mastodon.example/tags/art" class="mention hashtag" rel="tag">#<span>art'
+        '</span></a></p><p>ink &amp; paper<br />more &lt;3 <a href="https://shop.example/prints/fox-2026" '
+        'rel="nofollow noopener" target="_blank"><span class="invisible">https://</span><span class="ellipsis">'
+        'shop.example/prints/fo</span><span class="invisible">x-2026</span></a></p>')
+    config = mastodon_config(tmp_path, accounts=["artist"])
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        text = store.scalar("SELECT text FROM posts WHERE external_id = ?", (status["uri"],))
+    assert text == "New piece! #art\n\nink & paper\nmore <3 https://shop.example/prints/fox-2026"

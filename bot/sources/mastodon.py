@@ -3,11 +3,13 @@
 Handles are `user@instance`. `GET /api/v1/accounts/lookup` gives the account's id on its own instance (whose
 copy of its statuses is complete), `GET /api/v1/accounts/:id/statuses?only_media=true` pages newest first
 following the `Link` header, from `since_id` (the cursor) on. Attachments of type image are fetched at full
-size, gifv as their preview frame. The optional access token is sent only to the configured home instance.
+size, gifv as their preview frame. A status's HTML `content` is stored as plain text. The optional access
+token is sent only to the configured home instance.
 """
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -38,6 +40,36 @@ def mastodon_handle(handle: str, default_instance: str = "") -> str:
 def status_id_key(status_id: str) -> tuple[int, str]:
     """Status ids are numeric strings of varying length; compare them as numbers."""
     return (len(status_id), status_id)
+
+
+class _PlainText(HTMLParser):
+    """Collects the text of a status: paragraphs end in a blank line, <br> in a line break, entities decoded."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "br":
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag == "p":
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        # Link text hidden behind class="invisible" spans is kept: the full URL reads better than a shortened one.
+        self.parts.append(data)
+
+
+def html_to_text(content: str | None) -> str | None:
+    """Mastodon's status HTML as plain text, None when there is none."""
+    if not content:
+        return None
+    parser = _PlainText()
+    parser.feed(content)
+    parser.close()
+    return "".join(parser.parts).strip() or None
 
 
 def attachment_ref(attachment: Mapping) -> MediaRef | None:
@@ -165,7 +197,7 @@ class MastodonSource:
         if not media:
             return None
         return Post(source=SOURCE_NAME, account=account.handle, post_id=status.get("uri") or str(status["id"]),
-                    url=shown.get("url") or status.get("url"), text=shown.get("content"),
+                    url=shown.get("url") or status.get("url"), text=html_to_text(shown.get("content")),
                     created_at=status.get("created_at"), media=tuple(media), account_id=account.external_id,
                     display_name=account.display_name)
 
