@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 from bot.config import MastodonSourceConfig
 from bot.fetch import Http, JsonReply, SourceError
 from bot.records import MediaRef, Post
-from bot.sources.network import Account, AccountBatch, Targets, normalise_handle
+from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, normalise_handle,
+                                 numeric_id_key)
 
 SOURCE_NAME = "mastodon"
 FOLLOWING_PAGE = 80  # the API's maximum for /following
@@ -35,11 +36,6 @@ def mastodon_handle(handle: str, default_instance: str = "") -> str:
     if not HANDLE.match(handle):
         raise MastodonHandleError(f"Mastodon handle {handle!r} is not user@instance (e.g. @artist@mastodon.social)")
     return handle
-
-
-def status_id_key(status_id: str) -> tuple[int, str]:
-    """Status ids are numeric strings of varying length; compare them as numbers."""
-    return (len(status_id), status_id)
 
 
 class _PlainText(HTMLParser):
@@ -82,20 +78,15 @@ def attachment_ref(attachment: Mapping) -> MediaRef | None:
     return None
 
 
-class MastodonSource:
+class MastodonSource(ListedAccountsSource):
     name = SOURCE_NAME
+    settings: MastodonSourceConfig
 
     def __init__(self, settings: MastodonSourceConfig, http: Http, max_bytes: int,
                  meter: Callable[[], None] | None = None):
-        self.settings = settings
-        self.http = http
-        self.max_bytes = max_bytes
-        self.meter = meter
+        super().__init__(settings, http, max_bytes, meter)
         self.home = settings.instance.lower()
         self.instances: set[str] = {self.home} if self.home else set()
-
-    def has_work(self, followed: Sequence[str]) -> bool:
-        return bool(self.settings.accounts or self.settings.following_of or followed)
 
     def configured(self) -> str | None:
         return None  # public timelines need no token
@@ -179,17 +170,13 @@ class MastodonSource:
         while url:
             reply = self._api(url, f"statuses of {account.handle}", list, params)
             page = reply.body
-            fresh = [s for s in page if cursor is None or status_id_key(str(s["id"])) > status_id_key(cursor)]
+            fresh = [s for s in page if cursor is None or numeric_id_key(str(s["id"])) > numeric_id_key(cursor)]
             statuses += fresh
             if len(fresh) < len(page) or not page or (cursor is None and len(statuses) >= self.settings.backfill_posts):
                 break
             url, params = self._next_page(reply, instance), None
-        statuses.sort(key=lambda status: status_id_key(str(status["id"])))
-        if cursor is None:
-            statuses = statuses[-self.settings.backfill_posts:] if self.settings.backfill_posts > 0 else []
-        posts = [post for post in (self._post(account, status) for status in statuses) if post is not None]
-        newest = str(statuses[-1]["id"]) if statuses else None
-        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(statuses) - len(posts))
+        return account_batch(account, statuses, lambda status: str(status["id"]), cursor is None,
+                             self.settings.backfill_posts, lambda status: self._post(account, status), numeric_id_key)
 
     def _post(self, account: Account, status: Mapping) -> Post | None:
         shown = status.get("reblog") or status  # a boost carries the original's attachments

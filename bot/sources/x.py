@@ -18,7 +18,8 @@ from bot.config import XSourceConfig
 from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
 from bot.records import MediaRef, Post
 from bot.sources.base import FetchError
-from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
+from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
+                                 normalise_handle, numeric_id_key)
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,13 @@ def _api_detail(response: requests.Response) -> str:
     return str(body)[:300]
 
 
-class XSource:
+class XSource(ListedAccountsSource):
     name = SOURCE_NAME
+    settings: XSourceConfig
 
     def __init__(self, settings: XSourceConfig, http: Http, max_bytes: int,
                  meter: Callable[[], None] | None = None, client: tweepy.Client | None = None):
-        self.settings = settings
-        self.http = http
-        self.max_bytes = max_bytes
-        self.meter = meter
+        super().__init__(settings, http, max_bytes, meter)
         self.user_auth = not settings.bearer_token
         self.client = client or tweepy.Client(
             bearer_token=settings.bearer_token or None,
@@ -89,9 +88,6 @@ class XSource:
         )
         # tweepy builds its own Session; ours carries the timeout and User-Agent (and the tests' mocks).
         self.client.session = http.session
-
-    def has_work(self, followed: Sequence[str]) -> bool:
-        return bool(self.settings.accounts or self.settings.following_of or followed)
 
     def configured(self) -> str | None:
         user_keys = (self.settings.consumer_key, self.settings.consumer_secret, self.settings.access_token,
@@ -206,16 +202,9 @@ class XSource:
             if not token or not page or (cursor is None and len(tweets) >= self.settings.backfill_tweets):
                 break
             params["pagination_token"] = token
-        tweets.sort(key=lambda tweet: int(tweet["id"]))
-        if cursor is None:
-            tweets = tweets[-self.settings.backfill_tweets:] if self.settings.backfill_tweets > 0 else []
-        posts = []
-        for tweet in tweets:
-            post = self._post(account, tweet, media_by_key, referenced)
-            if post is not None:
-                posts.append(post)
-        newest = tweets[-1]["id"] if tweets else None
-        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(tweets) - len(posts))
+        return account_batch(account, tweets, lambda tweet: str(tweet["id"]), cursor is None,
+                             self.settings.backfill_tweets,
+                             lambda tweet: self._post(account, tweet, media_by_key, referenced), numeric_id_key)
 
     def _post(self, account: Account, tweet: dict, media_by_key: Mapping[str, dict],
               referenced: Mapping[str, dict]) -> Post | None:
