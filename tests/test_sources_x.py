@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import responses
 
 from bot.crawl import crawl_once
@@ -469,3 +470,24 @@ def test_backfill_zero_stores_nothing_old_but_sets_the_cursor(world, tmp_path):
         x.tweet("101", "1011", [x.photo(new)])
         summary = crawl_once(store, config, http=http_for(clock))
         assert summary.total("new_posts") == 1 and stored_sha256s(store) == [sha(new)]
+
+
+def test_videos_and_gifs_are_never_downloaded_as_mp4(world, tmp_path):
+    from bot.fetch import DownloadRefused
+    from bot.records import MediaRef
+    from bot.sources.x import XSource
+
+    x, images, clock = world
+    config = x_config(tmp_path)
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+    # Only the preview image is used, so the timeline is not asked for the mp4 variants at all...
+    timeline_fields = {params["media.fields"] for path, params in x.api_calls if path.endswith("/tweets")}
+    assert timeline_fields and all("variants" not in fields for fields in timeline_fields)
+    # ...and the video host is outside the allow-list.
+    mp4 = next(variant["url"] for item in x.media.values() for variant in item.get("variants", [])
+               if variant["url"].endswith(".mp4"))
+    source = XSource(config.sources.x, http_for(clock), config.ingest.max_bytes)
+    with pytest.raises(DownloadRefused, match="allow-list"):
+        source.fetch(MediaRef(url=mp4, kind="video"))
+    assert mp4 not in x.media_calls

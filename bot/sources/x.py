@@ -2,8 +2,9 @@
 
 Reads are paid, so every API request passes the crawl's daily budget (`meter`) and the shared retry and
 rate-limit policy of bot/fetch.py. Photos are fetched at original size (`name=orig`, falling back to
-`4096x4096` then `large`); animated GIFs and videos contribute their preview image: video frames are not
-decoded (that would need an mp4 decoder this project does not ship).
+`4096x4096` then `large`); animated GIFs and videos contribute their preview image only. Their mp4 variants
+are neither requested nor downloadable (video.twimg.com is not an allowed host): decoding video frames would
+need an mp4 decoder this project does not ship, and no setting pretends otherwise.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Ta
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "x"
-MEDIA_HOSTS = ("pbs.twimg.com", "video.twimg.com")
-MEDIA_FIELDS = ["url", "type", "variants", "preview_image_url", "width", "height", "alt_text"]
+MEDIA_HOSTS = ("pbs.twimg.com",)  # photos and the preview images of GIFs and videos
+MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text"]
 TWEET_FIELDS = ["created_at", "attachments", "referenced_tweets", "author_id"]
 PHOTO_SIZES = ("orig", "4096x4096", "large")  # tried in this order
 USERS_PER_LOOKUP = 100  # GET /2/users/by accepts up to 100 usernames
