@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log request headers (credentials included) at DEBUG; they stay at INFO or above.
+CHATTY_LOGGERS = ("tweepy", "urllib3", "requests_oauthlib", "oauthlib", "discord.http")
+
+
+def configure_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -107,11 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"illustfeed: config error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(config.log_level)
     try:
         return int(args.handler(args, config) or 0)
-    except (CommandError, StoreError, ConfigError, FileNotFoundError) as error:
+    except (CommandError, StoreError, ConfigError, OSError) as error:
         print(f"illustfeed: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

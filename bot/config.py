@@ -35,6 +35,17 @@ class IngestConfig:
     near_duplicate_max_block_difference: float = 10.0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ingest.{name}: must be at least 1, got {getattr(self, name)}")
+        if not -1 <= self.near_duplicate_distance <= 64:
+            raise ConfigError(f"ingest.near_duplicate_distance: must be -1 (off) to 64, "
+                              f"got {self.near_duplicate_distance}")
+        if self.near_duplicate_max_block_difference < 0:
+            raise ConfigError(f"ingest.near_duplicate_max_block_difference: must be at least 0, "
+                              f"got {self.near_duplicate_max_block_difference}")
+
 
 @dataclass(frozen=True)
 class FolderSourceConfig:
@@ -188,6 +199,9 @@ class DiscordConfig:
             raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
@@ -197,6 +211,12 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not self.data_dir:
+            raise ConfigError("data_dir: must not be empty")
 
     @property
     def data_path(self) -> Path:
