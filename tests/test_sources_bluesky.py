@@ -226,18 +226,3 @@ def test_following_of_lists_follows_over_pages(world, tmp_path, monkeypatch):
         assert summary.accounts == 2 and summary.total("media_new") == 6
         assert store.scalar("SELECT COUNT(*) FROM posts WHERE external_id LIKE '%#repost%'") == 0  # off by default
         assert sum(1 for method, _ in bsky.api_calls if method == "app.bsky.graph.getFollows") == 2
-
-
-def test_backfill_zero_stores_nothing_old_but_sets_the_cursor(world, tmp_path):
-    bsky, images, clock = world
-    config = bluesky_config(tmp_path, backfill_posts=0)
-    with Store.open(config.data_path) as store:
-        crawl_once(store, config, http=http_for(clock))
-        assert store.scalar("SELECT COUNT(*) FROM media") == 0
-        cursors = {row["handle"]: row["cursor"] for row in store.query("SELECT handle, cursor FROM accounts")}
-        assert cursors == {"mika.bsky.social": "2026-11-20T10:00:04.000Z",
-                           "ren.example.com": "2026-11-20T10:00:09.000Z"}
-        new = make_jpeg(98)
-        bsky.post("mika.bsky.social", "new", bsky.images_embed(bsky.image("mika.bsky.social", new)))
-        summary = crawl_once(store, config, http=http_for(clock))
-        assert summary.total("new_posts") == 1 and store.media_by_sha256(sha(new)) is not None

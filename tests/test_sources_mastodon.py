@@ -236,18 +236,3 @@ def test_post_text_is_stored_as_plain_text(world, tmp_path):
         crawl_once(store, config, http=http_for(clock))
         text = store.scalar("SELECT text FROM posts WHERE external_id = ?", (status["uri"],))
     assert text == "New piece! #art\n\nink & paper\nmore <3 https://shop.example/prints/fox-2026"
-
-
-def test_backfill_zero_stores_nothing_old_but_sets_the_cursor(world, tmp_path):
-    fake, images, clock = world
-    config = mastodon_config(tmp_path, backfill_posts=0)
-    with Store.open(config.data_path) as store:
-        crawl_once(store, config, http=http_for(clock))
-        assert store.scalar("SELECT COUNT(*) FROM media") == 0
-        newest = {account["id"]: fake.statuses[account["id"]][0]["id"] for account in fake.accounts.values()}
-        cursors = {row["external_id"]: row["cursor"] for row in store.query("SELECT external_id, cursor FROM accounts")}
-        assert cursors == {account_id: newest[account_id] for account_id in cursors} and len(cursors) == 2
-        new = make_jpeg(91)
-        fake.status(HOME, fake.accounts[(HOME, "artist")], [fake.attachment("image", new, f"files.{HOME}")])
-        summary = crawl_once(store, config, http=http_for(clock))
-        assert summary.total("new_posts") == 1 and store.media_by_sha256(sha(new)) is not None

@@ -458,19 +458,6 @@ def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world
         assert row["given_up"] == 1 and row["reason"].count("over the limit") == 3
 
 
-def test_backfill_zero_stores_nothing_old_but_sets_the_cursor(world, tmp_path):
-    x, images, clock = world
-    config = x_config(tmp_path, backfill_tweets=0)
-    with Store.open(config.data_path) as store:
-        summary = crawl_once(store, config, http=http_for(clock))
-        assert media_count(store) == 0 and summary.runs[0].reads == 3  # users/by + one page each
-        cursors = {row["handle"]: row["cursor"] for row in store.query("SELECT handle, cursor FROM accounts")}
-        assert cursors == {"alice": "1010", "bob": "2007"}
-        new = make_jpeg(79)
-        x.tweet("101", "1011", [x.photo(new)])
-        summary = crawl_once(store, config, http=http_for(clock))
-        assert summary.total("new_posts") == 1 and stored_sha256s(store) == [sha(new)]
-
 
 def test_videos_and_gifs_are_never_downloaded_as_mp4(world, tmp_path):
     from bot.fetch import DownloadRefused

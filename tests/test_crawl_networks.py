@@ -1,4 +1,5 @@
-"""Odd API answers (an HTML page, a JSON error object, records missing fields) stop one account, never the crawl."""
+"""X, Bluesky and Mastodon crawled together: an odd API answer (an HTML page, a JSON error object, records
+missing fields) stops one account, never the crawl; backfill 0 starts every network from its newest post."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,11 +55,13 @@ def networks():
         yield Networks(*fakes, clock, odd)
 
 
-def all_networks_config(tmp_path):
+def all_networks_config(tmp_path, backfill: int = 100):
     return crawl_config(tmp_path, {
-        "x": {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5},
-        "bluesky": {"accounts": ["mika", "ren.example.com"], "page_size": 2},
-        "mastodon": {"instance": HOME, "page_size": 2, "accounts": ["artist", "painter@art.example"]},
+        "x": {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5,
+              "backfill_tweets": backfill},
+        "bluesky": {"accounts": ["mika", "ren.example.com"], "page_size": 2, "backfill_posts": backfill},
+        "mastodon": {"instance": HOME, "page_size": 2, "accounts": ["artist", "painter@art.example"],
+                     "backfill_posts": backfill},
     }, ingest={"max_bytes": 200_000})
 
 
@@ -142,3 +145,24 @@ def test_an_odd_account_lookup_stops_only_that_source(networks, tmp_path):
         assert "unexpected API answer" in runs["bluesky"].error and "'handle'" in runs["bluesky"].error
         assert runs["x"].error is None and runs["x"].ingest.new_posts > 0
         assert runs["mastodon"].error is None and runs["mastodon"].ingest.new_posts > 0
+
+
+def test_backfill_zero_stores_nothing_old_but_sets_every_cursor(networks, tmp_path):
+    config = all_networks_config(tmp_path, backfill=0)
+    with Store.open(config.data_path) as store:
+        summary = crawl_once(store, config, http=http_for(networks.clock))
+        assert store.scalar("SELECT COUNT(*) FROM posts") == 0 and store.scalar("SELECT COUNT(*) FROM media") == 0
+        assert {run.source: run.reads for run in summary.runs} == {"x": 3, "bluesky": 3, "mastodon": 4}  # + lookups
+        newest_status = {account["username"]: networks.mastodon.statuses[account["id"]][0]["id"]
+                         for account in networks.mastodon.accounts.values()}
+        assert stored(store)[2] == {
+            ("x", "alice"): "1010", ("x", "bob"): "2007",
+            ("bluesky", "mika.bsky.social"): "2026-11-20T10:00:04.000Z",
+            ("bluesky", "ren.example.com"): "2026-11-20T10:00:09.000Z",
+            ("mastodon", f"artist@{HOME}"): newest_status["artist"],
+            ("mastodon", "painter@art.example"): newest_status["painter"],
+        }
+        post_one_new_image_everywhere(networks)
+        summary = crawl_once(store, config, http=http_for(networks.clock))
+        assert {run.source: run.ingest.new_posts for run in summary.runs} == {"x": 1, "bluesky": 1, "mastodon": 1}
+        assert store.scalar("SELECT COUNT(*) FROM media") == 3
