@@ -1,0 +1,202 @@
+"""`illustfeed run`: one asyncio process with the job scheduler, the feed server and, with a token, the Discord bot."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from bot.config import Config, redacted
+from bot.lock import DataDirLock
+from bot.scheduler import (
+    CRAWL_JOB, FOLDER_JOB, RETRAIN_JOB, JobContext, build_scheduler, log_event, without_folder,
+)
+from storage import Store
+
+log = logging.getLogger("illustfeed.runner")
+
+
+# --- job bodies (each runs on a scheduler thread with its own Store) ---------------------------------------
+
+
+def _ingest_fields(totals: dict) -> dict:
+    return {"new": totals["media_new"], "duplicates": totals["duplicates"], "rejected": totals["rejected"],
+            "failed": totals["failed"]}
+
+
+def folder_job(store: Store, context: JobContext) -> dict:
+    """Import what is new in the inbox folder, then classify it."""
+    from bot.crawl import CrawlSummary, crawl_folder
+
+    with context.ingest_lock:
+        run = crawl_folder(store, context.config)
+    summary = CrawlSummary(runs=[run] if run is not None else [])
+    for problem in run.problems if run is not None else ():
+        log_event("folder.problem", logging.WARNING, problem=problem)
+    return {**_ingest_fields(summary.as_dict()), **classify_new(store, context)}
+
+
+def crawl_job(store: Store, context: JobContext) -> dict:
+    """Crawl every enabled network source once, then classify what came in."""
+    from bot.crawl import crawl_once
+
+    with context.ingest_lock:
+        summary = crawl_once(store, without_folder(context.config))
+    totals = summary.as_dict()
+    return {"sources": len(summary.runs), "accounts": totals["accounts"], "posts": totals["posts"],
+            **_ingest_fields(totals), **classify_new(store, context)}
+
+
+def classify_new(store: Store, context: JobContext) -> dict:
+    """Classify media that have no prediction from the active model yet (commits per batch)."""
+    from classifier.inference import classify_pending
+    from classifier.model import load_active_model
+
+    with context.model_lock:
+        model = load_active_model(store, context.config)
+        result = classify_pending(store, model, context.config.classifier)
+    return {"classified": result.classified, "borderline": result.borderline, "model": model.version}
+
+
+def retrain_job(store: Store, context: JobContext) -> dict:
+    from bot.retrain import run_retrain
+
+    outcome = run_retrain(store, context.config, model_lock=context.model_lock, report=context.report)
+    return outcome.log_fields()
+
+
+# --- the process --------------------------------------------------------------------------------------------
+
+
+def startup_facts(config: Config, feed_url: str | None, discord_on: bool) -> list[str]:
+    """What a person starting the bot needs to know: where data lives, where to drop images, where to look."""
+    facts = [f"data: {config.data_path.resolve()} (SQLite {config.data_path.resolve() / 'illustfeed.db'})"]
+    folder = config.sources.folder
+    if folder.enabled:
+        facts.append(f"inbox: {Path(folder.path).resolve()} (drop images into <inbox>/<account>/; "
+                     f"scanned every {config.scheduler.folder_poll_seconds} s)")
+    facts.append(f"network crawl: every {config.scheduler.crawl_interval_seconds} s")
+    facts.append(f"feed: {feed_url}" if feed_url else "feed: off")
+    facts.append("discord: on" if discord_on else "discord: off (no token)")
+    retrain = config.retrain
+    facts.append(f"retrain: {retrain.schedule!r} {retrain.timezone or 'local time'}, "
+                 f"min {retrain.min_new_labels} new labels" if retrain.enabled else "retrain: off")
+    return facts
+
+
+class Runner:
+    """Starts the pieces inside the running loop and stops them in reverse order."""
+
+    def __init__(self, config: Config, announce: Callable[[str], None]):
+        self.config = config
+        self.announce = announce
+        self.context = JobContext(config)
+        self.stopping = asyncio.Event()
+        self.scheduler = None
+        self.feed_runner = None
+        self.bot = None
+        self.bot_task: asyncio.Task | None = None
+
+    def jobs(self) -> dict[str, Callable[[Store, JobContext], dict]]:
+        jobs = {CRAWL_JOB: crawl_job}
+        if self.config.sources.folder.enabled:
+            jobs[FOLDER_JOB] = folder_job
+        if self.config.retrain.enabled:
+            jobs[RETRAIN_JOB] = retrain_job
+        return jobs
+
+    def wake_retrain(self) -> None:
+        """A /retrain request: run the retrain job now instead of at its next scheduled time."""
+        if self.scheduler is not None and self.scheduler.get_job(RETRAIN_JOB) is not None:
+            self.scheduler.modify_job(RETRAIN_JOB, next_run_time=datetime.now(self.scheduler.timezone))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Migrate the schema once, before any thread opens the database.
+        await asyncio.to_thread(lambda: Store.open(self.config.data_path).close())
+        if self.config.sources.folder.enabled:
+            Path(self.config.sources.folder.path).mkdir(parents=True, exist_ok=True)
+
+        from bot.feed.server import server_url, start_feed_server
+
+        self.feed_runner = await start_feed_server(self.config)
+        feed_url = server_url(self.feed_runner)
+        await self._start_discord(loop)
+        self.scheduler = build_scheduler(self.context, self.jobs())
+        self.scheduler.start()
+        for fact in startup_facts(self.config, feed_url, self.bot is not None):
+            self.announce(fact)
+        log_event("runner.started", pid=os.getpid(), feed=feed_url, discord="on" if self.bot else "off",
+                  jobs=",".join(self.jobs()))
+        log.debug("config %s", redacted(self.config))
+
+    async def _start_discord(self, loop: asyncio.AbstractEventLoop) -> None:
+        settings = self.config.discord
+        if not settings.token:
+            return
+        from bot.discord_bot import create_bot
+
+        # The bot's Store is its own connection, used on the loop thread only.
+        self.bot = create_bot(settings, Store.open(self.config.data_path), on_retrain_requested=self.wake_retrain)
+
+        def report(text: str, png: Any = None) -> None:
+            # Called from a job thread: hand the message to the loop and wait for it to be sent.
+            asyncio.run_coroutine_threadsafe(self.bot.post_report(text), loop).result(timeout=60)
+
+        self.context.report = report
+
+        async def run_bot() -> None:
+            try:
+                async with self.bot:
+                    await self.bot.start(settings.token)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Discord trouble (bad token, network) must not stop the feed and jobs
+                log_event("discord.failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
+
+        self.bot_task = asyncio.create_task(run_bot(), name="illustfeed-discord")
+
+    async def stop(self) -> bool:
+        """Stop taking new work, let running jobs reach a commit, close everything; False if a job overran."""
+        self.context.stop.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        grace = self.config.scheduler.shutdown_grace_seconds
+        idle = await asyncio.to_thread(self.context.wait_idle, grace)
+        if self.bot_task is not None:
+            self.bot_task.cancel()
+            await asyncio.gather(self.bot_task, return_exceptions=True)
+        if self.bot is not None:
+            self.bot.store.close()
+        if self.feed_runner is not None:
+            await self.feed_runner.cleanup()
+        return idle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stopping.set)
+        try:
+            await self.start()
+            await self.stopping.wait()
+            log_event("runner.stopping")
+        finally:
+            idle = await self.stop()
+        if not idle:
+            log_event("runner.stopped", logging.WARNING, forced=True, busy=",".join(sorted(self.context.running)))
+            # A job thread is still inside slow non-database work (a download, a forward pass); its last
+            # transaction has committed or will roll back atomically, so exiting now loses nothing stored.
+            logging.shutdown()
+            os._exit(0)
+        log_event("runner.stopped", forced=False)
+        return 0
+
+
+def run(config: Config, announce: Callable[[str], None] = print) -> int:
+    """Hold the data dir's lock for the life of the process and run until SIGTERM/SIGINT."""
+    with DataDirLock(config.data_path):
+        return asyncio.run(Runner(config, announce).run())
+
