@@ -75,8 +75,6 @@ class RetrainConfig:
     min_new_labels: int = 20
     # Optional folder of extra training images, `<label>/*` (a manifest.csv with file,origin groups them).
     base_data: str = ""
-    # After a promotion, unlabelled media first seen within this many days are re-scored with the new model.
-    rescore_recent_days: int = 7
 
     def __post_init__(self) -> None:
         from apscheduler.triggers.cron import CronTrigger
@@ -86,7 +84,7 @@ class RetrainConfig:
         except (ValueError, LookupError) as error:
             raise ConfigError(f"retrain.schedule/timezone: cannot use {self.schedule!r} "
                               f"{self.timezone or '(local time)'}: {error}") from None
-        for name in ("misfire_grace_seconds", "min_new_labels", "rescore_recent_days"):
+        for name in ("misfire_grace_seconds", "min_new_labels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"retrain.{name}: expected >= 0, got {getattr(self, name)}")
 

@@ -107,7 +107,7 @@ def count_new_labels(store: Store) -> int:
     if last_id is not None:
         return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND id > ?", (last_id,))
     # A model trained outside retrain (`illustfeed train`): its creation time is the best boundary.
-    return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND at > ?", (active["created_at"],))
+    return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND at >= ?", (active["created_at"],))
 
 
 def run_retrain(store: Store, config: Config, *, force: bool = False,
@@ -119,66 +119,78 @@ def run_retrain(store: Store, config: Config, *, force: bool = False,
     if not force and new_labels < settings.min_new_labels:
         return RetrainOutcome(SKIPPED, f"{new_labels} new labels, fewer than min_new_labels "
                                        f"{settings.min_new_labels}", new_labels)
-    outcome = train_and_decide(store, config, new_labels, model_lock or nullcontext())
+    with model_lock or nullcontext():
+        outcome = train_and_rescore(store, config, new_labels)
     text = outcome.report_text()
     log.info("%s", text.splitlines()[0])
     if report is not None:
         try:
             report(text, Path(outcome.confusion_png) if outcome.confusion_png else None)
-        except Exception as error:  # a chat outage must not undo a finished retrain
+        except Exception as error:  # a chat outage must not undo a finished retrain; the log has the report
             log.warning("posting the retrain report failed: %s", error)
     return outcome
 
 
-def train_and_decide(store: Store, config: Config, new_labels: int, model_lock) -> RetrainOutcome:
+def training_items(store: Store, config: Config) -> tuple[list, list]:
+    """(human-labelled media, base set images); the base set is optional."""
     from classifier.data import scan_folder, store_labelled
+
+    base = scan_folder(config.retrain.base_data) if config.retrain.base_data else []
+    return store_labelled(store), base
+
+
+def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainOutcome:
+    """The classifier trains, scores both models on one validation split and promotes by its rule; then
+    the queue is re-scored. Callers hold the model lock, so no classification runs in between."""
     from classifier.evaluate import save_confusion_png
-    from classifier.train import TrainOptions, evaluate_on_validation, train_model
-    from classifier.versions import activate, compare_for_promotion, promotion_scores, register_model
-    from classifier.model import load_active_model
-    from classifier.cache import vector_cache
+    from classifier.runtime import apply_threads, train_and_register
+    from classifier.train import TrainOptions
+    from classifier.versions import promotion_scores
 
     started = time.monotonic()
+    apply_threads(config.classifier)
     last_label_id = store.scalar("SELECT MAX(id) FROM labels") or 0
-    labelled = store_labelled(store)
-    base = scan_folder(config.retrain.base_data) if config.retrain.base_data else []
-    previous = load_active_model(store, config)
-    result = train_model(previous, labelled + base, TrainOptions(progress=False),
-                         cache=vector_cache(store, previous), parent=store.active_model() and previous.version,
-                         source="retrain")
-    candidate = result.model
-    candidate.data_summary["last_label_id"] = last_label_id
-    previous_metrics = (evaluate_on_validation(previous, result) if store.active_model() is not None else None)
-    decision = compare_for_promotion(candidate.metrics, previous_metrics)
+    labelled, base = training_items(store, config)
+    previous = store.active_model()
+    trained = train_and_register(store, config, labelled + base, TrainOptions(progress=False), source="retrain")
+    with store.transaction():
+        # Recorded on the row so "new labels since the active model" counts exactly the labels it did not see.
+        store.execute("UPDATE models SET data_summary = json_set(COALESCE(data_summary, '{}'), '$.last_label_id', ?)"
+                      " WHERE version = ?", (last_label_id, trained["version"]))
+    metrics, previous_metrics = trained["metrics"], trained["active_metrics_on_same_split"]
     outcome = RetrainOutcome(
-        PROMOTED if decision.promote else REFUSED, decision.reason, new_labels,
-        labelled=len(labelled), base_images=len(base), version=candidate.version,
-        previous=store.active_model()["version"] if store.active_model() else None,
-        scores={**promotion_scores(candidate.metrics), "accuracy": candidate.metrics["accuracy"]},
+        PROMOTED if trained["activated"] else REFUSED, trained["promotion"], new_labels,
+        labelled=len(labelled), base_images=len(base), version=trained["version"],
+        previous=previous["version"] if previous else None,
+        scores={**promotion_scores(metrics), "accuracy": metrics["accuracy"]},
         previous_scores=({**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]}
                          if previous_metrics else {}),
-        metrics=candidate.metrics, train_seconds=time.monotonic() - started,
+        metrics=metrics, train_seconds=time.monotonic() - started,
     )
-    png = store.data_dir / REPORTS_DIR / f"{candidate.version}-confusion.png"
-    outcome.confusion_png = str(save_confusion_png(candidate.metrics, png, title=f"model {candidate.version}"))
-    with model_lock:
-        register_model(store, candidate)
-        if decision.promote:
-            activate(store, candidate.version)
-            outcome.rescored, outcome.queue_added, outcome.queue_removed = rescore(store, config, candidate)
+    png = store.data_dir / REPORTS_DIR / f"retrain-{trained['version']}-confusion.png"
+    outcome.confusion_png = str(save_confusion_png(metrics, png, title=f"model {trained['version']} (validation)"))
+    if trained["activated"]:
+        outcome.rescored, outcome.queue_added, outcome.queue_removed = rescore(store, config)
     return outcome
 
 
-def rescore(store: Store, config: Config, model) -> tuple[int, int, int]:
-    """Re-score the pending review queue and recent unlabelled media; returns (rescored, added, removed)."""
-    from classifier.inference import classify_pending
+def pending_review(store: Store) -> set[int]:
+    return {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
 
-    pending_before = {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
-    recent = [row["id"] for row in store.query(
-        "SELECT m.id FROM media m WHERE m.status = 'ok' AND m.first_seen_at >= datetime('now', ?) "
-        "AND NOT EXISTS (SELECT 1 FROM current_label c WHERE c.media_id = m.id)",
-        (f"-{config.retrain.rescore_recent_days} days",))]
-    media_ids = sorted(pending_before | set(recent))
-    result = classify_pending(store, model, config.classifier, media_ids=media_ids)
-    pending_after = {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
-    return result.classified, len(pending_after - pending_before), len(pending_before - pending_after)
+
+def rescore(store: Store, config: Config) -> tuple[int, int, int]:
+    """Score every media the new active model has not scored (cached vectors: no conv net for media seen
+    before), then drop pending review items it is sure about. Returns (rescored, entered, left the queue)."""
+    from bot.runner import classify_with_config
+    from classifier.runtime import load_classifier, make_runner
+
+    before = pending_review(store)
+    model = load_classifier(store, config)
+    summary = classify_with_config(store, config, model, make_runner(model, config.classifier))
+    with store.transaction():
+        store.execute(
+            "DELETE FROM review_queue WHERE state = 'pending' AND media_id IN "
+            "(SELECT media_id FROM latest_prediction WHERE model_version = ? AND borderline = 0)",
+            (model.version,))
+    after = pending_review(store)
+    return summary.classified, len(after - before), len(before - after)

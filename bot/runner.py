@@ -50,15 +50,32 @@ def crawl_job(store: Store, context: JobContext) -> dict:
             **_ingest_fields(totals), **classify_new(store, context)}
 
 
+def classify_with_config(store: Store, config: Config, model, runner):
+    """`classify_pending` with the [classifier] settings (borderline thresholds, batches, overlays)."""
+    from classifier.inference import classify_pending, explain_overlay_renderer
+
+    settings = config.classifier
+    overlay = explain_overlay_renderer(settings.max_frames) if settings.overlays else None
+    return classify_pending(store, model, runner=runner, borderline_confidence=settings.borderline_confidence,
+                            borderline_margin=settings.borderline_margin, batch_size=settings.batch_size,
+                            max_frames=settings.max_frames, overlay=overlay)
+
+
 def classify_new(store: Store, context: JobContext) -> dict:
-    """Classify media that have no prediction from the active model yet (commits per batch)."""
-    from classifier.inference import classify_pending
-    from classifier.model import load_active_model
+    """Classify media the active model has not scored yet (the classifier commits per batch)."""
+    from classifier.model import ModelFileError
+    from classifier.weights import WeightsError
 
     with context.model_lock:
-        model = load_active_model(store, context.config)
-        result = classify_pending(store, model, context.config.classifier)
-    return {"classified": result.classified, "borderline": result.borderline, "model": model.version}
+        try:
+            model, runner = context.classifier(store)
+        except (ModelFileError, WeightsError) as error:
+            # Media stay stored and are classified once a model exists; the crawl itself succeeded.
+            log_event("classify.unavailable", logging.WARNING, error=str(error))
+            return {"classified": 0}
+        summary = classify_with_config(store, context.config, model, runner)
+    return {"classified": summary.classified, "borderline": summary.borderline,
+            "queued": summary.queued_for_review, "model": summary.model_version}
 
 
 def retrain_job(store: Store, context: JobContext) -> dict:

@@ -80,10 +80,24 @@ class JobContext:
     # Called with (text, png path or None) for retrain reports; the Discord bot's channel when it runs.
     report: Callable[[str, Any], None] | None = None
     running: set[str] = field(default_factory=set)
+    _loaded: tuple[Any, Any, Any] | None = None  # (model file, model, feature runner) of the last classify
     running_changed: threading.Condition = field(default_factory=threading.Condition)
 
     def open_store(self) -> StoppableStore:
         return StoppableStore.open_stoppable(self.config.data_path, self.stop)
+
+    def classifier(self, store: Store) -> tuple[Any, Any]:
+        """The active (else shipped default) model and its feature runner, reloaded only when the active
+        model changes: the frozen trunk is built once, not on every poll. Call with `model_lock` held."""
+        from classifier.model import load_model
+        from classifier.runtime import make_runner, trunk_weights_loader
+        from classifier.versions import resolve_model_path
+
+        path = resolve_model_path(store, None)
+        if self._loaded is None or self._loaded[0] != path:
+            model = load_model(path, trunk_weights_loader(self.config.classifier, self.config.data_path))
+            self._loaded = (path, model, make_runner(model, self.config.classifier))
+        return self._loaded[1], self._loaded[2]
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False when `timeout` seconds passed first."""
