@@ -50,6 +50,12 @@ class RetrainOutcome:
         return {name: self.scores[name] - self.previous_scores[name]
                 for name in REPORT_METRICS if name in self.scores and name in self.previous_scores}
 
+    def summary(self) -> str:
+        """One line for the retrain request's result: "promoted v", "refused v: why", "skipped: why"."""
+        if self.status == SKIPPED:
+            return f"skipped: {self.reason}"
+        return f"{self.status} {self.version}: {self.reason}"
+
     def as_dict(self) -> dict:
         return {**asdict(self), "deltas": self.deltas()}
 

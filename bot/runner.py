@@ -12,7 +12,7 @@ from typing import Any, Callable
 from bot.config import Config, redacted
 from bot.lock import DataDirLock
 from bot.scheduler import (
-    CRAWL_JOB, FOLDER_JOB, RETRAIN_JOB, JobContext, build_scheduler, log_event, without_folder,
+    CRAWL_JOB, FOLDER_JOB, RETRAIN_JOB, JobContext, build_scheduler, log_event, run_soon, without_folder,
 )
 from storage import Store
 
@@ -36,6 +36,7 @@ def folder_job(store: Store, context: JobContext) -> dict:
     summary = CrawlSummary(runs=[run] if run is not None else [])
     for problem in run.problems if run is not None else ():
         log_event("folder.problem", logging.WARNING, problem=problem)
+    wake_for_retrain_request(store, context)
     return {**_ingest_fields(summary.as_dict()), **classify_new(store, context)}
 
 
@@ -45,6 +46,7 @@ def crawl_job(store: Store, context: JobContext) -> dict:
 
     with context.ingest_lock:
         summary = crawl_once(store, without_folder(context.config))
+    wake_for_retrain_request(store, context)
     totals = summary.as_dict()
     return {"sources": len(summary.runs), "accounts": totals["accounts"], "posts": totals["posts"],
             **_ingest_fields(totals), **classify_new(store, context)}
@@ -71,18 +73,41 @@ def classify_new(store: Store, context: JobContext) -> dict:
             model, runner = context.classifier(store)
         except (ModelFileError, WeightsError) as error:
             # Media stay stored and are classified once a model exists; the crawl itself succeeded.
-            log_event("classify.unavailable", logging.WARNING, error=str(error))
+            # Said once per distinct problem, not on every poll.
+            if context.classify_problem != str(error):
+                context.classify_problem = str(error)
+                log_event("classify.unavailable", logging.WARNING, error=str(error))
             return {"classified": 0}
+        context.classify_problem = None
         summary = classify_with_config(store, context.config, model, runner)
     return {"classified": summary.classified, "borderline": summary.borderline,
             "queued": summary.queued_for_review, "model": summary.model_version}
 
 
+def wake_for_retrain_request(store: Store, context: JobContext) -> None:
+    """A retrain asked for by another process (the terminal chat) starts at the next poll."""
+    from bot.commands import pending_retrain_request
+
+    if context.wake_retrain is not None and pending_retrain_request(store) is not None:
+        context.wake_retrain()
+
+
 def retrain_job(store: Store, context: JobContext) -> dict:
+    """The nightly retrain, or one asked for with /retrain (which trains whatever the number of new labels)."""
+    from bot.commands import claim_retrain_request, finish_retrain_request
     from bot.retrain import run_retrain
 
-    outcome = run_retrain(store, context.config, model_lock=context.model_lock, report=context.report)
-    return outcome.log_fields()
+    request = claim_retrain_request(store)
+    try:
+        outcome = run_retrain(store, context.config, force=request is not None, model_lock=context.model_lock,
+                              report=context.report)
+    except Exception as error:
+        if request is not None:
+            finish_retrain_request(store, request["id"], f"failed: {type(error).__name__}: {error}")
+        raise
+    if request is not None:
+        finish_retrain_request(store, request["id"], outcome.summary())
+    return {**({"request": request["id"]} if request else {}), **outcome.log_fields()}
 
 
 # --- the process --------------------------------------------------------------------------------------------
@@ -108,6 +133,8 @@ class Runner:
     """Starts the pieces inside the running loop and stops them in reverse order."""
 
     def __init__(self, config: Config, announce: Callable[[str], None]):
+        # APScheduler narrates every run in several lines; our jobs log one event line each instead.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.config = config
         self.announce = announce
         self.context = JobContext(config)
@@ -126,9 +153,9 @@ class Runner:
         return jobs
 
     def wake_retrain(self) -> None:
-        """A /retrain request: run the retrain job now instead of at its next scheduled time."""
-        if self.scheduler is not None and self.scheduler.get_job(RETRAIN_JOB) is not None:
-            self.scheduler.modify_job(RETRAIN_JOB, next_run_time=datetime.now(self.scheduler.timezone))
+        """A /retrain request: retrain now rather than at the nightly time (also when nightly runs are off)."""
+        if self.scheduler is not None and self.scheduler.running:
+            run_soon(self.scheduler, self.context, RETRAIN_JOB, retrain_job)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,6 +169,7 @@ class Runner:
         self.feed_runner = await start_feed_server(self.config)
         feed_url = server_url(self.feed_runner)
         await self._start_discord(loop)
+        self.context.wake_retrain = lambda: loop.call_soon_threadsafe(self.wake_retrain)
         self.scheduler = build_scheduler(self.context, self.jobs())
         self.scheduler.start()
         for fact in startup_facts(self.config, feed_url, self.bot is not None):

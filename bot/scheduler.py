@@ -79,6 +79,9 @@ class JobContext:
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     # Called with (text, png path or None) for retrain reports; the Discord bot's channel when it runs.
     report: Callable[[str, Any], None] | None = None
+    # Starts the retrain job now (set by the runner; called from job threads).
+    wake_retrain: Callable[[], None] | None = None
+    classify_problem: str | None = None  # the last "no model" problem logged, so it is logged once
     running: set[str] = field(default_factory=set)
     _loaded: tuple[Any, Any, Any] | None = None  # (model file, model, feature runner) of the last classify
     running_changed: threading.Condition = field(default_factory=threading.Condition)
@@ -159,3 +162,11 @@ def build_scheduler(context: JobContext, jobs: dict[str, JobBody]) -> AsyncIOSch
         scheduler.add_job(run_job, trigger, args=(name, body, context), id=name, name=name, **timing)
     return scheduler
 
+
+
+def run_soon(scheduler: AsyncIOScheduler, context: JobContext, name: str, body: JobBody) -> None:
+    """Run job `name` now: move its next run forward, or (a job with no schedule) add a one-off run."""
+    if scheduler.get_job(name) is not None:
+        scheduler.modify_job(name, next_run_time=datetime.now(scheduler.timezone))
+    else:
+        scheduler.add_job(run_job, "date", args=(name, body, context), id=name, name=name)

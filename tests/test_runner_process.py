@@ -1,6 +1,8 @@
 """`illustfeed run` in a subprocess: inbox -> classified -> /api/media; one process per data dir; SIGTERM -> exit 0."""
 import hashlib
 import json
+import os
+import re
 import signal
 import socket
 import sqlite3
@@ -12,6 +14,8 @@ import urllib.request
 
 import pytest
 
+from bot.commands import Actor, request_retrain
+from storage import Store
 from tests.conftest import cli_env
 from tests.test_retrain import install_tiny_model
 
@@ -59,10 +63,26 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+def drop(path, data: bytes) -> None:
+    """Write as a person's file manager would finish a copy: a hidden temp name (skipped), then a rename."""
+    temp = path.with_name(f".{path.name}.part")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def wait_for_feed(port: int, expected: set[str], runner: Process, timeout: float = 60) -> None:
+    """Poll /api/media until it lists exactly the media with sha256 in `expected`."""
+    deadline = time.monotonic() + timeout
+    shown: set[str] = set()
+    while time.monotonic() < deadline and shown != expected:
+        shown = {item["sha256"] for item in get_json(f"http://127.0.0.1:{port}/api/media")["items"]}
+        time.sleep(0.5)
+    assert shown == expected, runner.output()
+
+
 @pytest.fixture
 def bot_dir(tmp_path):
     from classifier.synthetic import generate, jpeg_bytes
-    from storage import Store
 
     port = free_port()
     (tmp_path / "config.toml").write_text(f"""
@@ -84,7 +104,7 @@ progress = false
     with Store.open(tmp_path / "data") as store:
         # softmax(4, 0, 0): every image is a confident illustration, so each one must reach the feed.
         install_tiny_model(store, (4.0, 0.0, 0.0))
-    images = {f"drawing-{n}.jpg": jpeg_bytes(generate("illustration", n, (96, 96))) for n in range(3)}
+    images = {f"drawing-{n}.jpg": jpeg_bytes(generate("illustration", n, (96, 96))) for n in range(4)}
     return {"dir": tmp_path, "port": port, "images": images}
 
 
@@ -97,16 +117,22 @@ def test_runner_classifies_the_inbox_into_the_feed_and_stops_cleanly(bot_dir):
         assert get_json(f"http://127.0.0.1:{port}/healthz")["ok"] is True
 
         (root / "inbox/alice").mkdir(parents=True, exist_ok=True)
-        for name, data in bot_dir["images"].items():
-            (root / "inbox/alice" / name).write_bytes(data)
-        expected = {hashlib.sha256(data).hexdigest() for data in bot_dir["images"].values()}
-        deadline = time.monotonic() + 60
-        shown: set[str] = set()
-        while time.monotonic() < deadline and shown != expected:
-            shown = {item["sha256"] for item in get_json(f"http://127.0.0.1:{port}/api/media")["items"]}
-            time.sleep(0.5)
-        assert shown == expected, runner.output()
-        assert "event=folder.done new=3" in runner.output()
+        first, *rest = bot_dir["images"].items()
+        for name, data in rest:
+            drop(root / "inbox/alice" / name, data)
+        wait_for_feed(port, {hashlib.sha256(data).hexdigest() for _name, data in rest}, runner)
+        assert sum(int(n) for n in re.findall(r"event=folder.done new=(\d+)", runner.output())) == 3
+
+        # /retrain from chat with no labels at all: the retrain job fails, says why, and the runner goes on.
+        with Store.open(root / "data") as store:
+            request_retrain(store, Actor(by="test", via="cli", name="test", authorised=True))
+        failure = runner.wait_for("event=retrain.failed", timeout=60)
+        assert "DatasetError" in failure and "split is empty" in failure
+        with sqlite3.connect(root / "data/illustfeed.db") as db:
+            finished_at, result = db.execute("SELECT finished_at, result FROM retrain_requests").fetchone()
+        assert finished_at and result.startswith("failed: DatasetError")
+        drop(root / "inbox/alice" / first[0], first[1])
+        wait_for_feed(port, {hashlib.sha256(data).hexdigest() for data in bot_dir["images"].values()}, runner)
 
         # A second runner on the same data dir refuses, naming the lock file and the PID holding it.
         second = subprocess.run([sys.executable, "-m", "bot.cli", "--config", "config.toml", "run"], cwd=root,
@@ -129,8 +155,8 @@ def test_runner_classifies_the_inbox_into_the_feed_and_stops_cleanly(bot_dir):
 
     with sqlite3.connect(root / "data/illustfeed.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("SELECT COUNT(*) FROM media WHERE status = 'ok'").fetchone()[0] == 3
-        assert db.execute("SELECT COUNT(*) FROM predictions WHERE model_version = 'tiny-0'").fetchone()[0] == 3
+        assert db.execute("SELECT COUNT(*) FROM media WHERE status = 'ok'").fetchone()[0] == 4
+        assert db.execute("SELECT COUNT(*) FROM predictions WHERE model_version = 'tiny-0'").fetchone()[0] == 4
     assert (root / "data/illustfeed.lock").read_text() == ""
 
 
