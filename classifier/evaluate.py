@@ -1,0 +1,115 @@
+"""Scoring a classifier: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, and its PNG.
+
+Illustration recall comes first in every human-readable report: a missed illustration is the costly error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from classifier import LABELS
+
+
+def compute_metrics(true_labels: Sequence[str], predicted_labels: Sequence[str],
+                    labels: Sequence[str] = LABELS) -> dict:
+    """`{"accuracy", "macro_f1", "labels", "per_class": {label: {precision, recall, f1, support}}, "confusion"}`.
+
+    `confusion[i][j]` counts images whose true label is `labels[i]` and predicted label `labels[j]`.
+    A class with no predictions has precision 0 (and with no support, recall 0), as scikit-learn reports it.
+    """
+    if len(true_labels) != len(predicted_labels):
+        raise ValueError(f"{len(true_labels)} true labels but {len(predicted_labels)} predictions")
+    labels = list(labels)
+    position = {label: index for index, label in enumerate(labels)}
+    for label in list(true_labels) + list(predicted_labels):
+        if label not in position:
+            raise ValueError(f"label {label!r} is not one of {labels}")
+    confusion = [[0] * len(labels) for _ in labels]
+    for true, predicted in zip(true_labels, predicted_labels):
+        confusion[position[true]][position[predicted]] += 1
+    per_class = {}
+    for index, label in enumerate(labels):
+        hits = confusion[index][index]
+        support = sum(confusion[index])
+        predicted_count = sum(row[index] for row in confusion)
+        precision = hits / predicted_count if predicted_count else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    total = len(true_labels)
+    return {
+        "accuracy": sum(confusion[i][i] for i in range(len(labels))) / total if total else 0.0,
+        "macro_f1": sum(scores["f1"] for scores in per_class.values()) / len(labels),
+        "labels": labels,
+        "per_class": per_class,
+        "confusion": confusion,
+    }
+
+
+def format_report(metrics: dict) -> str:
+    """Plain-text report, illustration recall on the first line."""
+    per_class = metrics["per_class"]
+    lines = []
+    if "illustration" in per_class:
+        lines.append(f"illustration recall: {per_class['illustration']['recall']:.3f}")
+    lines.append(f"accuracy: {metrics['accuracy']:.3f}   macro-F1: {metrics['macro_f1']:.3f}")
+    lines.append(f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+    for label, scores in per_class.items():
+        lines.append(f"{label:<14}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
+                     f"{scores['f1']:>10.3f}{scores['support']:>9d}")
+    width = max(len(label) for label in metrics["labels"]) + 2
+    lines.append("confusion (rows = true, columns = predicted):")
+    lines.append(" " * width + "".join(f"{label:>{width}}" for label in metrics["labels"]))
+    for label, row in zip(metrics["labels"], metrics["confusion"]):
+        lines.append(f"{label:<{width}}" + "".join(f"{count:>{width}d}" for count in row))
+    return "\n".join(lines)
+
+
+def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion matrix") -> Path:
+    """Draw the confusion matrix (counts in the cells) with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    labels, confusion = metrics["labels"], metrics["confusion"]
+    figure, axes = pyplot.subplots(figsize=(1.6 * len(labels) + 2, 1.4 * len(labels) + 1.5))
+    image = axes.imshow(confusion, cmap="Blues")
+    axes.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right")
+    axes.set_yticks(range(len(labels)), labels=labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    brightest = max(max(row) for row in confusion) or 1
+    for row_index, row in enumerate(confusion):
+        for column_index, count in enumerate(row):
+            colour = "white" if count > brightest / 2 else "black"
+            axes.text(column_index, row_index, str(count), ha="center", va="center", color=colour)
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    pyplot.close(figure)
+    return path
+
+
+def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4) -> tuple[dict, list]:
+    """Classify labelled `items` and score them; returns (metrics, [(item, predicted label or None)]).
+
+    Undecodable images are left out of the metrics and reported as `skipped`.
+    """
+    from classifier.inference import FeatureRunner, run_classifier
+
+    runner = runner or FeatureRunner(model)
+    by_key = {item.key: item for item in items}
+    predictions = {}
+    for result in run_classifier(model, [(item.key, item.source) for item in items], runner=runner,
+                                 batch_size=batch_size, max_frames=max_frames):
+        if result.error is None:
+            best = max(range(len(model.labels)), key=lambda i: result.probabilities[i])
+            predictions[result.key] = model.labels[best]
+    scored = [key for key in by_key if key in predictions]
+    metrics = compute_metrics([by_key[k].label for k in scored], [predictions[k] for k in scored], model.labels)
+    metrics["skipped"] = len(items) - len(scored)
+    return metrics, [(by_key[key], predictions.get(key)) for key in by_key]

@@ -1,0 +1,343 @@
+"""Training a model version: a linear head on cached trunk features (default), or fine-tuning conv layers.
+
+Head training is class-balanced, seeded, and stops early on the validation split's macro-F1; the softmax
+temperature is then fitted on the same split so confidences are calibrated for borderline routing.
+Fine-tuning (last conv block or whole trunk) uses RandomResizedCrop + horizontal flip and a GPU if present.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from classifier.data import DatasetError, LabelledImage, split_by_group, summarise
+from classifier.evaluate import compute_metrics
+from classifier.features import aggregate_views, image_views
+from classifier.inference import FeatureRunner, run_classifier
+from classifier.model import ImageClassifier, LinearHead
+from classifier.preprocess import load_rgb_frames, normalize
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "last_block", "full")
+# `features` indices of VGG16's last conv block (conv5_1..conv5_3 and their ReLUs).
+LAST_BLOCK_INDICES = range(24, 30)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    mode: str = "head"
+    epochs: int = 300  # upper bound; early stopping usually ends head training far sooner
+    patience: int = 30  # epochs without a better validation macro-F1 before stopping
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    validation_fraction: float = 0.2
+    fine_tune_learning_rate: float = 1e-4
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"training mode {self.mode!r} is not one of {TRAIN_MODES}")
+
+
+@dataclass
+class TrainResult:
+    model: ImageClassifier
+    validation_items: list[LabelledImage]
+    validation_vectors: torch.Tensor | None  # None after fine-tuning: the trunk changed
+    history: list[dict] = field(default_factory=list)
+
+
+# --- features -------------------------------------------------------------------------------------------
+
+
+def feature_vectors(model: ImageClassifier, items: Sequence[LabelledImage], *, runner: FeatureRunner,
+                    cache=None, batch_size: int = 16, max_frames: int = 4, progress: bool = False
+                    ) -> tuple[list[LabelledImage], torch.Tensor]:
+    """Pooled vectors for `items` (cached ones read, the rest computed and cached); undecodable images are
+    left out with a warning. Returns the items kept and their vectors [N, D] in the same order."""
+    known = cache.get([item.key for item in items]) if cache is not None else {}
+    todo = [(item.key, item.source) for item in items if item.key not in known]
+    computed: dict = {}
+    bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress or not todo, leave=False)
+    for result in run_classifier(model, todo, runner=runner, batch_size=batch_size, max_frames=max_frames):
+        bar.update(1)
+        if result.error is not None:
+            log.warning("skipping %s: %s", result.key, result.error)
+            continue
+        computed[result.key] = result.vector
+    bar.close()
+    if cache is not None and computed:
+        cache.put(computed)
+    vectors = {**known, **computed}
+    kept = [item for item in items if item.key in vectors]
+    if not kept:
+        raise DatasetError("no image could be decoded")
+    return kept, torch.stack([vectors[item.key] for item in kept])
+
+
+# --- head training --------------------------------------------------------------------------------------
+
+
+def class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`n / (classes * count)` per class (scikit-learn's "balanced"); absent classes weigh 0."""
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    present = int((counts > 0).sum())
+    weights = torch.where(counts > 0, len(targets) / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    return weights
+
+
+def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) -> dict:
+    predicted = logits.argmax(1).tolist()
+    return compute_metrics([labels[t] for t in targets.tolist()], [labels[p] for p in predicted], labels)
+
+
+def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+               labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
+    """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
+    validation macro-F1 (ties: lower validation loss) and stops after `patience` epochs without one."""
+    generator = torch.Generator().manual_seed(options.seed)
+    torch.manual_seed(options.seed)
+    head = LinearHead(train_x.shape[1], len(labels))
+    head.set_standardisation(train_x)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)))
+    optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    best_key, best_state, stale, history = None, None, 0, []
+    bar = tqdm(range(options.epochs), desc="train head", unit="epoch", disable=not options.progress, leave=False)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), options.batch_size):
+            batch = order[start:start + options.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(head(train_x[batch]), train_y[batch])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        head.eval()
+        with torch.no_grad():
+            val_logits = head(val_x)
+            val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
+        scores = _scores(val_logits, val_y, labels)
+        record = {"epoch": epoch + 1, "loss": total / len(order), "val_loss": val_loss,
+                  "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{scores['macro_f1']:.3f}",
+                        val_acc=f"{scores['accuracy']:.3f}")
+        key = (round(scores["macro_f1"], 6), -val_loss)
+        if best_key is None or key > best_key:
+            best_key, best_state, stale = key, copy.deepcopy(head.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= options.patience:
+                break
+    bar.close()
+    head.load_state_dict(best_state)
+    return head.eval(), history
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising validation NLL of softmax(logits / T)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits = logits.detach()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_t.exp().clamp(0.05, 20.0))
+    return temperature if math.isfinite(temperature) else 1.0
+
+
+# --- augmentation and fine-tuning ----------------------------------------------------------------------
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+    """torchvision's RandomResizedCrop: a random area share and aspect ratio, resized to size x size."""
+    width, height = image.size
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _attempt in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return image.resize((size, size), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    # Fallback, as torchvision: the whole image's centre at the nearest allowed ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        crop_w, crop_h = int(round(height * ratio[1])), height
+    else:
+        crop_w, crop_h = width, height
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return image.resize((size, size), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+
+
+def augmented_tensor(image: Image.Image, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """RandomResizedCrop + RandomHorizontalFlip(0.5) + ImageNet normalisation -> [3, size, size]."""
+    crop = random_resized_crop(image, size, rng)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    return normalize(crop)
+
+
+def _trainable_trunk_parameters(model: ImageClassifier, mode: str) -> dict[str, nn.Parameter]:
+    chosen = {}
+    for name, parameter in model.features.named_parameters():
+        index = int(name.split(".")[0])
+        if mode == "full" or index in LAST_BLOCK_INDICES:
+            chosen[f"features.{name}"] = parameter
+    return chosen
+
+
+def _eval_vectors(model: ImageClassifier, images: list[list[Image.Image]], device: torch.device) -> torch.Tensor:
+    vectors = []
+    with torch.inference_mode():
+        for frames in images:
+            per_frame = [aggregate_views(model.extractor(image_views(frame, model.spec).to(device)).float().cpu())
+                         for frame in frames]
+            vectors.append(torch.stack(per_frame).mean(0))
+    return torch.stack(vectors)
+
+
+def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_items: list[LabelledImage],
+              labels: Sequence[str], options: TrainOptions) -> tuple[ImageClassifier, list[dict]]:
+    """Train the head together with the last conv block (`last_block`) or the whole trunk (`full`)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rng = np.random.default_rng(options.seed)
+    torch.manual_seed(options.seed)
+    model = copy.deepcopy(model).to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trunk_parameters = _trainable_trunk_parameters(model, options.mode)
+    for parameter in list(trunk_parameters.values()) + list(model.head.parameters()):
+        parameter.requires_grad_(True)
+    train_images = [load_rgb_frames(item.source, max_frames=1)[0] for item in train_items]
+    val_images = [load_rgb_frames(item.source, max_frames=1) for item in val_items]
+    train_y = torch.tensor([labels.index(item.label) for item in train_items])
+    val_y = torch.tensor([labels.index(item.label) for item in val_items])
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)).to(device))
+    optimizer = torch.optim.Adam([
+        {"params": list(trunk_parameters.values()), "lr": options.fine_tune_learning_rate},
+        {"params": list(model.head.parameters()), "lr": options.learning_rate},
+    ], weight_decay=options.weight_decay)
+    size = model.spec.image_size
+    best_key, best_state, stale, history = None, None, 0, []
+    bar = tqdm(range(options.epochs), desc=f"fine-tune {options.mode}", unit="epoch",
+               disable=not options.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(train_images))
+        total = 0.0
+        for start in range(0, len(order), options.batch_size):
+            batch = order[start:start + options.batch_size]
+            inputs = torch.stack([augmented_tensor(train_images[i], size, rng) for i in batch]).to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs), train_y[batch].to(device))
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        model.eval()
+        with torch.no_grad():
+            val_logits = model.head(_eval_vectors(model, val_images, device).to(device)).cpu()
+        scores = _scores(val_logits, val_y, labels)
+        val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
+        record = {"epoch": epoch + 1, "loss": total / len(order), "val_loss": val_loss,
+                  "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{scores['macro_f1']:.3f}")
+        key = (round(scores["macro_f1"], 6), -val_loss)
+        if best_key is None or key > best_key:
+            best_key, best_state, stale = key, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= options.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    delta = dict(model.backbone_delta)
+    delta.update({name: parameter.detach().clone()
+                  for name, parameter in _trainable_trunk_parameters(model, options.mode).items()})
+    model.backbone_delta = delta
+    return model, history
+
+
+# --- one training run ----------------------------------------------------------------------------------
+
+
+def new_version(model: ImageClassifier) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    digest = hashlib.sha256()
+    for tensor in model.head.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return f"{stamp}-{digest.hexdigest()[:6]}"
+
+
+def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: TrainOptions, *,
+                runner: FeatureRunner | None = None, cache=None, parent: str | None = None,
+                source: str = "") -> TrainResult:
+    """Split by group, train, calibrate, and score on the validation split; returns an unsaved model."""
+    labels = base.labels
+    unknown = sorted({item.label for item in items} - set(labels))
+    if unknown:
+        raise DatasetError(f"labels {unknown} are not among {labels}")
+    train_items, val_items = split_by_group(items, options.validation_fraction)
+    for name, part in (("training", train_items), ("validation", val_items)):
+        if not part:
+            raise DatasetError(f"the {name} split is empty ({len(items)} images in "
+                               f"{len({i.group for i in items})} groups); add images from more sources")
+    runner = runner or FeatureRunner(base)
+    train_items, train_x = feature_vectors(base, train_items, runner=runner, cache=cache, progress=options.progress)
+    val_items, val_x = feature_vectors(base, val_items, runner=runner, cache=cache, progress=options.progress)
+    train_y = torch.tensor([labels.index(item.label) for item in train_items])
+    val_y = torch.tensor([labels.index(item.label) for item in val_items])
+    head, history = train_head(train_x, train_y, val_x, val_y, labels, options)
+    model = ImageClassifier(base.extractor, head, labels=labels, backbone=base.backbone,
+                            backbone_width=base.backbone_width, backbone_delta=base.backbone_delta)
+    validation_vectors: torch.Tensor | None = val_x
+    if options.mode != "head":
+        model, tune_history = fine_tune(model, train_items, val_items, labels, options)
+        history += tune_history
+        val_x = _eval_vectors(model, [load_rgb_frames(i.source, max_frames=4) for i in val_items],
+                              torch.device("cpu"))
+        validation_vectors = None
+    with torch.no_grad():
+        val_logits = model.head(val_x)
+    model.temperature = fit_temperature(val_logits, val_y)
+    metrics = _scores(val_logits, val_y, labels)
+    metrics["temperature"] = model.temperature
+    metrics["validation_nll"] = float(nn.functional.cross_entropy(val_logits / model.temperature, val_y))
+    model.metrics = metrics
+    model.data_summary = {"source": source, "mode": options.mode, "seed": options.seed,
+                          "train": summarise(train_items), "validation": summarise(val_items),
+                          "epochs": len(history)}
+    model.parent = parent
+    model.version = new_version(model)
+    return TrainResult(model, val_items, validation_vectors, history)

@@ -1,0 +1,141 @@
+"""Model versions: files under `<data_dir>/models/`, `models` rows, promotion, activation and rollback.
+
+A new model becomes active only if its illustration recall and macro-F1 on the fixed validation split are
+not worse than the active model's on the same images. Rollback re-activates the active model's parent
+(the model that was active when it was trained and that it replaced).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from classifier.model import MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, read_model_file, save_model
+
+MODELS_DIR = "models"
+# The shipped model (issue 4 trains it): used when no model is active.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+# Metrics compared for promotion, most important first.
+PROMOTION_METRICS = ("illustration_recall", "macro_f1")
+
+
+class ModelVersionError(ValueError):
+    """A model version does not exist, cannot be activated, or there is nothing to roll back to."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def promotion_scores(metrics: dict) -> dict[str, float]:
+    return {"illustration_recall": float(metrics["per_class"]["illustration"]["recall"]),
+            "macro_f1": float(metrics["macro_f1"])}
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def compare_for_promotion(candidate: dict, active: dict | None, tolerance: float = 1e-9) -> PromotionDecision:
+    """Promote unless illustration recall or macro-F1 is lower than the active model's (same images)."""
+    if active is None:
+        return PromotionDecision(True, "no active model")
+    new, old = promotion_scores(candidate), promotion_scores(active)
+    worse = [f"{name} {new[name]:.4f} < {old[name]:.4f}" for name in PROMOTION_METRICS if new[name] < old[name] - tolerance]
+    if worse:
+        return PromotionDecision(False, "worse than the active model: " + ", ".join(worse))
+    return PromotionDecision(True, ", ".join(f"{name} {new[name]:.4f} >= {old[name]:.4f}" for name in PROMOTION_METRICS))
+
+
+def model_path(data_dir: Path, version: str) -> Path:
+    return Path(data_dir) / MODELS_DIR / f"{version}{MODEL_FILE_SUFFIX}"
+
+
+def register_model(store, model: ImageClassifier) -> Path:
+    """Save the model file under `<data_dir>/models/` and add its (inactive) `models` row."""
+    if store.query_one("SELECT version FROM models WHERE version = ?", (model.version,)):
+        raise ModelVersionError(f"model version {model.version} already exists")
+    path = save_model(model, model_path(store.data_dir, model.version))
+    with store.transaction():
+        store.execute(
+            "INSERT INTO models (version, path, backbone, metrics, data_summary, parent, active, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+            (model.version, str(path), model.feature_key, json.dumps(model.metrics),
+             json.dumps(model.data_summary), model.parent, utc_now()),
+        )
+    return path
+
+
+def get_model_row(store, version: str) -> dict:
+    row = store.query_one("SELECT * FROM models WHERE version = ?", (version,))
+    if row is None:
+        known = [r["version"] for r in store.query("SELECT version FROM models ORDER BY created_at")]
+        raise ModelVersionError(f"no model version {version!r} (known: {', '.join(known) or 'none'})")
+    return row
+
+
+def list_models(store) -> list[dict]:
+    rows = store.query("SELECT * FROM models ORDER BY created_at, version")
+    for row in rows:
+        row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
+        row["data_summary"] = json.loads(row["data_summary"]) if row["data_summary"] else {}
+    return rows
+
+
+def activate(store, version: str) -> dict:
+    """Make `version` the only active model. Its file must read cleanly first, else nothing changes."""
+    row = get_model_row(store, version)
+    read_model_file(row["path"])  # raises ModelFileError naming the file; the active model stays
+    with store.transaction():
+        store.execute("UPDATE models SET active = 0 WHERE active = 1 AND version != ?", (version,))
+        store.execute("UPDATE models SET active = 1 WHERE version = ?", (version,))
+    return get_model_row(store, version)
+
+
+def rollback(store) -> dict:
+    """Re-activate the active model's parent."""
+    active = store.query_one("SELECT * FROM models WHERE active = 1")
+    if active is None:
+        raise ModelVersionError("no model is active, nothing to roll back")
+    if not active["parent"]:
+        raise ModelVersionError(f"active model {active['version']} has no parent to roll back to")
+    return activate(store, active["parent"])
+
+
+def active_model_path(store) -> Path | None:
+    row = store.query_one("SELECT path FROM models WHERE active = 1")
+    return Path(row["path"]) if row else None
+
+
+def resolve_model_path(store, version_or_path: str | None) -> Path:
+    """An explicit version or file, else the active model's file, else the shipped default model."""
+    if version_or_path:
+        candidate = Path(version_or_path)
+        if candidate.suffix == MODEL_FILE_SUFFIX or candidate.exists():
+            if not candidate.is_file():
+                raise ModelFileError(f"model file {candidate} does not exist")
+            return candidate
+        return Path(get_model_row(store, version_or_path)["path"]) if store is not None else candidate
+    active = active_model_path(store) if store is not None else None
+    if active is not None:
+        return active
+    return default_model_file()
+
+
+def default_model_file(directory: Path = DEFAULT_MODEL_DIR) -> Path:
+    """The shipped model: `model.pt` in `directory`, or its only `*.pt` file."""
+    files = sorted(directory.glob(f"*{MODEL_FILE_SUFFIX}")) if directory.is_dir() else []
+    preferred = directory / f"model{MODEL_FILE_SUFFIX}"
+    if preferred in files:
+        return preferred
+    if len(files) == 1:
+        return files[0]
+    found = f"{len(files)} model files" if files else "no model file"
+    raise ModelFileError(
+        f"no model is active and the shipped default model directory {directory} has {found} "
+        f"(expected model{MODEL_FILE_SUFFIX}); train one with `illustfeed train --data DIR` "
+        "or pass --model VERSION_OR_PATH"
+    )
