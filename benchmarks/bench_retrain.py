@@ -96,7 +96,6 @@ def main() -> int:
             "data_dir": str(data_dir),
             "classifier": {"weights_path": str(args.weights), "weights_download": False, "progress": False,
                            "overlays": False},
-            "retrain": {"min_new_labels": 1},
         }, environ={})
         started = time.perf_counter()
         feature_key, dim = build_store(data_dir, config, args.items, args.accounts, args.seed)
@@ -104,7 +103,7 @@ def main() -> int:
               f"({feature_key}), built in {time.perf_counter() - started:.1f} s")
         with Store.open(data_dir) as store:
             started = time.perf_counter()
-            outcome = run_retrain(store, config)
+            outcome = run_retrain(store, config, force=True)
             total = time.perf_counter() - started
             cached_hits = store.scalar("SELECT COUNT(*) FROM features")
         print(f"outcome: {outcome.summary()}")

@@ -25,10 +25,18 @@ UNLABELLED = 9
 def install_tiny_model(store, bias: tuple[float, float, float], version: str = "tiny-0"):
     """Register and activate a reduced-width model whose head ignores the image: its probabilities are
     softmax(bias), so what it decides (and whether that is borderline) is known in advance."""
-    from classifier.synthetic import tiny_base_model
+    from classifier.features import FeatureSpec
+    from classifier.model import SCRATCH_BACKBONE, new_classifier
     from classifier.versions import activate, register_model
+    from classifier.vgg import make_features
 
-    model = tiny_base_model()
+    torch.manual_seed(0)
+    width = 0.125
+    trunk = make_features(width)
+    model = new_classifier(trunk, FeatureSpec(layers=(22, 29), pooling=("avg", "max"), image_size=64),
+                           backbone=SCRATCH_BACKBONE, backbone_width=width)
+    # A scratch trunk travels in the model file, so no ImageNet weights are needed.
+    model.backbone_delta = {f"features.{name}": tensor.clone() for name, tensor in trunk.state_dict().items()}
     with torch.no_grad():
         model.head.linear.weight.zero_()
         model.head.linear.bias.copy_(torch.tensor(bias))
