@@ -7,7 +7,7 @@ import os
 import signal
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from bot.config import Config, redacted
 from bot.lock import DataDirLock
@@ -17,6 +17,7 @@ from bot.scheduler import (
 from storage import Store
 
 log = logging.getLogger("illustfeed.runner")
+DISCORD_MESSAGE_LIMIT = 2000  # characters in one Discord message
 
 
 # --- job bodies (each runs on a scheduler thread with its own Store) ---------------------------------------
@@ -187,9 +188,9 @@ class Runner:
         # The bot's Store is its own connection, used on the loop thread only.
         self.bot = create_bot(settings, Store.open(self.config.data_path), on_retrain_requested=self.wake_retrain)
 
-        def report(text: str, png: Any = None) -> None:
-            # Called from a job thread: hand the message to the loop and wait for it to be sent.
-            asyncio.run_coroutine_threadsafe(self.bot.post_report(text), loop).result(timeout=60)
+        def report(text: str, png: Path | None = None) -> None:
+            # Called from a job thread: hand the message to the loop and wait until it is sent.
+            asyncio.run_coroutine_threadsafe(self._post_report(text, png), loop).result(timeout=120)
 
         self.context.report = report
 
@@ -203,6 +204,20 @@ class Runner:
                 log_event("discord.failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
 
         self.bot_task = asyncio.create_task(run_bot(), name="illustfeed-discord")
+
+    async def _post_report(self, text: str, png: Path | None) -> None:
+        """The retrain report in the report channel: the bot's text line, plus the confusion matrix image."""
+        import discord
+
+        channel_id = self.config.discord.report_channel_id
+        if not channel_id:
+            return
+        if png is None:
+            await self.bot.post_report(text)
+            return
+        channel = await self.bot.channel(channel_id)
+        await channel.send(text[:DISCORD_MESSAGE_LIMIT], file=discord.File(png, filename=png.name),
+                           allowed_mentions=discord.AllowedMentions.none())
 
     async def stop(self) -> bool:
         """Stop taking new work, let running jobs reach a commit, close everything; False if a job overran."""

@@ -125,3 +125,27 @@ def test_scheduler_sections_validate_and_default():
         parse_config({"retrain": {"schedule": "0 25 * * *"}}, environ={})
     with pytest.raises(ConfigError, match="scheduler.folder_poll_seconds"):
         parse_config({"scheduler": {"folder_poll_seconds": 0}}, environ={})
+
+
+def test_retrain_report_goes_to_the_report_channel_with_its_png(tmp_path):
+    """The runner's report callback sends the text and the confusion matrix to [discord] report_channel_id."""
+    from bot.runner import Runner
+
+    class Channel:
+        sent = []
+
+        async def send(self, text, file=None, allowed_mentions=None):
+            self.sent.append((text, file.filename, file.fp.read()))
+
+    class Bot:
+        async def channel(self, channel_id):
+            assert channel_id == 42
+            return Channel()
+
+    png = tmp_path / "retrain-v2-confusion.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    config = parse_config({"data_dir": str(tmp_path / "data"), "discord": {"report_channel_id": 42}}, environ={})
+    runner = Runner(config, announce=lambda text: None)
+    runner.bot = Bot()
+    asyncio.run(runner._post_report("Retrain: model v2 promoted", png))
+    assert Channel.sent == [("Retrain: model v2 promoted", "retrain-v2-confusion.png", png.read_bytes())]
