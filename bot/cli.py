@@ -18,6 +18,7 @@ from storage import Store, StoreError
 COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_runner",
     "bot.cli_classifier",
+    "bot.cli_sources",
 )
 
 

@@ -114,8 +114,36 @@ CREATE VIEW latest_prediction AS
     SELECT * FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY media_id);
 """
 
+# Network sources (bot/crawl.py): media downloads that failed and are retried on later runs, API reads per
+# day (paid APIs have a daily budget), and how an account came to be followed (NULL: it only appeared as the
+# author of crawled or imported posts; 'command': `illustfeed follow` or chat).
+SOURCES_V2 = """
+CREATE TABLE fetch_failures (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    post_external_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    post_json TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    given_up INTEGER NOT NULL DEFAULT 0,
+    first_failed_at TEXT NOT NULL,
+    last_failed_at TEXT NOT NULL,
+    resolved_at TEXT,
+    UNIQUE (source, post_external_id, url)
+);
+CREATE INDEX fetch_failures_open ON fetch_failures(source, resolved_at, given_up);
+CREATE TABLE api_usage (
+    source TEXT NOT NULL,
+    day TEXT NOT NULL,
+    reads INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, day)
+);
+ALTER TABLE accounts ADD COLUMN followed_via TEXT;
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
