@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED, REFUSED, PROMOTED = "skipped", "refused", "promoted"
 REPORTS_DIR = "reports"
+STEPS_PER_EPOCH = 40
 # Metrics compared in the report, in the order a reader cares about them.
 REPORT_METRICS = ("illustration_recall", "macro_f1", "accuracy")
 
@@ -158,7 +160,12 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
     last_label_id = store.scalar("SELECT MAX(id) FROM labels") or 0
     labelled, base = training_items(store, config)
     previous = store.active_model()
-    trained = train_and_register(store, config, labelled + base, TrainOptions(progress=False), source="retrain")
+    items = labelled + base
+    # The classifier's batch of 64 suits a few hundred images; with thousands of labels, larger batches keep
+    # an epoch at about STEPS_PER_EPOCH optimizer steps, so early stopping still counts epochs, in seconds.
+    batch_size = max(TrainOptions().batch_size, math.ceil(len(items) / STEPS_PER_EPOCH))
+    trained = train_and_register(store, config, items, TrainOptions(progress=False, batch_size=batch_size),
+                                 source="retrain")
     with store.transaction():
         # Recorded on the row so "new labels since the active model" counts exactly the labels it did not see.
         store.execute("UPDATE models SET data_summary = json_set(COALESCE(data_summary, '{}'), '$.last_label_id', ?)"
