@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_runner",
     "bot.cli_classifier",
     "bot.cli_sources",
+    "bot.cli_feed",
 )
 
 

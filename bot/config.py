@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -170,6 +171,42 @@ class ClassifierConfig:
     progress: bool = True
 
 
+FEED_RULES = ("human_then_confident", "human_only", "any_prediction")
+THUMBNAIL_FORMATS = ("webp", "jpeg")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Which media count as an illustration: see config.example.toml.
+    rule: str = "human_then_confident"
+    page_size: int = 48
+    max_page_size: int = 200
+    atom_entries: int = 50
+    # Absolute base URL for links in the Atom feed; empty = taken from each request's Host header.
+    public_url: str = ""
+    title: str = "illustfeed"
+    thumbnail_size: int = 480
+    thumbnail_format: str = "webp"
+
+    def __post_init__(self) -> None:
+        if self.rule not in FEED_RULES:
+            raise ConfigError(f"feed.rule: expected one of {', '.join(FEED_RULES)}, got {self.rule!r}")
+        if self.thumbnail_format not in THUMBNAIL_FORMATS:
+            raise ConfigError(f"feed.thumbnail_format: expected one of {', '.join(THUMBNAIL_FORMATS)}, "
+                              f"got {self.thumbnail_format!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"feed.port: expected 0..65535, got {self.port}")
+        for name in ("page_size", "max_page_size", "atom_entries", "thumbnail_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"feed.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.page_size > self.max_page_size:
+            raise ConfigError(f"feed.page_size ({self.page_size}) is over feed.max_page_size ({self.max_page_size})")
+        if self.public_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.public_url):
+            raise ConfigError(f"feed.public_url: expected an http(s) URL, got {self.public_url!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
@@ -179,6 +216,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
 
     @property
     def data_path(self) -> Path:
@@ -272,6 +310,7 @@ ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
     "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
     "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
+    "ILLUSTFEED_FEED_HOST": "feed.host",  # a container binds 0.0.0.0 so its published port reaches the server
 }
 
 
