@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from bot.cli_classifier import _classifier_errors_as_command_errors
 from bot.config import Config
 from bot.lock import DataDirLocked
 
@@ -22,6 +23,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         return 1
 
 
+@_classifier_errors_as_command_errors
 def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
     from bot.retrain import run_retrain
     from storage import Store

@@ -176,3 +176,14 @@ def test_retrain_refuses_a_model_that_is_worse(generated):
     assert store.scalar("SELECT active FROM models WHERE version = ?", (outcome.version,)) == 0
     assert store.query("SELECT * FROM review_queue ORDER BY media_id") == queue_before
     assert outcome.rescored == 0
+
+
+def test_retrain_command_reports_a_skip_as_json(tmp_path):
+    from tests.conftest import run_cli
+
+    assert run_cli("init", cwd=tmp_path).returncode == 0
+    result = run_cli("retrain", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "skipped" and outcome["new_labels"] == 0
+    assert outcome["reason"] == "0 new labels, fewer than min_new_labels 20"
