@@ -109,7 +109,7 @@ def main() -> int:
         print(f"outcome: {outcome.summary()}")
         print(f"validation: illustration recall {outcome.scores['illustration_recall']:.3f}, "
               f"macro-F1 {outcome.scores['macro_f1']:.3f}, accuracy {outcome.scores['accuracy']:.3f}")
-        print(f"train + score + register: {outcome.train_seconds:.1f} s; re-scored {outcome.rescored} media "
+        print(f"train ({outcome.epochs} epochs) + score + register: {outcome.train_seconds:.1f} s; re-scored {outcome.rescored} media "
               f"from the cache; features rows {cached_hits} (no image decoded)")
         print(f"retrain total: {total:.1f} s for {args.items} items; target {TARGET_SECONDS:.0f} s; "
               f"ratio {total / TARGET_SECONDS:.2f} of target ({'OK' if total < TARGET_SECONDS else 'OVER'})")

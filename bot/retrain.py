@@ -43,6 +43,7 @@ class RetrainOutcome:
     previous_scores: dict[str, float] = field(default_factory=dict)
     metrics: dict | None = None
     confusion_png: str | None = None
+    epochs: int = 0
     rescored: int = 0
     queue_added: int = 0
     queue_removed: int = 0
@@ -65,7 +66,7 @@ class RetrainOutcome:
         fields: dict[str, Any] = {"status": self.status, "new_labels": self.new_labels}
         if self.status != SKIPPED:
             fields.update(version=self.version, previous=self.previous or "none", labelled=self.labelled,
-                          base_images=self.base_images, train_s=self.train_seconds)
+                          base_images=self.base_images, epochs=self.epochs, train_s=self.train_seconds)
             fields.update({f"{name}": round(value, 4) for name, value in self.scores.items()})
             fields.update({f"delta_{name}": round(value, 4) for name, value in self.deltas().items()})
             fields.update(rescored=self.rescored, queue_added=self.queue_added, queue_removed=self.queue_removed)
@@ -78,7 +79,7 @@ class RetrainOutcome:
         verdict = "promoted to active" if self.status == PROMOTED else "kept inactive"
         lines = [f"Retrain: model {self.version} {verdict} ({self.reason}).",
                  f"Trained on {self.labelled} human-labelled media ({self.new_labels} new) "
-                 f"and {self.base_images} base images in {self.train_seconds:.1f} s."]
+                 f"and {self.base_images} base images ({self.epochs} epochs, {self.train_seconds:.1f} s)."]
         for name in REPORT_METRICS:
             if name not in self.scores:
                 continue
@@ -178,7 +179,7 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
         scores={**promotion_scores(metrics), "accuracy": metrics["accuracy"]},
         previous_scores=({**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]}
                          if previous_metrics else {}),
-        metrics=metrics, train_seconds=time.monotonic() - started,
+        metrics=metrics, epochs=trained["epochs"], train_seconds=time.monotonic() - started,
     )
     png = store.data_dir / REPORTS_DIR / f"retrain-{trained['version']}-confusion.png"
     outcome.confusion_png = str(save_confusion_png(metrics, png, title=f"model {trained['version']} (validation)"))
