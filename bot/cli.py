@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_classifier",
     "bot.cli_sources",
     "bot.cli_feed",
+    "bot.cli_explain",
 )
 
 
