@@ -35,6 +35,17 @@ class IngestConfig:
     near_duplicate_max_block_difference: float = 10.0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ingest.{name}: must be at least 1, got {getattr(self, name)}")
+        if not -1 <= self.near_duplicate_distance <= 64:
+            raise ConfigError(f"ingest.near_duplicate_distance: must be -1 (off) to 64, "
+                              f"got {self.near_duplicate_distance}")
+        if self.near_duplicate_max_block_difference < 0:
+            raise ConfigError(f"ingest.near_duplicate_max_block_difference: must be at least 0, "
+                              f"got {self.near_duplicate_max_block_difference}")
+
 
 @dataclass(frozen=True)
 class FolderSourceConfig:
@@ -207,6 +218,33 @@ class FeedConfig:
             raise ConfigError(f"feed.public_url: expected an http(s) URL, got {self.public_url!r}")
 
 
+DISCORD_MAX_ATTACHMENTS = 10  # per message, Discord's limit
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str = field(default="", repr=False)  # secret; env ILLUSTFEED_DISCORD_TOKEN
+    guild_id: int = 0  # slash commands are synced to this guild (instant); 0 = global (up to an hour)
+    feed_channel_id: int = 0  # 0 = do not post the feed
+    report_channel_id: int = 0  # 0 = no reports
+    allowed_user_ids: tuple[int, ...] = ()
+    allowed_role_ids: tuple[int, ...] = ()
+    feed_batch_size: int = 4
+    feed_interval_seconds: float = 60.0
+    feed_max_attachment_bytes: int = 8_000_000  # per message; larger images are linked, not attached
+    feed_post_backlog: bool = False  # on a channel's first start, post the illustrations already stored too
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:
+            raise ConfigError(f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, "
+                              f"got {self.feed_batch_size}")
+        if self.feed_interval_seconds < 1:
+            raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
@@ -215,8 +253,15 @@ class Config:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not self.data_dir:
+            raise ConfigError("data_dir: must not be empty")
 
     @property
     def data_path(self) -> Path:
@@ -303,6 +348,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Environment variable -> dotted config key. Secrets belong here rather than in files under version control.
 ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_DATA_DIR": "data_dir",
+    "ILLUSTFEED_DISCORD_TOKEN": "discord.token",
     # X (Twitter): an app bearer token, or the four user-context keys.
     "ILLUSTFEED_X_BEARER_TOKEN": "sources.x.bearer_token",
     "ILLUSTFEED_X_CONSUMER_KEY": "sources.x.consumer_key",

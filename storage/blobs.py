@@ -33,6 +33,7 @@ class BlobStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.temp_dir = self.root / ".tmp"
 
     def path(self, sha256: str, ext: str) -> Path:
         check_blob_name(sha256, ext)
@@ -51,9 +52,10 @@ class BlobStore:
         if target.is_file():
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder so the rename is atomic; fsync before it so a crash never leaves
-        # a named file with missing bytes.
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        # Temp file under the same root (same filesystem) so the rename is atomic; fsync before it so a
+        # crash never leaves a named file with missing bytes.
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix="tmp-", dir=self.temp_dir)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -76,9 +78,9 @@ class BlobStore:
         Only old ones: another live process (the runner beside a CLI import) may be writing a fresh one.
         """
         removed = 0
-        if self.root.is_dir():
+        if self.temp_dir.is_dir():
             cutoff = time.time() - older_than_s
-            for stale in self.root.glob("*/*/.tmp-*"):
+            for stale in self.temp_dir.iterdir():
                 try:
                     if stale.stat().st_mtime < cutoff:
                         stale.unlink()

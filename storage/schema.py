@@ -208,8 +208,29 @@ CREATE TABLE thumbnails (
 );
 """
 
+# Chat (issue 8): retrain requests the runner honours, and which media went to which feed channel.
+CHAT_V4 = """
+CREATE TABLE retrain_requests (
+    id INTEGER PRIMARY KEY,
+    requested_by TEXT NOT NULL,
+    via TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    result TEXT
+);
+CREATE INDEX retrain_requests_open ON retrain_requests(finished_at, started_at);
+CREATE TABLE feed_posts (
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    channel TEXT NOT NULL,
+    message_id TEXT,
+    posted_at TEXT NOT NULL,
+    PRIMARY KEY (media_id, channel)
+);
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -207,18 +207,21 @@ async def _thumbnail(request: web.Request, media: dict) -> Thumbnail:
     if existing is not None:
         return existing
     # One rendering per media even when a gallery page asks for it from several connections at once.
-    lock = request.app[THUMBNAIL_LOCKS].setdefault(media["id"], asyncio.Lock())
-    async with lock:
-        existing = await worker.call(stored_thumbnail, media["id"], spec)
-        if existing is not None:
-            return existing
-        source = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
-        # Decoding and encoding run on the default pool, in parallel, off the loop and the store thread.
-        data, width, height = await asyncio.get_running_loop().run_in_executor(
-            None, render_thumbnail, source, spec)
-        thumbnail = await worker.call(record_thumbnail, media["id"], spec, data, width, height)
-    request.app[THUMBNAIL_LOCKS].pop(media["id"], None)
-    return thumbnail
+    locks = request.app[THUMBNAIL_LOCKS]
+    lock = locks.setdefault(media["id"], asyncio.Lock())
+    try:
+        async with lock:
+            existing = await worker.call(stored_thumbnail, media["id"], spec)
+            if existing is not None:
+                return existing
+            source = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
+            # Decoding and encoding run on the default pool, in parallel, off the loop and the store thread.
+            data, width, height = await asyncio.get_running_loop().run_in_executor(
+                None, render_thumbnail, source, spec)
+            return await worker.call(record_thumbnail, media["id"], spec, data, width, height)
+    finally:
+        if locks.get(media["id"]) is lock and not lock.locked():
+            locks.pop(media["id"], None)
 
 
 async def thumbnail_file(request: web.Request) -> web.Response:
