@@ -17,7 +17,6 @@ from bot.scheduler import (
 from storage import Store
 
 log = logging.getLogger("illustfeed.runner")
-DISCORD_MESSAGE_LIMIT = 2000  # characters in one Discord message
 
 
 # --- job bodies (each runs on a scheduler thread with its own Store) ---------------------------------------
@@ -144,6 +143,7 @@ class Runner:
         self.feed_runner = None
         self.bot = None
         self.bot_task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def jobs(self) -> dict[str, Callable[[Store, JobContext], dict]]:
         jobs = {CRAWL_JOB: crawl_job}
@@ -183,16 +183,14 @@ class Runner:
         settings = self.config.discord
         if not settings.token:
             return
+        from bot.commands import ActiveModelExplainer
         from bot.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
-        self.bot = create_bot(settings, Store.open(self.config.data_path), on_retrain_requested=self.wake_retrain)
-
-        def report(text: str, png: Path | None = None) -> None:
-            # Called from a job thread: hand the message to the loop and wait until it is sent.
-            asyncio.run_coroutine_threadsafe(self._post_report(text, png), loop).result(timeout=120)
-
-        self.context.report = report
+        self.bot = create_bot(settings, Store.open(self.config.data_path), explainer=ActiveModelExplainer(self.config),
+                              on_retrain_requested=self.wake_retrain, config=self.config)
+        self.loop = loop
+        self.context.report = self.report_to_discord
 
         async def run_bot() -> None:
             try:
@@ -205,19 +203,11 @@ class Runner:
 
         self.bot_task = asyncio.create_task(run_bot(), name="illustfeed-discord")
 
-    async def _post_report(self, text: str, png: Path | None) -> None:
-        """The retrain report in the report channel: the bot's text line, plus the confusion matrix image."""
-        import discord
-
-        channel_id = self.config.discord.report_channel_id
-        if not channel_id:
-            return
-        if png is None:
-            await self.bot.post_report(text)
-            return
-        channel = await self.bot.channel(channel_id)
-        await channel.send(text[:DISCORD_MESSAGE_LIMIT], file=discord.File(png, filename=png.name),
-                           allowed_mentions=discord.AllowedMentions.none())
+    def report_to_discord(self, text: str, png: Path | None = None) -> None:
+        """The retrain report in the report channel. Called from a job thread: the message is handed to the
+        loop, and the job waits until it is sent."""
+        data = png.read_bytes() if png is not None else None
+        asyncio.run_coroutine_threadsafe(self.bot.post_report(text, data), self.loop).result(timeout=120)
 
     async def stop(self) -> bool:
         """Stop taking new work, let running jobs reach a commit, close everything; False if a job overran."""

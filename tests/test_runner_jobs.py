@@ -127,25 +127,24 @@ def test_scheduler_sections_validate_and_default():
         parse_config({"scheduler": {"folder_poll_seconds": 0}}, environ={})
 
 
-def test_retrain_report_goes_to_the_report_channel_with_its_png(tmp_path):
-    """The runner's report callback sends the text and the confusion matrix to [discord] report_channel_id."""
+def test_retrain_report_reaches_the_bot_from_a_job_thread(tmp_path):
+    """The report callback runs on a job thread; the bot's coroutine runs on the loop, PNG bytes included."""
     from bot.runner import Runner
 
-    class Channel:
-        sent = []
-
-        async def send(self, text, file=None, allowed_mentions=None):
-            self.sent.append((text, file.filename, file.fp.read()))
-
     class Bot:
-        async def channel(self, channel_id):
-            assert channel_id == 42
-            return Channel()
+        reports = []
+
+        async def post_report(self, text, png=None):
+            self.reports.append((text, png, threading.current_thread() is threading.main_thread()))
 
     png = tmp_path / "retrain-v2-confusion.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    config = parse_config({"data_dir": str(tmp_path / "data"), "discord": {"report_channel_id": 42}}, environ={})
-    runner = Runner(config, announce=lambda text: None)
+    runner = Runner(parse_config({"data_dir": str(tmp_path / "data")}, environ={}), announce=lambda text: None)
     runner.bot = Bot()
-    asyncio.run(runner._post_report("Retrain: model v2 promoted", png))
-    assert Channel.sent == [("Retrain: model v2 promoted", "retrain-v2-confusion.png", png.read_bytes())]
+
+    async def main():
+        runner.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(runner.report_to_discord, "Retrain: model v2 promoted", png)
+
+    asyncio.run(main())
+    assert Bot.reports == [("Retrain: model v2 promoted", png.read_bytes(), True)]
