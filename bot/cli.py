@@ -16,6 +16,7 @@ from storage import Store, StoreError
 
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bot.cli_runner",
     "bot.cli_chat",
     "bot.cli_classifier",
     "bot.cli_sources",

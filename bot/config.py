@@ -118,6 +118,49 @@ class SourcesConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    # Network sources (X, Bluesky, Mastodon) are crawled this often; their APIs ration reads.
+    crawl_interval_seconds: int = 900
+    # The local folder source is cheap to scan, so it is polled more often.
+    folder_poll_seconds: int = 60
+    # On SIGTERM/SIGINT a running job stops at its next transaction; after this long the process exits anyway.
+    shutdown_grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("crawl_interval_seconds", "folder_poll_seconds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"scheduler.{name}: expected a positive number of seconds, got {getattr(self, name)}")
+        if self.shutdown_grace_seconds < 0:
+            raise ConfigError(f"scheduler.shutdown_grace_seconds: expected >= 0, got {self.shutdown_grace_seconds}")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    enabled: bool = True
+    # Crontab fields (minute hour day month weekday) in local time, unless `timezone` names another zone.
+    schedule: str = "0 3 * * *"
+    timezone: str = ""
+    # A run that was due while the process was down or busy still starts if it is at most this late.
+    misfire_grace_seconds: int = 43200
+    # Train only when at least this many human labels were added since the active model was trained.
+    min_new_labels: int = 20
+    # Optional folder of extra training images, `<label>/*` (a manifest.csv with file,origin groups them).
+    base_data: str = ""
+
+    def __post_init__(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.schedule, timezone=self.timezone or None)
+        except (ValueError, LookupError) as error:
+            raise ConfigError(f"retrain.schedule/timezone: cannot use {self.schedule!r} "
+                              f"{self.timezone or '(local time)'}: {error}") from None
+        for name in ("misfire_grace_seconds", "min_new_labels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"retrain.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     # A torchvision VGG16 state dict to use instead of the weights chain ("" = walk the chain).
     weights_path: str = ""
@@ -208,6 +251,8 @@ class Config:
     log_level: str = "INFO"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
