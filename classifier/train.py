@@ -107,7 +107,19 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
     """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
-    validation macro-F1 (ties: lower validation loss) and stops after `patience` epochs without one."""
+    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one."""
+    # The head's tensors are tiny: with more than one thread every op waits on a thread barrier, which on a
+    # busy machine costs far more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_head(train_x, train_y, val_x, val_y, labels, options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     head = LinearHead(train_x.shape[1], len(labels))
@@ -137,7 +149,7 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{scores['macro_f1']:.3f}",
                         val_acc=f"{scores['accuracy']:.3f}")
-        key = (round(scores["macro_f1"], 6), -val_loss)
+        key = (round(scores["macro_f1"], 6), -round(val_loss, 3))
         if best_key is None or key > best_key:
             best_key, best_state, stale = key, copy.deepcopy(head.state_dict()), 0
         else:
@@ -162,7 +174,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.exp().clamp(0.05, 20.0))
+    temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
     return temperature if math.isfinite(temperature) else 1.0
 
 
