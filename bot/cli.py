@@ -17,6 +17,7 @@ from storage import Store, StoreError
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
     "bot.cli_classifier",
+    "bot.cli_sources",
 )
 
 

@@ -41,9 +41,68 @@ class FolderSourceConfig:
     path: str = "inbox"
 
 
+# --- network sources (bot/crawl.py, bot/fetch.py, bot/sources/x.py) ---
+
+
+@dataclass(frozen=True)
+class SourceHttpConfig:
+    timeout_s: float = 30.0
+    max_retries: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_rate_limit_wait_s: float = 60.0
+    max_media_attempts: int = 5
+    user_agent: str = "illustfeed/0.1 (self-hosted illustration feed)"
+
+
+@dataclass(frozen=True)
+class XSourceConfig:
+    enabled: bool = True
+    bearer_token: str = ""
+    consumer_key: str = ""
+    consumer_secret: str = ""
+    access_token: str = ""
+    access_token_secret: str = ""
+    accounts: tuple[str, ...] = ()
+    following_of: str = ""
+    include_retweets: bool = False
+    backfill_tweets: int = 100
+    page_size: int = 100
+    daily_read_budget: int = 500
+
+
+@dataclass(frozen=True)
+class BlueskySourceConfig:
+    enabled: bool = True
+    appview: str = "https://public.api.bsky.app"
+    accounts: tuple[str, ...] = ()
+    following_of: str = ""
+    include_reposts: bool = False
+    backfill_posts: int = 100
+    page_size: int = 100
+    media_hosts: tuple[str, ...] = ("cdn.bsky.app", "video.bsky.app", "video.cdn.bsky.app")
+
+
+@dataclass(frozen=True)
+class MastodonSourceConfig:
+    enabled: bool = True
+    instance: str = ""
+    access_token: str = ""
+    accounts: tuple[str, ...] = ()
+    following_of: str = ""
+    include_reblogs: bool = False
+    backfill_posts: int = 100
+    page_size: int = 40
+    media_hosts: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class SourcesConfig:
     folder: FolderSourceConfig = field(default_factory=FolderSourceConfig)
+    http: SourceHttpConfig = field(default_factory=SourceHttpConfig)
+    x: XSourceConfig = field(default_factory=XSourceConfig)
+    bluesky: BlueskySourceConfig = field(default_factory=BlueskySourceConfig)
+    mastodon: MastodonSourceConfig = field(default_factory=MastodonSourceConfig)
 
 
 @dataclass(frozen=True)
@@ -161,6 +220,13 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Environment variable -> dotted config key. Secrets belong here rather than in files under version control.
 ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_DATA_DIR": "data_dir",
+    # X (Twitter): an app bearer token, or the four user-context keys.
+    "ILLUSTFEED_X_BEARER_TOKEN": "sources.x.bearer_token",
+    "ILLUSTFEED_X_CONSUMER_KEY": "sources.x.consumer_key",
+    "ILLUSTFEED_X_CONSUMER_SECRET": "sources.x.consumer_secret",
+    "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
+    "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
+    "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
 }
 
 
@@ -208,7 +274,7 @@ def redacted(config: Config) -> dict[str, Any]:
     def walk(value: Any, name: str) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: walk(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
-        if value and any(word in name for word in ("token", "secret", "password")):
+        if value and any(word in name for word in ("token", "secret", "password", "consumer_key")):
             return "***"
         return value
     return walk(config, "")

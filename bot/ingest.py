@@ -117,10 +117,12 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
     return _Prepared(ref, NEW, sha256=digest, info=info, size=len(data))
 
 
-def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes],
-                settings: IngestConfig) -> tuple[bool, list[MediaOutcome]]:
+def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], settings: IngestConfig,
+                after_write: Callable[[list[MediaOutcome]], None] | None = None) -> tuple[bool, list[MediaOutcome]]:
     """Fetch and validate the post's media, then write account, post, media and links atomically.
 
+    `after_write(outcomes)` runs inside the same transaction, so a caller's own bookkeeping (the crawl's
+    failed-media records) commits with the post or not at all.
     Returns (post is new, one outcome per media reference).
     """
     seen: dict[str, _Prepared] = {}
@@ -153,6 +155,8 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes],
             if media_id is not None:
                 store.link_post_media(post_row_id, media_id, position, item.ref.alt, item.ref.url)
             outcomes.append(MediaOutcome(item.ref, item.status, media_id, item.reason))
+        if after_write is not None:
+            after_write(outcomes)
     for outcome in outcomes:
         if outcome.status in (REJECTED, FAILED):
             log.debug("media %s %s: %s", outcome.ref.url, outcome.status, outcome.reason)

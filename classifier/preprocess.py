@@ -7,9 +7,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so ingest and the CLI start fast
+    import torch
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -95,13 +99,15 @@ def center_crop(image: Image.Image, size: int = CROP_SIZE) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def normalize(image: Image.Image) -> torch.Tensor:
+def normalize(image: Image.Image) -> "torch.Tensor":
     """`ToTensor` + ImageNet `Normalize`: RGB image -> float32 tensor [3, H, W]."""
+    import torch
+
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
-def imagenet_eval_tensor(image: Image.Image) -> torch.Tensor:
+def imagenet_eval_tensor(image: Image.Image) -> "torch.Tensor":
     """The torchvision ImageNet eval transform: Resize(256), CenterCrop(224), ToTensor, Normalize."""
     return normalize(center_crop(resize_short_side(to_rgb(image))))

@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -69,11 +70,19 @@ class BlobStore:
             os.close(dir_fd)
         return digest
 
-    def remove_stale_temp_files(self) -> int:
-        """Delete temp files a killed process left behind; returns how many."""
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files a killed process left behind; returns how many.
+
+        Only old ones: another live process (the runner beside a CLI import) may be writing a fresh one.
+        """
         removed = 0
         if self.root.is_dir():
+            cutoff = time.time() - older_than_s
             for stale in self.root.glob("*/*/.tmp-*"):
-                stale.unlink(missing_ok=True)
-                removed += 1
+                try:
+                    if stale.stat().st_mtime < cutoff:
+                        stale.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
         return removed

@@ -114,8 +114,36 @@ CREATE VIEW latest_prediction AS
     SELECT * FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY media_id);
 """
 
+# Network sources (bot/crawl.py): media downloads that failed and are retried on later runs, API reads per
+# day (paid APIs have a daily budget), and how an account came to be followed (NULL: it only appeared as the
+# author of crawled or imported posts; 'command': `illustfeed follow` or chat).
+SOURCES_V2 = """
+CREATE TABLE fetch_failures (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    post_external_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    post_json TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    given_up INTEGER NOT NULL DEFAULT 0,
+    first_failed_at TEXT NOT NULL,
+    last_failed_at TEXT NOT NULL,
+    resolved_at TEXT,
+    UNIQUE (source, post_external_id, url)
+);
+CREATE INDEX fetch_failures_open ON fetch_failures(source, resolved_at, given_up);
+CREATE TABLE api_usage (
+    source TEXT NOT NULL,
+    day TEXT NOT NULL,
+    reads INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, day)
+);
+ALTER TABLE accounts ADD COLUMN followed_via TEXT;
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -123,14 +151,43 @@ class SchemaTooNewError(RuntimeError):
     """The database was written by a newer illustfeed than this one."""
 
 
+def split_statements(script: str) -> list[str]:
+    """SQL statements of a script, split where sqlite3 says a statement is complete."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]!r}")
+    return statements
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to SCHEMA_VERSION; returns the version it was at before."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise SchemaTooNewError(
-            f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; upgrade illustfeed"
-        )
-    for version in range(current, SCHEMA_VERSION):
-        # executescript commits first, so each migration runs in its own explicit transaction.
-        conn.executescript(f"BEGIN;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;")
-    return current
+    """Bring the database to SCHEMA_VERSION; returns the version it was at before.
+
+    Each migration runs in a BEGIN IMMEDIATE transaction that re-reads the version, so two processes
+    opening a new database at once cannot both apply it. `conn` must be in autocommit mode.
+    """
+    before = None
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            before = current if before is None else before
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNewError(
+                    f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; "
+                    "upgrade illustfeed"
+                )
+            if current == SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return before
+            for statement in split_statements(MIGRATIONS[current]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {current + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

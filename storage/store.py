@@ -37,6 +37,9 @@ class Store:
         self.blobs = BlobStore(self.data_dir / "media")
         self.derived = BlobStore(self.data_dir / "derived")
         self._transaction_depth = 0
+        self._phash_ids = np.zeros(0, dtype=np.int64)
+        self._phash_values = np.zeros(0, dtype=np.uint64)
+        self._phash_max_id = 0
         self._lock = threading.RLock()
 
     @classmethod
@@ -90,6 +93,9 @@ class Store:
                 self.conn.execute("COMMIT")
             finally:
                 self._transaction_depth = 0
+        self._phash_ids = np.zeros(0, dtype=np.int64)
+        self._phash_values = np.zeros(0, dtype=np.uint64)
+        self._phash_max_id = 0
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -147,14 +153,27 @@ class Store:
 
     def near_duplicate_candidates(self, phash: int, max_distance: int) -> list[dict]:
         """Accepted media whose perceptual hash is within `max_distance` bits, nearest first."""
-        rows = self.query("SELECT id, sha256, ext, phash, width, height FROM media "
-                          "WHERE status = 'ok' AND phash IS NOT NULL")
-        if not rows or max_distance < 0:
+        if max_distance < 0:
             return []
-        hashes = np.array([int(row["phash"], 16) for row in rows], dtype=np.uint64)
-        distances = np.bitwise_count(hashes ^ np.uint64(phash))
-        order = np.argsort(distances, kind="stable")
-        return [dict(rows[int(i)], distance=int(distances[i])) for i in order if distances[i] <= max_distance]
+        # Media rows are only ever added, so the hash index grows from the highest id seen; rows written
+        # by other processes are picked up the same way.
+        new_rows = self.conn.execute(
+            "SELECT id, phash FROM media WHERE id > ? AND phash IS NOT NULL ORDER BY id", (self._phash_max_id,)
+        ).fetchall()
+        if new_rows:
+            self._phash_ids = np.concatenate([self._phash_ids, np.array([r["id"] for r in new_rows], np.int64)])
+            self._phash_values = np.concatenate(
+                [self._phash_values, np.array([int(r["phash"], 16) for r in new_rows], np.uint64)])
+            self._phash_max_id = new_rows[-1]["id"]
+        distances = np.bitwise_count(self._phash_values ^ np.uint64(phash))
+        close = np.flatnonzero(distances <= max_distance)
+        candidates = []
+        for index in close[np.argsort(distances[close], kind="stable")]:
+            row = self.query_one("SELECT id, sha256, ext, width, height FROM media WHERE id = ? AND status = 'ok'",
+                                 (int(self._phash_ids[index]),))
+            if row is not None:
+                candidates.append(dict(row, distance=int(distances[index])))
+        return candidates
 
     def insert_media(self, **fields: Any) -> int:
         fields.setdefault("first_seen_at", utc_now())

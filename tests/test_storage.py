@@ -90,3 +90,27 @@ def test_blob_put_is_content_addressed_and_never_overwrites(tmp_path):
 def test_blob_names_are_validated(tmp_path, sha, ext):
     with pytest.raises(BlobError):
         BlobStore(tmp_path).path(sha, ext)
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_and_count(_):
+        with Store.open(tmp_path / "d") as store:
+            return store.scalar("PRAGMA user_version")
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(open_and_count, range(8))) == [SCHEMA_VERSION] * 8
+
+
+def test_only_old_temp_files_are_cleaned_up(tmp_path):
+    import os
+    blobs = BlobStore(tmp_path)
+    folder = tmp_path / "ab" / "cd"
+    folder.mkdir(parents=True)
+    (folder / ".tmp-fresh").write_bytes(b"being written")
+    old = folder / ".tmp-old"
+    old.write_bytes(b"left by a killed process")
+    os.utime(old, (0, 0))
+    assert blobs.remove_stale_temp_files() == 1
+    assert (folder / ".tmp-fresh").exists() and not old.exists()

@@ -1,0 +1,153 @@
+"""Bluesky source: images posted by followed accounts, read from the public AppView without logging in.
+
+`app.bsky.actor.getProfiles` resolves handles to DIDs, `app.bsky.graph.getFollows` lists `following_of`,
+`app.bsky.feed.getAuthorFeed?filter=posts_with_media` pages newest first by cursor. The author feed has no
+`since` parameter, so an account's cursor is the newest feed item's timestamp (`indexedAt`): a run reads
+pages until it meets items older than that. Images come at full size from `app.bsky.embed.images#view`,
+also inside quote posts (`app.bsky.embed.recordWithMedia#view`); videos contribute their thumbnail.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from bot.config import BlueskySourceConfig
+from bot.fetch import Http, SourceError
+from bot.records import MediaRef, Post
+from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
+
+SOURCE_NAME = "bluesky"
+PROFILES_PER_CALL = 25  # app.bsky.actor.getProfiles accepts up to 25 actors
+FOLLOWS_PAGE = 100
+REPOST = "app.bsky.feed.defs#reasonRepost"
+PIN = "app.bsky.feed.defs#reasonPin"
+
+
+def bluesky_handle(handle: str) -> str:
+    """A bare name means the default hosting provider: 'alice' -> 'alice.bsky.social'."""
+    handle = normalise_handle(handle)
+    return handle if "." in handle or handle.startswith("did:") else f"{handle}.bsky.social"
+
+
+def embed_media(embed: Mapping | None) -> list[MediaRef]:
+    """Images of a post's own embed; a quoted post's media belong to its author and are left out."""
+    if not embed:
+        return []
+    kind = embed.get("$type")
+    if kind == "app.bsky.embed.images#view":
+        return [MediaRef(url=image["fullsize"], kind="photo", alt=image.get("alt") or None)
+                for image in embed.get("images") or [] if image.get("fullsize")]
+    if kind == "app.bsky.embed.recordWithMedia#view":
+        return embed_media(embed.get("media"))
+    if kind == "app.bsky.embed.video#view" and embed.get("thumbnail"):
+        return [MediaRef(url=embed["thumbnail"], kind="video", alt=embed.get("alt") or None)]
+    return []
+
+
+def item_time(item: Mapping) -> str:
+    """When the item entered the author's feed: the repost's time for reposts, else the post's."""
+    reason = item.get("reason") or {}
+    return reason.get("indexedAt") or item["post"].get("indexedAt") or ""
+
+
+class BlueskySource:
+    name = SOURCE_NAME
+
+    def __init__(self, settings: BlueskySourceConfig, http: Http, max_bytes: int,
+                 meter: Callable[[], None] | None = None):
+        self.settings = settings
+        self.http = http
+        self.max_bytes = max_bytes
+        self.meter = meter
+        self.appview = settings.appview.rstrip("/")
+
+    def has_work(self, followed: Sequence[str]) -> bool:
+        return bool(self.settings.accounts or self.settings.following_of or followed)
+
+    def configured(self) -> str | None:
+        return None  # the public AppView needs no login
+
+    def _xrpc(self, method: str, params: dict, what: str) -> dict:
+        response = self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
+                                      params=params, meter=self.meter)
+        return response.json()
+
+    def lookup(self, handles: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
+        found: dict[str, Account] = {}
+        for start in range(0, len(handles), PROFILES_PER_CALL):
+            chunk = list(handles[start:start + PROFILES_PER_CALL])
+            body = self._xrpc("app.bsky.actor.getProfiles", {"actors": chunk}, ", ".join(chunk))
+            for profile in body.get("profiles") or []:
+                handle = normalise_handle(profile["handle"])
+                found[handle] = Account(handle, profile["did"], profile.get("displayName"))
+        return found, [handle for handle in handles if handle not in found]
+
+    def following(self, handle: str) -> list[Account]:
+        accounts: list[Account] = []
+        cursor = None
+        while True:
+            params = {"actor": handle, "limit": FOLLOWS_PAGE, **({"cursor": cursor} if cursor else {})}
+            body = self._xrpc("app.bsky.graph.getFollows", params, handle)
+            accounts += [Account(normalise_handle(actor["handle"]), actor["did"], actor.get("displayName"))
+                         for actor in body.get("follows") or []]
+            cursor = body.get("cursor")
+            if not cursor or not body.get("follows"):
+                return accounts
+
+    def targets(self, followed: Sequence[str], known_ids: Mapping[str, str]) -> Targets:
+        problems: list[str] = []
+        by_handle: dict[str, Account] = {}
+        if self.settings.following_of:
+            owner = bluesky_handle(self.settings.following_of)
+            try:
+                for account in self.following(owner):
+                    by_handle.setdefault(account.handle, account)
+            except SourceError as error:
+                problems.append(f"follows of {owner} unavailable: {error}")
+        listed = [bluesky_handle(handle) for handle in (*self.settings.accounts, *followed)]
+        missing = add_listed(by_handle, listed, known_ids, self.lookup)
+        problems += [f"Bluesky account {handle} not found" for handle in missing]
+        return Targets(tuple(by_handle.values()), tuple(problems))
+
+    def account_posts(self, account: Account, cursor: str | None) -> AccountBatch:
+        items: list[dict] = []
+        page_cursor = None
+        while True:
+            params = {"actor": account.external_id or account.handle, "limit": self.settings.page_size,
+                      "filter": "posts_with_media", **({"cursor": page_cursor} if page_cursor else {})}
+            body = self._xrpc("app.bsky.feed.getAuthorFeed", params, account.handle)
+            feed = [item for item in body.get("feed") or [] if (item.get("reason") or {}).get("$type") != PIN]
+            # Items equal to the cursor are read again on purpose: two posts can share a timestamp, and
+            # a post already stored is skipped by the crawl without fetching.
+            fresh = [item for item in feed if cursor is None or item_time(item) >= cursor]
+            items += fresh
+            page_cursor = body.get("cursor")
+            if (len(fresh) < len(feed) or not page_cursor or not feed
+                    or (cursor is None and len(items) >= self.settings.backfill_posts)):
+                break
+        items.sort(key=item_time)
+        if cursor is None:
+            items = items[-self.settings.backfill_posts:] if self.settings.backfill_posts > 0 else []
+        posts = [post for post in (self._post(account, item) for item in items) if post is not None]
+        newest = item_time(items[-1]) if items else None
+        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(items) - len(posts))
+
+    def _post(self, account: Account, item: Mapping) -> Post | None:
+        post = item["post"]
+        reason = item.get("reason") or {}
+        is_repost = reason.get("$type") == REPOST
+        if is_repost and not self.settings.include_reposts:
+            return None
+        media = embed_media(post.get("embed"))
+        if not media:
+            return None
+        record = post.get("record") or {}
+        author = post.get("author") or {}
+        rkey = post["uri"].rsplit("/", 1)[-1]
+        post_id = f"{post['uri']}#repost-by-{account.external_id}" if is_repost else post["uri"]
+        return Post(source=SOURCE_NAME, account=account.handle, post_id=post_id,
+                    url=f"https://bsky.app/profile/{author.get('handle') or author.get('did')}/post/{rkey}",
+                    text=record.get("text"), created_at=record.get("createdAt"), media=tuple(media),
+                    account_id=account.external_id, display_name=account.display_name)
+
+    def fetch(self, ref: MediaRef) -> bytes:
+        return self.http.download(ref.url, self.settings.media_hosts, self.max_bytes)

@@ -1,0 +1,1 @@
+"""Experiments behind the shipped default model: feature caches, origin-grouped validation, backbones."""
