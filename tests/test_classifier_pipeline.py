@@ -11,7 +11,7 @@ from classifier.evaluate import evaluate_model
 from classifier.inference import FeatureRunner, classify_pending, run_classifier
 from classifier.model import ModelFileError, load_model, save_model
 from classifier.synthetic import generate, jpeg_bytes, tiny_base_model, write_dataset
-from classifier.train import TrainOptions, train_model
+from classifier.train import TrainOptions, train_head, train_model
 from classifier.versions import (
     ModelVersionError,
     activate,
@@ -69,13 +69,16 @@ def test_saved_version_reloads_to_identical_outputs(trained, tmp_path):
     assert reloaded.feature_key == model.feature_key
 
 
-def test_training_is_seeded(trained):
-    base = trained["base"]
-    items = scan_folder(trained["root"] / "train")
-    again = train_model(base, items, TrainOptions(progress=False, seed=0), runner=FeatureRunner(base, precision="fp32"))
-    first = trained["model"].head.state_dict()
-    for name, tensor in again.model.head.state_dict().items():
-        assert torch.allclose(tensor, first[name]), name
+def test_head_training_is_seeded():
+    generator = torch.Generator().manual_seed(5)
+    train_x, val_x = torch.randn(60, 16, generator=generator), torch.randn(30, 16, generator=generator)
+    train_y, val_y = torch.arange(60) % 3, torch.arange(30) % 3
+    options = TrainOptions(progress=False, seed=3, epochs=20)
+    first, _ = train_head(train_x, train_y, val_x, val_y, LABELS, options)
+    second, _ = train_head(train_x, train_y, val_x, val_y, LABELS, options)
+    other, _ = train_head(train_x, train_y, val_x, val_y, LABELS, TrainOptions(progress=False, seed=4, epochs=20))
+    assert torch.equal(first.linear.weight, second.linear.weight)
+    assert not torch.equal(first.linear.weight, other.linear.weight)
 
 
 # --- classify_pending on a real store ------------------------------------------------------------------
@@ -245,12 +248,85 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_model_commands_and_missing_default_model(trained, tmp_path):
+def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
+    from storage import Store
+
     env = {"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")}
-    listed = run_cli("model", "list", "--json", cwd=tmp_path, env=env)
-    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    with Store.open(tmp_path / "data") as store:
+        media = [add_media(store, jpeg_bytes(generate(label, 700))) for label in LABELS]
+    model_file = save_model(trained["model"], tmp_path / "cli-model.pt")
+    classified = run_cli("classify", "--model", str(model_file), "--json", cwd=tmp_path, env=env, timeout=300)
+    assert classified.returncode == 0, classified.stderr
+    summary = json.loads(classified.stdout)
+    assert summary["classified"] == 3 and summary["failed"] == 0 and summary["model_version"] == trained["model"].version
+    with Store.open(tmp_path / "data") as store:
+        labels = [store.query_one("SELECT label FROM predictions WHERE media_id = ?", (m,))["label"] for m in media]
+        assert store.scalar("SELECT COUNT(*) FROM features") == 3
+    assert labels == list(LABELS)
     back = run_cli("model", "rollback", cwd=tmp_path, env=env)
     assert back.returncode == 1 and "no model is active" in back.stderr and "Traceback" not in back.stderr
     missing = run_cli("eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"),
                       cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def png_of(colour):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_borderline_calls_get_an_overlay_blob(trained, store):
+    model = trained["model"]
+    confident = add_media(store, jpeg_bytes(generate("photo", 950)))
+    rendered = []
+
+    def overlay(model_arg, source, probabilities):
+        rendered.append((model_arg, str(source), list(probabilities)))
+        return png_of((len(rendered), 0, 0)), "png"
+
+    classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
+                     borderline_confidence=0.0, borderline_margin=0.0, overlay=overlay)
+    borderline = add_media(store, jpeg_bytes(generate("screenshot", 951)))
+    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
+                               borderline_confidence=1.01, borderline_margin=0.0, overlay=overlay)
+    assert summary.overlays == 1 and len(rendered) == 1 and rendered[0][0] is model
+    row = store.query_one("SELECT * FROM predictions WHERE media_id = ?", (borderline,))
+    assert row["borderline"] == 1 and row["overlay_sha256"]
+    assert store.derived.read(row["overlay_sha256"], "png") == png_of((1, 0, 0))
+    assert rendered[0][2] == pytest.approx([row["prob_illustration"], row["prob_screenshot"], row["prob_photo"]])
+    assert store.query_one("SELECT overlay_sha256 FROM predictions WHERE media_id = ?", (confident,))["overlay_sha256"] is None
+
+
+def test_a_failing_overlay_still_stores_the_prediction(trained, store):
+    model = trained["model"]
+    media_id = add_media(store, jpeg_bytes(generate("illustration", 960)))
+
+    def broken(model_arg, source, probabilities):
+        raise RuntimeError("renderer exploded")
+
+    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
+                               borderline_confidence=1.01, borderline_margin=0.0, overlay=broken)
+    assert summary.classified == 1 and summary.overlays == 0 and "renderer exploded" in summary.problems[0]
+    row = store.query_one("SELECT * FROM predictions WHERE media_id = ?", (media_id,))
+    assert row["borderline"] == 1 and row["overlay_sha256"] is None
+    assert store.query_one("SELECT * FROM review_queue WHERE media_id = ?", (media_id,))["state"] == "pending"
+
+
+def test_fine_tuning_the_last_block_changes_only_that_block(trained):
+    base = trained["base"]
+    items = scan_folder(trained["root"] / "train")[::4]
+    options = TrainOptions(progress=False, mode="last_block", epochs=1, patience=1, batch_size=16)
+    result = train_model(base, items, options, runner=FeatureRunner(base, precision="fp32"))
+    tuned = result.model
+    assert result.validation_vectors is None
+    changed = {name for name, tensor in tuned.backbone_delta.items()
+               if not torch.equal(tensor, base.backbone_delta[name])}
+    assert changed and all(int(name.split(".")[1]) in range(24, 30) for name in changed)
+    assert tuned.feature_key != base.feature_key
+    assert not torch.equal(tuned.features[28].weight, base.features[28].weight)
+    assert torch.equal(tuned.features[0].weight, base.features[0].weight)
