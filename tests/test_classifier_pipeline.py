@@ -330,3 +330,36 @@ def test_fine_tuning_the_last_block_changes_only_that_block(trained):
     assert tuned.feature_key != base.feature_key
     assert not torch.equal(tuned.features[28].weight, base.features[28].weight)
     assert torch.equal(tuned.features[0].weight, base.features[0].weight)
+
+
+def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
+    from bot.config import parse_config
+    from classifier.data import store_labelled
+    from classifier.runtime import train_and_register
+
+    for label_index, label in enumerate(LABELS):
+        for account_number in range(4):
+            account = store.upsert_account("folder", f"{label}-{account_number}")
+            for n in range(4):
+                media_id = add_media(store, jpeg_bytes(generate(label, 3000 + 100 * label_index + 10 * account_number + n)))
+                with store.transaction():
+                    post_id, _ = store.upsert_post(account, "folder", f"{label}-{account_number}-{n}", None, None, None)
+                    store.link_post_media(post_id, media_id, 0, None, None)
+                store.add_label(media_id, LABELS[(label_index + 1) % 3], by="tester", via="test")  # a slip...
+                store.add_label(media_id, label, by="tester", via="test")  # ...corrected: the latest counts
+    items = store_labelled(store)
+    assert len(items) == 48
+    assert {item.group for item in items} == {f"folder:{l}-{a}" for l in LABELS for a in range(4)}
+    assert all(store.current_label(item.key)["label"] == item.label for item in items)
+
+    config = parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}})
+    first = train_and_register(store, config, items, TrainOptions(progress=False), source="store-labels",
+                               base=trained["base"])
+    assert first["activated"] and first["metrics"]["accuracy"] >= 0.5  # a few validation accounts only
+    assert store.scalar("SELECT COUNT(*) FROM features WHERE backbone = ?", (trained["base"].feature_key,)) == 48
+    for row in store.query("SELECT sha256, ext FROM media"):
+        store.blobs.path(row["sha256"], row["ext"]).unlink()  # the conv net cannot run any more
+    second = train_and_register(store, config, items, TrainOptions(progress=False, seed=1), source="store-labels",
+                                base=trained["base"])
+    assert second["data_summary"]["train"]["images"] + second["data_summary"]["validation"]["images"] == 48
+    assert second["active_metrics_on_same_split"] is not None
