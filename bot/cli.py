@@ -16,8 +16,11 @@ from storage import Store, StoreError
 
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bot.cli_chat",
     "bot.cli_classifier",
     "bot.cli_sources",
+    "bot.cli_feed",
+    "bot.cli_explain",
 )
 
 
@@ -60,14 +63,6 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    with open_store(config) as store:
-        media_id = store.resolve_media(args.media)
-        store.add_label(media_id, args.label, by=args.by, via="cli")
-    print(f"media {media_id} labelled {args.label}")
-    return 0
-
-
 CONFIG_HELP = "TOML config file (default: built-in defaults)"
 
 
@@ -98,12 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     status = subparsers.add_parser("status", help="counts by label, queue, active model")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=cmd_status)
-
-    label = subparsers.add_parser("label", help="record a human label for a media")
-    label.add_argument("media", help="media id, or sha256 (prefix) of the stored file")
-    label.add_argument("label", choices=("illustration", "screenshot", "photo"))
-    label.add_argument("--by", default="cli", help="who is labelling (recorded in the label history)")
-    label.set_defaults(handler=cmd_label)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -127,13 +128,75 @@ class ClassifierConfig:
     progress: bool = True
 
 
+FEED_RULES = ("human_then_confident", "human_only", "any_prediction")
+THUMBNAIL_FORMATS = ("webp", "jpeg")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Which media count as an illustration: see config.example.toml.
+    rule: str = "human_then_confident"
+    page_size: int = 48
+    max_page_size: int = 200
+    atom_entries: int = 50
+    # Absolute base URL for links in the Atom feed; empty = taken from each request's Host header.
+    public_url: str = ""
+    title: str = "illustfeed"
+    thumbnail_size: int = 480
+    thumbnail_format: str = "webp"
+
+    def __post_init__(self) -> None:
+        if self.rule not in FEED_RULES:
+            raise ConfigError(f"feed.rule: expected one of {', '.join(FEED_RULES)}, got {self.rule!r}")
+        if self.thumbnail_format not in THUMBNAIL_FORMATS:
+            raise ConfigError(f"feed.thumbnail_format: expected one of {', '.join(THUMBNAIL_FORMATS)}, "
+                              f"got {self.thumbnail_format!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"feed.port: expected 0..65535, got {self.port}")
+        for name in ("page_size", "max_page_size", "atom_entries", "thumbnail_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"feed.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.page_size > self.max_page_size:
+            raise ConfigError(f"feed.page_size ({self.page_size}) is over feed.max_page_size ({self.max_page_size})")
+        if self.public_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.public_url):
+            raise ConfigError(f"feed.public_url: expected an http(s) URL, got {self.public_url!r}")
+
+
+DISCORD_MAX_ATTACHMENTS = 10  # per message, Discord's limit
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str = field(default="", repr=False)  # secret; env ILLUSTFEED_DISCORD_TOKEN
+    guild_id: int = 0  # slash commands are synced to this guild (instant); 0 = global (up to an hour)
+    feed_channel_id: int = 0  # 0 = do not post the feed
+    report_channel_id: int = 0  # 0 = no reports
+    allowed_user_ids: tuple[int, ...] = ()
+    allowed_role_ids: tuple[int, ...] = ()
+    feed_batch_size: int = 4
+    feed_interval_seconds: float = 60.0
+    feed_max_attachment_bytes: int = 8_000_000  # per message; larger images are linked, not attached
+    feed_post_backlog: bool = False  # on a channel's first start, post the illustrations already stored too
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:
+            raise ConfigError(f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, "
+                              f"got {self.feed_batch_size}")
+        if self.feed_interval_seconds < 1:
+            raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
 
     @property
     def data_path(self) -> Path:
@@ -220,6 +283,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Environment variable -> dotted config key. Secrets belong here rather than in files under version control.
 ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_DATA_DIR": "data_dir",
+    "ILLUSTFEED_DISCORD_TOKEN": "discord.token",
     # X (Twitter): an app bearer token, or the four user-context keys.
     "ILLUSTFEED_X_BEARER_TOKEN": "sources.x.bearer_token",
     "ILLUSTFEED_X_CONSUMER_KEY": "sources.x.consumer_key",
@@ -227,6 +291,7 @@ ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
     "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
     "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
+    "ILLUSTFEED_FEED_HOST": "feed.host",  # a container binds 0.0.0.0 so its published port reaches the server
 }
 
 
