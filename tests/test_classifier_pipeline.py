@@ -363,3 +363,20 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
                                 base=trained["base"])
     assert second["data_summary"]["train"]["images"] + second["data_summary"]["validation"]["images"] == 48
     assert second["active_metrics_on_same_split"] is not None
+
+
+def test_borderline_call_stores_the_explain_packages_grad_cam_png(trained, store):
+    from PIL import Image
+
+    from classifier.inference import explain_overlay_renderer
+
+    renderer = explain_overlay_renderer()
+    assert renderer is not None, "explain.media.gradcam_overlay is on main"
+    model = trained["model"]
+    media_id = add_media(store, jpeg_bytes(generate("illustration", 970)))
+    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
+                               borderline_confidence=1.01, borderline_margin=0.0, overlay=renderer)
+    assert summary.overlays == 1, summary.problems
+    sha = store.query_one("SELECT overlay_sha256 FROM predictions WHERE media_id = ?", (media_id,))["overlay_sha256"]
+    with Image.open(store.derived.path(sha, "png")) as overlay:
+        assert overlay.format == "PNG" and overlay.width >= 64
