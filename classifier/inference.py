@@ -185,7 +185,11 @@ class FeatureRunner:
             candidate_module.features = quantize_trunk(candidate_module.features, _tapped_layers(self.model), batch)
             candidate = self._finish(candidate_module, batch)
         else:
-            candidate = self._bf16(fp32)
+            # Autocast does not reach into a frozen TorchScript graph, so bf16 runs the eager module.
+            eager = copy.deepcopy(self.model.extractor).eval()
+            if self.channels_last:
+                eager = eager.to(memory_format=torch.channels_last)
+            candidate = self._bf16(eager)
         with torch.inference_mode():
             expected = self.model.head(fp32(self._layout(batch))).argmax(1)
             got = self.model.head(candidate(self._layout(batch))).argmax(1)

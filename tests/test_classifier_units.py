@@ -159,3 +159,16 @@ def test_balanced_class_weights():
     weights = class_weights(torch.tensor([0, 0, 0, 1]), 3)
     assert weights.tolist() == pytest.approx([4 / 6, 4 / 2, 0.0])
     assert math.isclose(float((weights[torch.tensor([0, 0, 0, 1])]).sum()), 4.0)
+
+
+def test_reduced_precision_is_checked_against_fp32_before_use():
+    from classifier.inference import FeatureRunner
+
+    model = tiny_base_model()
+    batch = torch.randn(4, 3, 64, 64)
+    runner = FeatureRunner(model, precision="fp32")
+    runner.precision = "bf16"  # forced: this CPU may lack native bf16, the check must run anyway
+    vectors = runner(batch)
+    assert vectors.dtype == torch.float32 and vectors.shape == (4, model.extractor.dim)
+    assert runner.agreement is not None
+    assert runner.precision == ("bf16" if runner.agreement >= 0.99 else "fp32")
