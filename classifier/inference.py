@@ -479,7 +479,7 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             if not decision.borderline:
                 continue
             summary.borderline += 1
-            if store.scalar("SELECT 1 FROM current_label WHERE media_id = ?", (result.key,)):
+            if store.current_label(result.key):
                 continue  # a human already answered; nothing to review
             cursor = store.execute(
                 "INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at)"

@@ -244,15 +244,20 @@ class Store:
         return cursor.lastrowid
 
     def current_label(self, media_id: int) -> dict | None:
-        return self.query_one("SELECT * FROM current_label WHERE media_id = ?", (media_id,))
+        """The latest human label that was not undone. Indexed lookup: the `current_label` view groups every
+        label and is for whole-table joins, not for one media."""
+        return self.query_one(
+            'SELECT media_id, label, "by", via, at FROM labels WHERE media_id = ? AND revoked_at IS NULL'
+            " ORDER BY id DESC LIMIT 1", (media_id,))
 
     def final_label(self, media_id: int) -> str | None:
         """The latest human label, else the latest prediction when it is not borderline."""
+        human = self.current_label(media_id)
+        if human is not None:
+            return human["label"]
         return self.scalar(
-            "SELECT COALESCE((SELECT label FROM current_label WHERE media_id = :id), "
-            "(SELECT label FROM latest_prediction WHERE media_id = :id AND borderline = 0))",
-            {"id": media_id},
-        )
+            "SELECT CASE WHEN borderline = 0 THEN label END FROM predictions WHERE media_id = ?"
+            " ORDER BY id DESC LIMIT 1", (media_id,))
 
     def active_model(self) -> dict | None:
         return self.query_one("SELECT * FROM models WHERE active = 1")
