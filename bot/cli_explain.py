@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.cli import CommandError, open_store
 from bot.config import Config
+from storage.files import atomic_write_bytes
 from classifier import LABELS
 
 if TYPE_CHECKING:
@@ -96,19 +96,6 @@ def resolve_source(reference: str, store: Store) -> Path:
     return store.media_path(store.resolve_media(reference))
 
 
-def write_atomically(data: bytes, target: Path) -> None:
-    """Write to a temp file beside `target` and rename, so a failure never leaves half an overlay."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def explain_to_file(
     model: nn.Module,
     source: Path,
@@ -142,7 +129,7 @@ def explain_to_file(
     except ExplainError as error:
         raise CommandError(f"explain {source}: {error}") from error
     written = out if out.suffix.lower() == f".{overlay.ext}" else out.with_suffix(f".{overlay.ext}")
-    write_atomically(overlay.data, written)
+    atomic_write_bytes(written, overlay.data)
     return written
 
 

@@ -124,7 +124,7 @@ def test_corrupt_input_is_a_clear_error_and_writes_nothing(tmp_path, config_file
     assert explain(str(source), "--out", str(out), config=config_file, model=model_file) == 1
     error = capsys.readouterr().err
     assert "illustfeed: error:" in error and "cannot decode" in error and str(source) in error
-    assert list(tmp_path.glob("out*")) == [] and not list(tmp_path.glob(".tmp-*"))
+    assert list(tmp_path.glob("out*")) == [] and not list(tmp_path.glob("tmp-*"))
 
 
 def test_unknown_media_missing_file_or_model_is_a_clear_error(tmp_path, config_file, model_file, capsys):

@@ -142,3 +142,19 @@ def test_only_old_temp_files_are_cleaned_up(tmp_path):
     os.utime(old, (0, 0))
     assert blobs.remove_stale_temp_files() == 1
     assert (folder / "tmp-fresh").exists() and not old.exists()
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from storage.files import atomic_write, atomic_write_bytes
+
+    target = tmp_path / "sub" / "model.bin"
+    atomic_write_bytes(target, b"version one")
+
+    def failing_writer(stream):
+        stream.write(b"half of version two")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing_writer)
+    assert target.read_bytes() == b"version one"
+    assert [p.name for p in target.parent.iterdir()] == ["model.bin"]
