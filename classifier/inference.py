@@ -452,7 +452,8 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             continue
         decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin)
         overlay_sha256 = None
-        if decision.borderline and overlay is not None:
+        # Overlays serve the review queue; a media a human already labelled never enters it.
+        if decision.borderline and overlay is not None and store.current_label(result.key) is None:
             # Rendered before the transaction: Grad-CAM takes a forward+backward pass, the write lock should not wait on it.
             try:
                 data, ext = overlay(model, sources.get(result.key) or _media_source(store, result.key),
