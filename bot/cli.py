@@ -16,8 +16,12 @@ from storage import Store, StoreError
 
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bot.cli_runner",
+    "bot.cli_chat",
     "bot.cli_classifier",
     "bot.cli_sources",
+    "bot.cli_feed",
+    "bot.cli_explain",
 )
 
 
@@ -60,14 +64,6 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    with open_store(config) as store:
-        media_id = store.resolve_media(args.media)
-        store.add_label(media_id, args.label, by=args.by, via="cli")
-    print(f"media {media_id} labelled {args.label}")
-    return 0
-
-
 CONFIG_HELP = "TOML config file (default: built-in defaults)"
 
 
@@ -99,15 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=cmd_status)
 
-    label = subparsers.add_parser("label", help="record a human label for a media")
-    label.add_argument("media", help="media id, or sha256 (prefix) of the stored file")
-    label.add_argument("label", choices=("illustration", "screenshot", "photo"))
-    label.add_argument("--by", default="cli", help="who is labelling (recorded in the label history)")
-    label.set_defaults(handler=cmd_label)
-
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+# Libraries that log request headers (credentials included) at DEBUG; they stay at INFO or above.
+CHATTY_LOGGERS = ("tweepy", "urllib3", "requests_oauthlib", "oauthlib", "discord.http")
+
+
+def configure_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"illustfeed: config error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(config.log_level)
     try:
         return int(args.handler(args, config) or 0)
-    except (CommandError, StoreError, ConfigError, FileNotFoundError) as error:
+    except (CommandError, StoreError, ConfigError, OSError) as error:
         print(f"illustfeed: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -33,6 +34,17 @@ class IngestConfig:
     near_duplicate_distance: int = 6
     near_duplicate_max_block_difference: float = 10.0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ingest.{name}: must be at least 1, got {getattr(self, name)}")
+        if not -1 <= self.near_duplicate_distance <= 64:
+            raise ConfigError(f"ingest.near_duplicate_distance: must be -1 (off) to 64, "
+                              f"got {self.near_duplicate_distance}")
+        if self.near_duplicate_max_block_difference < 0:
+            raise ConfigError(f"ingest.near_duplicate_max_block_difference: must be at least 0, "
+                              f"got {self.near_duplicate_max_block_difference}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,49 @@ class SourcesConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    # Network sources (X, Bluesky, Mastodon) are crawled this often; their APIs ration reads.
+    crawl_interval_seconds: int = 900
+    # The local folder source is cheap to scan, so it is polled more often.
+    folder_poll_seconds: int = 60
+    # On SIGTERM/SIGINT a running job stops at its next transaction; after this long the process exits anyway.
+    shutdown_grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("crawl_interval_seconds", "folder_poll_seconds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"scheduler.{name}: expected a positive number of seconds, got {getattr(self, name)}")
+        if self.shutdown_grace_seconds < 0:
+            raise ConfigError(f"scheduler.shutdown_grace_seconds: expected >= 0, got {self.shutdown_grace_seconds}")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    enabled: bool = True
+    # Crontab fields (minute hour day month weekday) in local time, unless `timezone` names another zone.
+    schedule: str = "0 3 * * *"
+    timezone: str = ""
+    # A run that was due while the process was down or busy still starts if it is at most this late.
+    misfire_grace_seconds: int = 43200
+    # Train only when at least this many human labels were added since the active model was trained.
+    min_new_labels: int = 20
+    # Optional folder of extra training images, `<label>/*` (a manifest.csv with file,origin groups them).
+    base_data: str = ""
+
+    def __post_init__(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.schedule, timezone=self.timezone or None)
+        except (ValueError, LookupError) as error:
+            raise ConfigError(f"retrain.schedule/timezone: cannot use {self.schedule!r} "
+                              f"{self.timezone or '(local time)'}: {error}") from None
+        for name in ("misfire_grace_seconds", "min_new_labels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"retrain.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     # A torchvision VGG16 state dict to use instead of the weights chain ("" = walk the chain).
     weights_path: str = ""
@@ -127,13 +182,86 @@ class ClassifierConfig:
     progress: bool = True
 
 
+FEED_RULES = ("human_then_confident", "human_only", "any_prediction")
+THUMBNAIL_FORMATS = ("webp", "jpeg")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Which media count as an illustration: see config.example.toml.
+    rule: str = "human_then_confident"
+    page_size: int = 48
+    max_page_size: int = 200
+    atom_entries: int = 50
+    # Absolute base URL for links in the Atom feed; empty = taken from each request's Host header.
+    public_url: str = ""
+    title: str = "illustfeed"
+    thumbnail_size: int = 480
+    thumbnail_format: str = "webp"
+
+    def __post_init__(self) -> None:
+        if self.rule not in FEED_RULES:
+            raise ConfigError(f"feed.rule: expected one of {', '.join(FEED_RULES)}, got {self.rule!r}")
+        if self.thumbnail_format not in THUMBNAIL_FORMATS:
+            raise ConfigError(f"feed.thumbnail_format: expected one of {', '.join(THUMBNAIL_FORMATS)}, "
+                              f"got {self.thumbnail_format!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"feed.port: expected 0..65535, got {self.port}")
+        for name in ("page_size", "max_page_size", "atom_entries", "thumbnail_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"feed.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.page_size > self.max_page_size:
+            raise ConfigError(f"feed.page_size ({self.page_size}) is over feed.max_page_size ({self.max_page_size})")
+        if self.public_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.public_url):
+            raise ConfigError(f"feed.public_url: expected an http(s) URL, got {self.public_url!r}")
+
+
+DISCORD_MAX_ATTACHMENTS = 10  # per message, Discord's limit
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str = field(default="", repr=False)  # secret; env ILLUSTFEED_DISCORD_TOKEN
+    guild_id: int = 0  # slash commands are synced to this guild (instant); 0 = global (up to an hour)
+    feed_channel_id: int = 0  # 0 = do not post the feed
+    report_channel_id: int = 0  # 0 = no reports
+    allowed_user_ids: tuple[int, ...] = ()
+    allowed_role_ids: tuple[int, ...] = ()
+    feed_batch_size: int = 4
+    feed_interval_seconds: float = 60.0
+    feed_max_attachment_bytes: int = 8_000_000  # per message; larger images are linked, not attached
+    feed_post_backlog: bool = False  # on a channel's first start, post the illustrations already stored too
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:
+            raise ConfigError(f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, "
+                              f"got {self.feed_batch_size}")
+        if self.feed_interval_seconds < 1:
+            raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not self.data_dir:
+            raise ConfigError("data_dir: must not be empty")
 
     @property
     def data_path(self) -> Path:
@@ -220,6 +348,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 # Environment variable -> dotted config key. Secrets belong here rather than in files under version control.
 ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_DATA_DIR": "data_dir",
+    "ILLUSTFEED_DISCORD_TOKEN": "discord.token",
     # X (Twitter): an app bearer token, or the four user-context keys.
     "ILLUSTFEED_X_BEARER_TOKEN": "sources.x.bearer_token",
     "ILLUSTFEED_X_CONSUMER_KEY": "sources.x.consumer_key",
@@ -227,6 +356,7 @@ ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
     "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
     "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
+    "ILLUSTFEED_FEED_HOST": "feed.host",  # a container binds 0.0.0.0 so its published port reaches the server
 }
 
 

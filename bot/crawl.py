@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,8 @@ from storage import Store, utc_now
 log = logging.getLogger(__name__)
 
 RETRIES_PER_RUN = 50  # posts with failed media re-tried per source and run; the rest wait for the next run
+# What reading a field of an API answer raises when the answer is not shaped as documented.
+ANSWER_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass
@@ -223,6 +226,17 @@ def _set_account_state(store: Store, source: str, account: Account, cursor: str 
             store.execute("UPDATE accounts SET last_error = ? WHERE id = ?", (error, account_id))
 
 
+@contextmanager
+def _api_answer(doing: str):
+    """A field missing from, or of another type in, an API answer becomes a SourceError about `doing`."""
+    try:
+        yield
+    except ANSWER_SHAPE_ERRORS as error:
+        # The traceback goes to the log: the same exceptions would also come from a bug in the source.
+        log.warning("unexpected API answer %s", doing, exc_info=True)
+        raise SourceError(f"unexpected API answer {doing}: {type(error).__name__}: {error}") from error
+
+
 def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget, ingest: IngestConfig,
                          max_attempts: int) -> SourceRun | None:
     """Crawl one network source; None when it has nothing configured or followed."""
@@ -237,7 +251,8 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         if reason is not None:
             run.error = reason
             return run
-        targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
+        with _api_answer("while listing the accounts to crawl"):
+            targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
         # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
         run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         run.problems += targets.problems
@@ -252,7 +267,8 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         for index, account in enumerate(accounts):
             cursor = (rows.get(account.handle) or {}).get("cursor")
             try:
-                batch = source.account_posts(account, cursor)
+                with _api_answer(f"for @{account.handle}'s posts"):
+                    batch = source.account_posts(account, cursor)
             except RateLimited as error:
                 run.deferred += 1
                 run.problems.append(f"@{account.handle} deferred to the next run: {error}")

@@ -3,8 +3,10 @@
 Every request of every source (tweepy's included) goes through one `requests.Session` owned by `Http`, so
 timeouts, the User-Agent and test doubles (`responses`) apply everywhere. API calls go through
 `Http.call`, which retries 5xx and connection errors with exponential backoff and jitter, waits out a 429
-whose reset is near and raises `RateLimited` when it is not. Media go through `Http.download`, which also
-enforces a host allow-list (redirects included), a content type and a byte limit while streaming.
+whose reset is near and raises `RateLimited` when it is not. `Http.get_json` also checks that the answer is
+JSON of the expected shape, so an HTML page or an error object served with 200 is a `SourceError`. Media go
+through `Http.download`, which also enforces a host allow-list (redirects included), a content type and a
+byte limit while streaming.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import email.utils
 import logging
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -27,6 +30,10 @@ MAX_REDIRECTS = 5
 CHUNK_BYTES = 64 * 1024
 # A wait shorter than this after a 429 with no usable reset header; servers that omit it expect a pause.
 DEFAULT_RETRY_AFTER_S = 5.0
+# Failures of the transport that a later attempt may not meet; other RequestExceptions (a malformed URL,
+# too many redirects) would fail the same way again.
+TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
 
 
 class SourceError(Exception):
@@ -59,6 +66,32 @@ class BudgetExhausted(SourceError):
 
 class DownloadRefused(FetchError):
     """The media can never be fetched as it is (host not allowed, too big, not an image): no later retry."""
+
+
+class TooLarge(DownloadRefused):
+    """Over the byte limit: a smaller rendition of the same media, where the network offers one, may fit."""
+
+
+@dataclass(frozen=True)
+class JsonReply:
+    """A checked JSON answer and the response's parsed `Link` header (Mastodon pages by it)."""
+
+    body: Any
+    links: dict
+
+
+def json_body(response: requests.Response, what: str, expect: type) -> Any:
+    """The JSON of `response` if it is an `expect` (dict or list); otherwise a SourceError saying what came."""
+    try:
+        body = response.json()
+    except ValueError:
+        content_type = response.headers.get("content-type") or "no content type"
+        raise SourceError(f"{what}: the answer is not JSON ({content_type}): {response.text[:200]!r}") from None
+    if not isinstance(body, expect):
+        expected = JSON_KINDS[expect].split(" ", 1)[1]
+        raise SourceError(f"{what}: expected a JSON {expected}, got {JSON_KINDS.get(type(body), 'a number')}: "
+                          f"{str(body)[:200]}")
+    return body
 
 
 class _TimeoutSession(requests.Session):
@@ -183,13 +216,15 @@ class Http:
                 meter()
             try:
                 response = send()
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except TRANSIENT_ERRORS as error:
                 if attempt >= self.settings.max_retries:
                     raise ApiUnavailable(f"{what}: {type(error).__name__} after {attempt + 1} attempts: {error}") \
                         from None
                 self._backoff(attempt, type(error).__name__)
                 attempt += 1
                 continue
+            except requests.RequestException as error:
+                raise SourceError(f"{what}: {type(error).__name__}: {error}") from None
             reset_in_s = rate_limit_reset_in(response.headers, self.clock())
             if rate_limit_remaining(response.headers) == 0 and reset_in_s is not None:
                 self._exhausted_until[bucket] = self.clock() + reset_in_s
@@ -210,15 +245,18 @@ class Http:
                 continue
             return response
 
-    def get_json(self, url: str, what: str, bucket: str, params: dict | None = None,
-                 headers: dict | None = None, meter: Callable[[], None] | None = None) -> requests.Response:
-        """GET an API URL through `call`; 401/403 become AccessDenied, other non-2xx a SourceError."""
+    def get_json(self, url: str, what: str, bucket: str, expect: type = dict, params: dict | None = None,
+                 headers: dict | None = None, meter: Callable[[], None] | None = None) -> JsonReply:
+        """GET an API URL through `call`, expecting a JSON `expect` (dict or list).
+
+        401/403 become AccessDenied; other non-2xx, a body that is not JSON or JSON of another shape, a SourceError.
+        """
         response = self.call(lambda: self.session.get(url, params=params, headers=headers), what, bucket, meter)
         if response.status_code in (401, 403):
             raise AccessDenied(f"{what}: HTTP {response.status_code}: {response.text[:300]}", response.status_code)
         if not 200 <= response.status_code < 300:
             raise SourceError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
-        return response
+        return JsonReply(json_body(response, what, expect), response.links)
 
     def download(self, url: str, allowed_hosts: Iterable[str], max_bytes: int,
                  content_types: tuple[str, ...] = ("image/",)) -> bytes:
@@ -247,7 +285,7 @@ class Http:
                     raise DownloadRefused(f"content type {content_type or 'missing'!r} of {current} is not an image")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise DownloadRefused(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")
+                    raise TooLarge(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")
                 return self._read_limited(response, current, max_bytes)
         raise FetchError(f"more than {MAX_REDIRECTS} redirects from {url}")
 
@@ -259,7 +297,7 @@ class Http:
                 body += chunk
                 # Checked while streaming: a missing or lying Content-Length cannot make us hold more.
                 if len(body) > max_bytes:
-                    raise DownloadRefused(f"{url} is over the limit of {max_bytes} bytes")
+                    raise TooLarge(f"{url} is over the limit of {max_bytes} bytes")
         except requests.RequestException as error:
             raise FetchError(f"download of {url} broke off: {type(error).__name__}: {error}") from None
         return bytes(body)

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 from bot.config import IngestConfig
 from bot.records import MediaRef, Post
-from bot.sources.base import FetchError
+from bot.sources.base import FetchError, MediaRefused
 from bot.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
 from classifier.preprocess import load_rgb_frames
 from storage import Store, sha256_hex
@@ -95,6 +95,8 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
              seen_in_post: dict[str, _Prepared]) -> _Prepared:
     try:
         data = fetch(ref)
+    except MediaRefused as error:
+        return _Prepared(ref, REJECTED, reason=str(error))
     except FetchError as error:
         return _Prepared(ref, FAILED, reason=str(error))
     digest = sha256_hex(data)
@@ -164,7 +166,11 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], se
 
 
 def post_is_stored(store: Store, post: Post) -> bool:
-    return store.scalar("SELECT 1 FROM posts WHERE source = ? AND external_id = ?", (post.source, post.post_id)) == 1
+    """The post and a row for each of its media are stored (a media that failed to fetch is tried again)."""
+    linked = store.scalar(
+        "SELECT (SELECT COUNT(*) FROM post_media pm WHERE pm.post_id = p.id) FROM posts p"
+        " WHERE p.source = ? AND p.external_id = ?", (post.source, post.post_id))
+    return linked is not None and linked >= len(post.media)
 
 
 def ingest_source(store: Store, source, settings: IngestConfig, progress: bool = False,

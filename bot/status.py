@@ -8,13 +8,10 @@ def store_status(store: Store) -> dict:
     by_label = {
         row["label"]: row["n"]
         for row in store.query(
-            "SELECT final.label AS label, COUNT(*) AS n FROM ("
-            "  SELECT COALESCE(cl.label, CASE WHEN lp.borderline = 0 THEN lp.label END) AS label"
-            "  FROM media m"
-            "  LEFT JOIN current_label cl ON cl.media_id = m.id"
-            "  LEFT JOIN latest_prediction lp ON lp.media_id = m.id"
-            "  WHERE m.status = 'ok'"
-            ") AS final GROUP BY final.label"
+            # media_verdict keeps each media's latest human label and prediction current (triggers).
+            "SELECT v.final_label AS label, COUNT(*) AS n FROM media m"
+            " LEFT JOIN media_verdict v ON v.media_id = m.id"
+            " WHERE m.status = 'ok' GROUP BY v.final_label"
         )
     }
     unlabelled = by_label.pop(None, 0)

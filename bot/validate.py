@@ -79,6 +79,8 @@ def validate_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -
         except UnidentifiedImageError:
             kind = "text or HTML" if _looks_like_text(data) else "unknown binary data"
             raise InvalidImage(f"not an image: the bytes look like {kind}") from None
+        except Exception as error:  # Pillow raises many types for a cut or mangled header
+            raise InvalidImage(f"corrupt image header: {type(error).__name__}: {error}") from None
         with image:
             if image.format not in ACCEPTED_FORMATS:
                 raise InvalidImage(f"unsupported image format {image.format}")
@@ -94,12 +96,14 @@ def validate_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 rgb = to_rgb(upright)
+                phash = perceptual_hash(rgb)
             except ImageModeError as error:
                 raise InvalidImage(str(error)) from None
-            except (OSError, SyntaxError, ValueError, EOFError) as error:
-                raise InvalidImage(f"truncated or corrupt {image.format} data: {error}") from None
-            return ImageInfo(mime=mime, ext=ext, width=rgb.width, height=rgb.height, frames=frames,
-                             phash=perceptual_hash(rgb))
+            except Exception as error:  # decoders raise OSError, ValueError, IndexError, struct.error, ...
+                raise InvalidImage(
+                    f"truncated or corrupt {image.format} data: {type(error).__name__}: {error}"
+                ) from None
+            return ImageInfo(mime=mime, ext=ext, width=rgb.width, height=rgb.height, frames=frames, phash=phash)
 
 
 VERIFY_SIZE = 128  # both images are compared as greyscale squares of this size

@@ -5,13 +5,17 @@ from typing import Any
 
 LABELS: tuple[str, ...] = ("illustration", "screenshot", "photo")
 
-__all__ = ["LABELS", "build_vgg16"]
+__all__ = ["LABELS", "build_vgg16", "classify_pending", "load_model", "save_model"]
+
+# Public name -> module that defines it.
+_LAZY = {"build_vgg16": "classifier.vgg", "classify_pending": "classifier.inference",
+         "load_model": "classifier.model", "save_model": "classifier.model"}
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: torch takes seconds to load, and ingest or `illustfeed status` never need it.
-    if name == "build_vgg16":
-        from classifier.vgg import build_vgg16
+    if name in _LAZY:
+        import importlib
 
-        return build_vgg16
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'classifier' has no attribute {name!r}")

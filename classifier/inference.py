@@ -9,6 +9,7 @@ bf16 autocast is used only on CPUs with native bf16 (avx512_bf16 / AMX); emulate
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import queue
 import threading
@@ -184,7 +185,11 @@ class FeatureRunner:
             candidate_module.features = quantize_trunk(candidate_module.features, _tapped_layers(self.model), batch)
             candidate = self._finish(candidate_module, batch)
         else:
-            candidate = self._bf16(fp32)
+            # Autocast does not reach into a frozen TorchScript graph, so bf16 runs the eager module.
+            eager = copy.deepcopy(self.model.extractor).eval()
+            if self.channels_last:
+                eager = eager.to(memory_format=torch.channels_last)
+            candidate = self._bf16(eager)
         with torch.inference_mode():
             expected = self.model.head(fp32(self._layout(batch))).argmax(1)
             got = self.model.head(candidate(self._layout(batch))).argmax(1)
@@ -417,7 +422,7 @@ def classify_pending(
     computed = run_classifier(model, to_run, runner=runner, batch_size=batch_size, max_frames=max_frames) if to_run else iter(())
     summary.from_cached_features = len(cached)
     chunk: list[ImageResult] = []
-    for result in _chain(from_cache(), computed):
+    for result in itertools.chain(from_cache(), computed):
         chunk.append(result)
         if len(chunk) >= batch_size:
             _store_results(store, model, chunk, cached, sources, summary, borderline_confidence,
@@ -430,11 +435,6 @@ def classify_pending(
     bar.close()
     summary.precision = runner.precision if runner is not None else "cached"
     return summary
-
-
-def _chain(*iterators: Iterable[ImageResult]) -> Iterator[ImageResult]:
-    for iterator in iterators:
-        yield from iterator
 
 
 def _store_results(store, model: ImageClassifier, results: list[ImageResult], cached: dict, sources: dict,
@@ -452,7 +452,8 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             continue
         decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin)
         overlay_sha256 = None
-        if decision.borderline and overlay is not None:
+        # Overlays serve the review queue; a media a human already labelled never enters it.
+        if decision.borderline and overlay is not None and store.current_label(result.key) is None:
             # Rendered before the transaction: Grad-CAM takes a forward+backward pass, the write lock should not wait on it.
             try:
                 data, ext = overlay(model, sources.get(result.key) or _media_source(store, result.key),
@@ -479,7 +480,7 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             if not decision.borderline:
                 continue
             summary.borderline += 1
-            if store.scalar("SELECT 1 FROM current_label WHERE media_id = ?", (result.key,)):
+            if store.current_label(result.key):
                 continue  # a human already answered; nothing to review
             cursor = store.execute(
                 "INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at)"

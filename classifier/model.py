@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +22,7 @@ from classifier import LABELS
 from classifier.features import FeatureExtractor, FeatureSpec
 from classifier.vgg import make_features
 from classifier.weights import state_dict_sha256
+from storage.files import atomic_write
 
 MODEL_FILE_FORMAT = "illustfeed-classifier"
 MODEL_FILE_FORMAT_VERSION = 1
@@ -178,17 +177,7 @@ def save_model(model: ImageClassifier, path: str | Path) -> Path:
         "data_summary": json.loads(json.dumps(model.data_summary)),
         "parent": model.parent,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(payload, stream))
     return path
 
 

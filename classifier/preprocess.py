@@ -35,6 +35,13 @@ def open_image(source: str | Path | bytes) -> Image.Image:
 
 def to_rgb(frame: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: alpha composited on white, palette/CMYK/16-bit/float/greyscale converted."""
+    try:
+        return _to_rgb(frame)
+    except ValueError as error:  # Pillow: "conversion from X to Y not supported"
+        raise ImageModeError(f"pixel mode {frame.mode!r} cannot be converted to RGB: {error}") from None
+
+
+def _to_rgb(frame: Image.Image) -> Image.Image:
     mode = frame.mode
     if mode == "RGB":
         return frame

@@ -96,3 +96,20 @@ def write_dataset(root: str | Path, per_label: int, seed: int = 0, size: tuple[i
             image_seed = seed * 1_000_003 + label_index * 10_007 + number
             generate(label, image_seed, size).save(root / label / f"{label}_{number:04d}.png")
     return root
+
+
+def tiny_base_model(width: float = 0.125, image_size: int = 64, seed: int = 0):
+    """An untrained classifier on a seeded random reduced-width trunk ("vgg16-scratch": the model file carries
+    the trunk), pooling three depths; for tests and demos that must not need the ImageNet weights."""
+    import torch
+
+    from classifier.features import FeatureSpec
+    from classifier.model import SCRATCH_BACKBONE, new_classifier
+    from classifier.vgg import make_features
+
+    torch.manual_seed(seed)
+    trunk = make_features(width)
+    spec = FeatureSpec(layers=(15, 22, 29), pooling=("avg", "max"), framing="center_crop", image_size=image_size)
+    model = new_classifier(trunk, spec, backbone=SCRATCH_BACKBONE, backbone_width=width)
+    model.backbone_delta = {f"features.{name}": tensor.clone() for name, tensor in trunk.state_dict().items()}
+    return model.eval()

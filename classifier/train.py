@@ -88,6 +88,38 @@ def feature_vectors(model: ImageClassifier, items: Sequence[LabelledImage], *, r
     return kept, torch.stack([vectors[item.key] for item in kept])
 
 
+class EarlyStopping:
+    """Keeps the best epoch's weights by validation macro-F1 (ties: validation loss lower by >= 0.001),
+    records each epoch, and says when `patience` epochs have passed without a better one."""
+
+    def __init__(self, module: nn.Module, patience: int, bar: tqdm):
+        self.module, self.patience, self.bar = module, patience, bar
+        self.best_key: tuple | None = None
+        self.best_state: dict | None = None
+        self.stale = 0
+        self.history: list[dict] = []
+
+    def epoch_done(self, train_loss: float, val_logits: torch.Tensor, val_y: torch.Tensor,
+                   labels: Sequence[str]) -> bool:
+        """Record the epoch; True when training should stop."""
+        scores = _scores(val_logits, val_y, labels)
+        val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
+        self.history.append({"epoch": len(self.history) + 1, "loss": train_loss, "val_loss": val_loss,
+                             "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
+        self.bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{scores['macro_f1']:.3f}",
+                             val_acc=f"{scores['accuracy']:.3f}")
+        key = (round(scores["macro_f1"], 6), -round(val_loss, 3))
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_state, self.stale = key, copy.deepcopy(self.module.state_dict()), 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore_best(self) -> None:
+        self.bar.close()
+        self.module.load_state_dict(self.best_state)
+
+
 # --- head training --------------------------------------------------------------------------------------
 
 
@@ -107,16 +139,28 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
     """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
-    validation macro-F1 (ties: lower validation loss) and stops after `patience` epochs without one."""
+    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one."""
+    # The head's tensors are tiny: with more than one thread every op waits on a thread barrier, which on a
+    # busy machine costs far more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_head(train_x, train_y, val_x, val_y, labels, options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     head = LinearHead(train_x.shape[1], len(labels))
     head.set_standardisation(train_x)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)))
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    best_key, best_state, stale, history = None, None, 0, []
     bar = tqdm(range(options.epochs), desc="train head", unit="epoch", disable=not options.progress, leave=False)
-    for epoch in bar:
+    stopper = EarlyStopping(head, options.patience, bar)
+    for _epoch in bar:
         head.train()
         order = torch.randperm(len(train_x), generator=generator)
         total = 0.0
@@ -130,22 +174,10 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
         head.eval()
         with torch.no_grad():
             val_logits = head(val_x)
-            val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
-        scores = _scores(val_logits, val_y, labels)
-        record = {"epoch": epoch + 1, "loss": total / len(order), "val_loss": val_loss,
-                  "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{scores['macro_f1']:.3f}",
-                        val_acc=f"{scores['accuracy']:.3f}")
-        key = (round(scores["macro_f1"], 6), -val_loss)
-        if best_key is None or key > best_key:
-            best_key, best_state, stale = key, copy.deepcopy(head.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= options.patience:
-                break
-    bar.close()
-    head.load_state_dict(best_state)
+        if stopper.epoch_done(total / len(order), val_logits, val_y, labels):
+            break
+    stopper.restore_best()
+    history = stopper.history
     return head.eval(), history
 
 
@@ -162,7 +194,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.exp().clamp(0.05, 20.0))
+    temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
     return temperature if math.isfinite(temperature) else 1.0
 
 
@@ -246,10 +278,10 @@ def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_item
         {"params": list(model.head.parameters()), "lr": options.learning_rate},
     ], weight_decay=options.weight_decay)
     size = model.spec.image_size
-    best_key, best_state, stale, history = None, None, 0, []
     bar = tqdm(range(options.epochs), desc=f"fine-tune {options.mode}", unit="epoch",
                disable=not options.progress, leave=False)
-    for epoch in bar:
+    stopper = EarlyStopping(model, options.patience, bar)
+    for _epoch in bar:
         model.train()
         order = rng.permutation(len(train_images))
         total = 0.0
@@ -264,21 +296,10 @@ def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_item
         model.eval()
         with torch.no_grad():
             val_logits = model.head(_eval_vectors(model, val_images, device).to(device)).cpu()
-        scores = _scores(val_logits, val_y, labels)
-        val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
-        record = {"epoch": epoch + 1, "loss": total / len(order), "val_loss": val_loss,
-                  "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{scores['macro_f1']:.3f}")
-        key = (round(scores["macro_f1"], 6), -val_loss)
-        if best_key is None or key > best_key:
-            best_key, best_state, stale = key, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= options.patience:
-                break
-    bar.close()
-    model.load_state_dict(best_state)
+        if stopper.epoch_done(total / len(order), val_logits, val_y, labels):
+            break
+    stopper.restore_best()
+    history = stopper.history
     model = model.cpu().eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from classifier.vgg import VGG16_CONV_INDICES
+from storage.files import atomic_write
 
 CONVERTED_FILE_NAME = "vgg16_features_imagenet.pth"
 # sha256 of the converted tensors (see `state_dict_sha256`): independent of how torch.save lays out the file.
@@ -212,17 +213,7 @@ def read_archive_member(archive: Path, member: str) -> bytes:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
     """torch.save to a temp file beside `path`, fsync, rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(state, stream))
 
 
 def torch_hub_checkpoint(torch_home: Path | None = None) -> Path:

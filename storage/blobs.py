@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
+
+from storage.files import atomic_write_bytes
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 EXT_PATTERN = re.compile(r"^[a-z0-9]{1,8}$")
@@ -33,6 +33,7 @@ class BlobStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.temp_dir = self.root / ".tmp"
 
     def path(self, sha256: str, ext: str) -> Path:
         check_blob_name(sha256, ext)
@@ -50,24 +51,8 @@ class BlobStore:
         target = self.path(digest, ext)
         if target.is_file():
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder so the rename is atomic; fsync before it so a crash never leaves
-        # a named file with missing bytes.
-        fd, temp_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # The temp folder is under the same root (same filesystem) so the rename is atomic.
+        atomic_write_bytes(target, data, temp_dir=self.temp_dir)
         return digest
 
     def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
@@ -76,9 +61,9 @@ class BlobStore:
         Only old ones: another live process (the runner beside a CLI import) may be writing a fresh one.
         """
         removed = 0
-        if self.root.is_dir():
+        if self.temp_dir.is_dir():
             cutoff = time.time() - older_than_s
-            for stale in self.root.glob("*/*/.tmp-*"):
+            for stale in self.temp_dir.iterdir():
                 try:
                     if stale.stat().st_mtime < cutoff:
                         stale.unlink()

@@ -142,8 +142,95 @@ CREATE TABLE api_usage (
 ALTER TABLE accounts ADD COLUMN followed_via TEXT;
 """
 
+# Feed (issue 7). The views answer "final label of one media" but not "newest media whose final label is X"
+# without a GROUP BY over whole tables. media_verdict holds each media's latest human label and latest
+# prediction, kept current by triggers on every write to labels and predictions, so a feed page is one
+# index range. thumbnails maps a media to its derived thumbnail blob per spec ("webp-480").
+FEED_V3 = """
+CREATE INDEX predictions_media ON predictions(media_id);
+CREATE TABLE media_verdict (
+    media_id INTEGER PRIMARY KEY REFERENCES media(id),
+    human_label TEXT,
+    model_label TEXT,
+    model_borderline INTEGER,
+    final_label TEXT GENERATED ALWAYS AS (
+        COALESCE(human_label, CASE WHEN model_borderline = 0 THEN model_label END)) VIRTUAL,
+    any_label TEXT GENERATED ALWAYS AS (COALESCE(human_label, model_label)) VIRTUAL
+);
+CREATE INDEX media_verdict_final ON media_verdict(final_label, media_id);
+CREATE INDEX media_verdict_human ON media_verdict(human_label, media_id);
+CREATE INDEX media_verdict_any ON media_verdict(any_label, media_id);
+INSERT INTO media_verdict (media_id, human_label, model_label, model_borderline)
+    SELECT m.id, cl.label, lp.label, lp.borderline FROM media m
+    LEFT JOIN current_label cl ON cl.media_id = m.id
+    LEFT JOIN latest_prediction lp ON lp.media_id = m.id
+    WHERE cl.label IS NOT NULL OR lp.label IS NOT NULL;
+
+CREATE TRIGGER media_verdict_label_insert AFTER INSERT ON labels BEGIN
+    INSERT OR IGNORE INTO media_verdict (media_id) VALUES (NEW.media_id);
+    UPDATE media_verdict SET human_label = (SELECT label FROM labels WHERE media_id = NEW.media_id
+        AND revoked_at IS NULL ORDER BY id DESC LIMIT 1) WHERE media_id = NEW.media_id;
+END;
+CREATE TRIGGER media_verdict_label_update AFTER UPDATE ON labels BEGIN
+    INSERT OR IGNORE INTO media_verdict (media_id) VALUES (NEW.media_id);
+    UPDATE media_verdict SET human_label = (SELECT label FROM labels WHERE media_id = media_verdict.media_id
+        AND revoked_at IS NULL ORDER BY id DESC LIMIT 1) WHERE media_id IN (OLD.media_id, NEW.media_id);
+END;
+CREATE TRIGGER media_verdict_label_delete AFTER DELETE ON labels BEGIN
+    UPDATE media_verdict SET human_label = (SELECT label FROM labels WHERE media_id = OLD.media_id
+        AND revoked_at IS NULL ORDER BY id DESC LIMIT 1) WHERE media_id = OLD.media_id;
+END;
+CREATE TRIGGER media_verdict_prediction_insert AFTER INSERT ON predictions BEGIN
+    INSERT OR IGNORE INTO media_verdict (media_id) VALUES (NEW.media_id);
+    UPDATE media_verdict SET (model_label, model_borderline) = (SELECT label, borderline FROM predictions
+        WHERE media_id = NEW.media_id ORDER BY id DESC LIMIT 1) WHERE media_id = NEW.media_id;
+END;
+CREATE TRIGGER media_verdict_prediction_update AFTER UPDATE ON predictions BEGIN
+    INSERT OR IGNORE INTO media_verdict (media_id) VALUES (NEW.media_id);
+    UPDATE media_verdict SET (model_label, model_borderline) = (SELECT label, borderline FROM predictions
+        WHERE media_id = media_verdict.media_id ORDER BY id DESC LIMIT 1) WHERE media_id IN (OLD.media_id, NEW.media_id);
+END;
+CREATE TRIGGER media_verdict_prediction_delete AFTER DELETE ON predictions BEGIN
+    UPDATE media_verdict SET (model_label, model_borderline) = (SELECT label, borderline FROM predictions
+        WHERE media_id = OLD.media_id ORDER BY id DESC LIMIT 1) WHERE media_id = OLD.media_id;
+END;
+
+CREATE TABLE thumbnails (
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    spec TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    ext TEXT NOT NULL,
+    mime TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (media_id, spec)
+);
+"""
+
+# Chat (issue 8): retrain requests the runner honours, and which media went to which feed channel.
+CHAT_V4 = """
+CREATE TABLE retrain_requests (
+    id INTEGER PRIMARY KEY,
+    requested_by TEXT NOT NULL,
+    via TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    result TEXT
+);
+CREATE INDEX retrain_requests_open ON retrain_requests(finished_at, started_at);
+CREATE TABLE feed_posts (
+    media_id INTEGER NOT NULL REFERENCES media(id),
+    channel TEXT NOT NULL,
+    message_id TEXT,
+    posted_at TEXT NOT NULL,
+    PRIMARY KEY (media_id, channel)
+);
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import sqlite_utils
 
 from storage.blobs import BlobStore
-from storage.schema import migrate
+from storage.schema import SchemaTooNewError, migrate
 
 DB_FILENAME = "illustfeed.db"
 LABELS = ("illustration", "screenshot", "photo")
@@ -45,15 +45,24 @@ class Store:
     @classmethod
     def open(cls, data_dir: str | Path) -> "Store":
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
-        conn = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 30000")
-        migrate(conn)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot use data dir {data_dir}: {error.strerror or error}") from None
+        db_path = data_dir / DB_FILENAME
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
+            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            migrate(conn)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open database {db_path}: {error}") from None
+        except SchemaTooNewError as error:
+            raise StoreError(f"{db_path}: {error}") from None
         store = cls(data_dir, conn)
         store.blobs.remove_stale_temp_files()
         store.derived.remove_stale_temp_files()
@@ -93,9 +102,6 @@ class Store:
                 self.conn.execute("COMMIT")
             finally:
                 self._transaction_depth = 0
-        self._phash_ids = np.zeros(0, dtype=np.int64)
-        self._phash_values = np.zeros(0, dtype=np.uint64)
-        self._phash_max_id = 0
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -176,10 +182,14 @@ class Store:
         return candidates
 
     def insert_media(self, **fields: Any) -> int:
+        """Insert a media row; if another writer stored the same sha256 meanwhile, return that row's id."""
         fields.setdefault("first_seen_at", utc_now())
         columns = ", ".join(fields)
         placeholders = ", ".join("?" for _ in fields)
-        cursor = self.execute(f"INSERT INTO media ({columns}) VALUES ({placeholders})", tuple(fields.values()))
+        cursor = self.execute(f"INSERT INTO media ({columns}) VALUES ({placeholders}) ON CONFLICT (sha256) DO NOTHING",
+                              tuple(fields.values()))
+        if cursor.rowcount == 0:
+            return self.scalar("SELECT id FROM media WHERE sha256 = ?", (fields["sha256"],))
         return cursor.lastrowid
 
     def media(self, media_id: int) -> dict:
@@ -197,17 +207,23 @@ class Store:
     def resolve_media(self, reference: str | int) -> int:
         """A media id, or the sha256 (or a unique prefix of at least 6 hex digits) of its stored bytes."""
         text = str(reference).strip().lower()
-        if text.isdigit() and len(text) < 6:
-            return self.media(int(text))["id"]
+        by_id = self.scalar("SELECT id FROM media WHERE id = ?", (int(text),)) if text.isdigit() else None
+        by_prefix = []
         if len(text) >= 6 and all(c in "0123456789abcdef" for c in text):
-            matches = self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2", (text + "%",))
-            if len(matches) == 1:
-                return matches[0]["id"]
-            if len(matches) > 1:
-                raise StoreError(f"sha256 prefix {reference!r} matches more than one media; give more digits")
-        if text.isdigit():
-            return self.media(int(text))["id"]
-        raise StoreError(f"no media matches {reference!r} (give a media id or a sha256 prefix)")
+            by_prefix = [row["id"] for row in self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2",
+                                                          (text + "%",))]
+        if len(by_prefix) > 1:
+            raise StoreError(f"sha256 prefix {reference!r} matches more than one media; give more digits")
+        if by_id is not None and by_prefix and by_prefix[0] != by_id:
+            raise StoreError(f"{reference!r} is both media id {by_id} and the sha256 prefix of media {by_prefix[0]}; "
+                             "give more sha256 digits")
+        if by_id is not None:
+            return by_id
+        if by_prefix:
+            return by_prefix[0]
+        if text.isdigit() and len(text) < 6:
+            raise StoreError(f"no media with id {text}")
+        raise StoreError(f"no media matches {reference!r} (give a media id or a sha256 prefix of 6+ digits)")
 
     # Labels ------------------------------------------------------------------------------------------
 
@@ -228,15 +244,20 @@ class Store:
         return cursor.lastrowid
 
     def current_label(self, media_id: int) -> dict | None:
-        return self.query_one("SELECT * FROM current_label WHERE media_id = ?", (media_id,))
+        """The latest human label that was not undone. Indexed lookup: the `current_label` view groups every
+        label and is for whole-table joins, not for one media."""
+        return self.query_one(
+            'SELECT media_id, label, "by", via, at FROM labels WHERE media_id = ? AND revoked_at IS NULL'
+            " ORDER BY id DESC LIMIT 1", (media_id,))
 
     def final_label(self, media_id: int) -> str | None:
         """The latest human label, else the latest prediction when it is not borderline."""
+        human = self.current_label(media_id)
+        if human is not None:
+            return human["label"]
         return self.scalar(
-            "SELECT COALESCE((SELECT label FROM current_label WHERE media_id = :id), "
-            "(SELECT label FROM latest_prediction WHERE media_id = :id AND borderline = 0))",
-            {"id": media_id},
-        )
+            "SELECT CASE WHEN borderline = 0 THEN label END FROM predictions WHERE media_id = ?"
+            " ORDER BY id DESC LIMIT 1", (media_id,))
 
     def active_model(self) -> dict | None:
         return self.query_one("SELECT * FROM models WHERE active = 1")

@@ -85,3 +85,58 @@ def test_init_import_status_label_round_trip(tmp_path):
 def test_import_of_missing_folder_is_a_clear_error(tmp_path):
     result = run_cli("import", "nowhere", cwd=tmp_path)
     assert result.returncode == 1 and "nowhere is not a directory" in result.stderr
+
+
+def test_bad_log_level_and_out_of_range_values_name_the_key(tmp_path):
+    (tmp_path / "c.toml").write_text('log_level = "LOUD"\n')
+    result = run_cli("status", "--config", "c.toml", cwd=tmp_path)
+    assert result.returncode == 2 and "log_level: expected one of DEBUG, INFO, WARNING, ERROR" in result.stderr
+    (tmp_path / "c.toml").write_text("[ingest]\nmax_pixels = -5\n")
+    result = run_cli("status", "--config", "c.toml", cwd=tmp_path)
+    assert result.returncode == 2 and "ingest.max_pixels: must be at least 1, got -5" in result.stderr
+
+
+def test_data_dir_that_is_a_file_or_a_corrupt_database_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    result = run_cli("status", cwd=tmp_path, env={"ILLUSTFEED_DATA_DIR": "afile"})
+    assert result.returncode == 1 and "cannot use data dir afile" in result.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/illustfeed.db").write_bytes(b"garbage" * 1000)
+    result = run_cli("status", cwd=tmp_path, env={"ILLUSTFEED_DATA_DIR": "broken"})
+    assert result.returncode == 1 and "cannot open database" in result.stderr
+    assert (tmp_path / "broken/illustfeed.db").read_bytes() == b"garbage" * 1000  # left as it was
+
+
+def test_debug_logging_never_shows_credentials(capsys):
+    import logging
+
+    import responses
+    import tweepy
+
+    from bot.cli import configure_logging
+
+    secret = "SECRET-BEARER-123"
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        root.handlers.clear()
+        configure_logging("DEBUG")
+        with responses.RequestsMock() as mocked:
+            mocked.get("https://api.twitter.com/2/users/by/username/someone",
+                       json={"data": {"id": "1", "name": "S", "username": "someone"}})
+            tweepy.Client(bearer_token=secret).get_user(username="someone")
+        logging.getLogger("bot").debug("a debug line from our own code")
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+    captured = capsys.readouterr()
+    assert "a debug line from our own code" in captured.err  # DEBUG really is on
+    assert secret not in captured.err + captured.out
+
+
+def test_redacted_config_hides_secrets():
+    from bot.config import parse_config, redacted
+
+    config = parse_config({}, environ={"ILLUSTFEED_DISCORD_TOKEN": "tok-123", "ILLUSTFEED_X_BEARER_TOKEN": "xb-456"})
+    text = repr(redacted(config))
+    assert "tok-123" not in text and "xb-456" not in text and "***" in text

@@ -5,7 +5,7 @@ import json
 
 from bot.cli import main
 from storage import Store
-from tests.test_sources_x import make_jpeg
+from tests.sources_support import make_jpeg
 
 
 def write_config(tmp_path, extra: str = "") -> str:

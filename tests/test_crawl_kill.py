@@ -23,7 +23,8 @@ def child(data_dir: str, block_after: int, ready_file: str) -> int:
 
     from bot.crawl import crawl_once
     from storage import Store
-    from tests.test_sources_x import FakeClock, build_world, http_for, x_config
+    from tests.sources_support import FakeClock, http_for
+    from tests.test_sources_x import build_world, x_config
 
     clock = FakeClock()
     x, _images = build_world(clock)
@@ -56,7 +57,8 @@ def run_child(data_dir: Path, block_after: int, ready_file: Path) -> subprocess.
 @pytest.mark.parametrize("block_after", [5])  # inside alice's 1004 GIF, after p1-p3 are stored
 def test_killed_crawl_then_rerun_stores_each_image_once(tmp_path, block_after):
     from storage import Store
-    from tests.test_sources_x import build_world, FakeClock
+    from tests.sources_support import FakeClock
+    from tests.test_sources_x import build_world
 
     data_dir = tmp_path / "data"
     ready = tmp_path / "ready"

@@ -6,9 +6,10 @@ import requests
 import responses
 
 from bot.config import SourceHttpConfig
-from bot.fetch import ApiUnavailable, DownloadRefused, Http, RateLimited, host_allowed, rate_limit_reset_in
+from bot.fetch import (ApiUnavailable, DownloadRefused, Http, RateLimited, SourceError, host_allowed,
+                       rate_limit_reset_in)
 from bot.sources.base import FetchError
-from tests.test_sources_x import FakeClock, make_jpeg
+from tests.sources_support import FakeClock, make_jpeg
 
 HOSTS = ("cdn.example.org",)
 
@@ -133,3 +134,36 @@ def test_host_allow_list():
     assert not host_allowed("file:///etc/passwd", ["pbs.twimg.com"])
     assert host_allowed("https://files.mastodon.social/a.png", [".mastodon.social"])
     assert not host_allowed("https://mastodon.social.evil.test/a.png", [".mastodon.social"])
+
+
+@responses.activate
+def test_a_200_html_page_from_an_api_is_a_source_error_naming_the_request(http):
+    responses.get("https://api.example.org/feed", body="<html><body>Down for maintenance</body></html>",
+                  content_type="text/html")
+    with pytest.raises(SourceError, match=r"GET feed: the answer is not JSON \(text/html\).*maintenance"):
+        http.get_json("https://api.example.org/feed", "GET feed", "api")
+
+
+@responses.activate
+def test_json_of_the_wrong_shape_is_a_source_error(http):
+    responses.get("https://api.example.org/statuses", json={"error": "Record not found"})
+    with pytest.raises(SourceError, match=r"GET statuses: expected a JSON list, got an object: .*Record not found"):
+        http.get_json("https://api.example.org/statuses", "GET statuses", "api", expect=list)
+    responses.get("https://api.example.org/profile", json=["not", "an", "object"])
+    with pytest.raises(SourceError, match=r"GET profile: expected a JSON object, got a list"):
+        http.get_json("https://api.example.org/profile", "GET profile", "api")
+    responses.get("https://api.example.org/more", json=[{"id": "1"}], headers={
+        "Link": '<https://api.example.org/more?max_id=1>; rel="next"'})
+    reply = http.get_json("https://api.example.org/more", "GET more", "api", expect=list)
+    assert reply.body == [{"id": "1"}] and reply.links["next"]["url"] == "https://api.example.org/more?max_id=1"
+
+
+@responses.activate
+def test_a_broken_off_answer_is_retried_and_a_bad_url_is_not(http, clock):
+    responses.get("https://api.example.org/feed", body=requests.exceptions.ChunkedEncodingError("connection reset"))
+    responses.get("https://api.example.org/feed", json={"feed": []})
+    assert http.get_json("https://api.example.org/feed", "GET feed", "api").body == {"feed": []}
+    assert len(clock.sleeps) == 1
+    with pytest.raises(SourceError, match=r"GET odd: InvalidURL"):
+        http.get_json("https://[not-a-host/x", "GET odd", "api")
+    assert len(clock.sleeps) == 1  # a malformed URL cannot get better by waiting

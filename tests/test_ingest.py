@@ -115,7 +115,7 @@ def test_distinct_generated_images_never_merge(store, tmp_path):
     assert summary.media_new == 40 and summary.near_duplicates == 0
 
 
-def test_pixel_mode_that_cannot_become_rgb_is_rejected():
+def test_sixteen_bit_greyscale_is_accepted_and_the_byte_limit_applies():
     buffer = io.BytesIO()
     Image.new("I;16", (64, 64)).save(buffer, "TIFF")
     info = validate_image(buffer.getvalue(), max_pixels=10**6)  # 16-bit greyscale converts fine
@@ -134,3 +134,87 @@ def test_no_two_distinct_dev_corpus_images_merge(store):
     assert summary.near_duplicates == 0
     assert [p.split(":")[0] for p in summary.problems] == [str(corpus / "manifest.csv")]
     assert store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'") == len(distinct)
+
+
+def _mutations(data: bytes, count: int, rng):
+    for index in range(count):
+        mutated = bytearray(data)
+        if index % 2:
+            mutated = mutated[: rng.randrange(1, len(mutated))]
+        else:
+            for _ in range(rng.randint(1, 8)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        yield bytes(mutated)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP", "animated GIF"])
+def test_cut_or_mangled_files_are_rejected_with_a_reason_never_a_crash(fmt):
+    import random
+    import warnings
+
+    rng = random.Random(fmt)
+    if fmt == "animated GIF":
+        data = imagegen.animated_gif(2, frames=3)
+    else:
+        data = imagegen.encode(imagegen.picture(3, (96, 64)), fmt)
+    outcomes = {"accepted": 0, "rejected": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mutated in _mutations(data, 60, rng):
+            try:
+                validate_image(mutated, max_pixels=10**8)
+                outcomes["accepted"] += 1
+            except InvalidImage as error:
+                assert str(error)  # a readable reason, e.g. "truncated or corrupt PNG data: ..."
+                outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 0
+
+
+def test_header_cut_short_is_rejected_and_the_import_goes_on(store, tmp_path):
+    write(tmp_path / "in/acc/a_cut.jpg", imagegen.jpeg(1)[:200])
+    write(tmp_path / "in/acc/b_cut.webp", imagegen.encode(imagegen.picture(2), "WEBP")[:100])
+    write(tmp_path / "in/acc/c_good.png", imagegen.png(3))
+    summary = ingest_source(store, FolderSource(tmp_path / "in"), SMALL_LIMITS)
+    assert (summary.media_new, summary.rejected) == (1, 2)
+    reasons = [row["reject_reason"] for row in store.query("SELECT reject_reason FROM media WHERE status = 'rejected'")]
+    assert all(r.startswith(("corrupt image header", "truncated or corrupt", "not an image")) for r in reasons)
+
+
+def test_a_mode_pillow_cannot_convert_is_an_image_mode_error():
+    from classifier.preprocess import ImageModeError, to_rgb
+
+    with pytest.raises(ImageModeError, match="pixel mode 'La' cannot be converted to RGB"):
+        to_rgb(Image.new("La", (4, 4)))
+
+
+def test_file_over_the_byte_limit_is_a_rejected_row_and_not_imported_twice(store, tmp_path):
+    write(tmp_path / "in/acc/big.png", imagegen.png(1, size=(400, 300)))
+    source = FolderSource(tmp_path / "in", max_bytes=1000)
+    settings = IngestConfig(max_bytes=1000, progress=False)
+    summary = ingest_source(store, source, settings)
+    assert summary.rejected == 1
+    row = store.query_one("SELECT * FROM media")
+    assert row["status"] == "rejected" and row["reject_reason"].endswith("over the limit of 1000 bytes")
+    again = ingest_source(store, source, settings)
+    assert again.known_posts == 1 and store.scalar("SELECT COUNT(*) FROM media") == 1
+
+
+def test_a_media_that_failed_to_fetch_is_tried_again_on_the_next_import(store, tmp_path):
+    from bot.sources.base import FetchError
+
+    class FlakySource(FolderSource):
+        calls = 0
+
+        def fetch(self, ref):
+            FlakySource.calls += 1
+            if FlakySource.calls == 1:
+                raise FetchError("disk hiccup")
+            return super().fetch(ref)
+
+    write(tmp_path / "in/acc/later.png", imagegen.png(5))
+    first = ingest_source(store, FlakySource(tmp_path / "in"), SMALL_LIMITS)
+    assert first.failed == 1 and store.scalar("SELECT COUNT(*) FROM media") == 0
+    assert store.scalar("SELECT COUNT(*) FROM posts") == 1
+    retried = ingest_source(store, FlakySource(tmp_path / "in"), SMALL_LIMITS)
+    assert retried.media_new == 1 and retried.known_posts == 0
+    assert store.scalar("SELECT COUNT(*) FROM post_media") == 1

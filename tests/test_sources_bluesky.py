@@ -7,13 +7,11 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import responses
 
-from bot.config import parse_config
 from bot.crawl import crawl_once
 from storage import Store
-from tests.test_sources_x import FakeClock, http_for, make_jpeg, served_world, sha
+from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
 APPVIEW = "https://public.api.bsky.app"
 
@@ -152,16 +150,10 @@ def build_world(clock: FakeClock) -> tuple[FakeBluesky, dict[str, bytes]]:
 
 
 def bluesky_config(tmp_path, **settings):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"), "ingest": {"progress": False},
-        "sources": {"folder": {"enabled": False}, "x": {"enabled": False},
-                    "bluesky": {"accounts": ["mika", "@ren.example.com"], "page_size": 2, **settings}},
-    }, environ={})
+    return crawl_config(tmp_path, {"bluesky": {"accounts": ["mika", "@ren.example.com"], "page_size": 2, **settings}})
 
 
-@pytest.fixture
-def world():
-    yield from served_world(build_world)
+world = world_fixture(build_world)
 
 
 def test_crawl_stores_images_quotes_and_links_reposts(world, tmp_path):

@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import pytest
 import responses
 
-from bot.config import parse_config
 from bot.crawl import crawl_once
 from bot.follows import follow, unfollow
 from storage import Store
-from tests.test_sources_x import FakeClock, http_for, make_jpeg, served_world, sha
+from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
 HOME = "mastodon.example"
 
@@ -148,17 +146,12 @@ def build_world(clock: FakeClock) -> tuple[FakeMastodon, dict[str, bytes]]:
 
 
 def mastodon_config(tmp_path, **settings):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"), "ingest": {"progress": False},
-        "sources": {"folder": {"enabled": False}, "x": {"enabled": False},
-                    "mastodon": {"instance": HOME, "access_token": "home-token", "page_size": 2,
-                                 "accounts": ["@artist@mastodon.example", "painter@art.example"], **settings}},
-    }, environ={})
+    return crawl_config(tmp_path, {"mastodon": {"instance": HOME, "access_token": "home-token", "page_size": 2,
+                                                "accounts": ["@artist@mastodon.example", "painter@art.example"],
+                                                **settings}})
 
 
-@pytest.fixture
-def world():
-    yield from served_world(build_world)
+world = world_fixture(build_world)
 
 
 def test_crawl_stores_images_links_boosts_and_keeps_the_token_home(world, tmp_path):
@@ -227,3 +220,19 @@ def test_following_of_follows_link_pages(world, tmp_path, monkeypatch):
         assert sum(1 for path, _, _ in fake.api_calls if path.endswith("/following")) == 2
         # Ids come from each account's own instance, not the home instance's view (9001, 9002).
         assert "9001" not in {row["external_id"] for row in store.query("SELECT external_id FROM accounts")}
+
+
+def test_post_text_is_stored_as_plain_text(world, tmp_path):
+    fake, images, clock = world
+    artist = fake.accounts[(HOME, "artist")]
+    status = fake.status(HOME, artist, [fake.attachment("image", make_jpeg(90), f"files.{HOME}")])
+    status["content"] = (
+        '<p>New piece! <a href="https://mastodon.example/tags/art" class="mention hashtag" rel="tag">#<span>art'
+        '</span></a></p><p>ink &amp; paper<br />more &lt;3 <a href="https://shop.example/prints/fox-2026" '
+        'rel="nofollow noopener" target="_blank"><span class="invisible">https://</span><span class="ellipsis">'
+        'shop.example/prints/fo</span><span class="invisible">x-2026</span></a></p>')
+    config = mastodon_config(tmp_path, accounts=["artist"])
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        text = store.scalar("SELECT text FROM posts WHERE external_id = ?", (status["uri"],))
+    assert text == "New piece! #art\n\nink & paper\nmore <3 https://shop.example/prints/fox-2026"

@@ -1,50 +1,19 @@
 """X source and crawl against a fake X API v2 served through `responses` (payloads written from the API docs)."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pytest
 import responses
-from PIL import Image
 
-from bot.config import parse_config
 from bot.crawl import crawl_once
-from bot.config import SourceHttpConfig
-from bot.fetch import Http
 from storage import Store
+from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
 API = "https://api.twitter.com"
-
-
-def make_jpeg(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
-    """A distinct real JPEG: a random 12x8 block pattern scaled up (no two seeds look alike to pHash)."""
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-    image = Image.fromarray(blocks).resize(size, Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
-
-
-class FakeClock:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self, start: float = 1_800_000_000.0):
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass
@@ -225,12 +194,7 @@ class FakeX:
 def x_config(tmp_path, **x_settings):
     settings = {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5,
                 "backfill_tweets": 100, **x_settings}
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "ingest": {"max_bytes": 200_000, "progress": False},
-        "sources": {"folder": {"enabled": False}, "x": settings,
-                    "http": {"max_rate_limit_wait_s": 60.0, "max_retries": 2}},
-    }, environ={})
+    return crawl_config(tmp_path, {"x": settings}, ingest={"max_bytes": 200_000})
 
 
 def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
@@ -268,27 +232,7 @@ def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
     return x, images
 
 
-def served_world(build):
-    """(fake network, its images, clock) with the network installed in `responses`; shared by the source tests."""
-    clock = FakeClock()
-    fake, images = build(clock)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        yield fake, images, clock
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def world():
-    yield from served_world(build_world)
-
-
-def http_for(clock: FakeClock) -> Http:
-    return Http(SourceHttpConfig(max_retries=2, max_rate_limit_wait_s=60.0), sleep=clock.sleep, clock=clock.time,
-                jitter=lambda: 0.5)
+world = world_fixture(build_world)
 
 
 def media_count(store: Store) -> int:
@@ -491,3 +435,46 @@ def test_photo_urls_ask_for_the_original_size():
     ]
     assert photo_candidates("https://pbs.twimg.com/media/FoO7abc?format=webp&name=small")[0] == \
         "https://pbs.twimg.com/media/FoO7abc?format=webp&name=orig"
+
+
+def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world, tmp_path):
+    x, images, clock = world
+    big_then_small = make_jpeg(300)
+    key = x.photo(big_then_small)
+    base = x.media[key]["url"].rsplit(".", 1)[0]
+    x.files[f"{base}?format=jpg&name=orig"] = (200, "image/jpeg", b"\xff\xd8\xff" + bytes(300_000))
+    x.tweet("202", "2008", [key])
+    config = x_config(tmp_path, accounts=["bob"])
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        assert store.media_by_sha256(sha(big_then_small)) is not None
+        assert [url for url in x.media_calls if base in url] == [f"{base}?format=jpg&name=orig",
+                                                                 f"{base}?format=jpg&name=4096x4096"]
+        assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE post_external_id = '2008'") == 0
+        # Too big at every size: refused for good, each size tried once.
+        x.tweet("202", "2009", [x.photo(b"\xff\xd8\xff" + bytes(300_000))])
+        crawl_once(store, config, http=http_for(clock))
+        row = store.query_one("SELECT reason, given_up FROM fetch_failures WHERE post_external_id = '2009'")
+        assert row["given_up"] == 1 and row["reason"].count("over the limit") == 3
+
+
+
+def test_videos_and_gifs_are_never_downloaded_as_mp4(world, tmp_path):
+    from bot.fetch import DownloadRefused
+    from bot.records import MediaRef
+    from bot.sources.x import XSource
+
+    x, images, clock = world
+    config = x_config(tmp_path)
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+    # Only the preview image is used, so the timeline is not asked for the mp4 variants at all...
+    timeline_fields = {params["media.fields"] for path, params in x.api_calls if path.endswith("/tweets")}
+    assert timeline_fields and all("variants" not in fields for fields in timeline_fields)
+    # ...and the video host is outside the allow-list.
+    mp4 = next(variant["url"] for item in x.media.values() for variant in item.get("variants", [])
+               if variant["url"].endswith(".mp4"))
+    source = XSource(config.sources.x, http_for(clock), config.ingest.max_bytes)
+    with pytest.raises(DownloadRefused, match="allow-list"):
+        source.fetch(MediaRef(url=mp4, kind="video"))
+    assert mp4 not in x.media_calls

@@ -29,7 +29,7 @@ def test_reopening_keeps_rows_and_does_not_migrate_twice(tmp_path):
 def test_database_from_a_newer_program_is_refused(tmp_path):
     with Store.open(tmp_path / "d") as store:
         store.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(SchemaTooNewError, match="newer"):
+    with pytest.raises(StoreError, match="newer"):
         Store.open(tmp_path / "d")
 
 
@@ -62,6 +62,34 @@ def test_label_history_and_final_label(store):
         store.add_label(999, "photo", by="ann", via="cli")
 
 
+def test_resolve_media_refuses_a_reference_that_is_both_an_id_and_a_prefix(store):
+    store.insert_media(sha256="a" * 64, status="ok")
+    store.insert_media(sha256="000001" + "f" * 58, status="ok")
+    assert store.resolve_media("2") == 2
+    with pytest.raises(StoreError, match="both media id 1 and the sha256 prefix of media 2"):
+        store.resolve_media("000001")  # media 1 exists, and media 2's sha256 starts with 000001
+
+
+def test_same_sha_inserted_by_two_writers_keeps_one_row(store, tmp_path):
+    other = Store.open(store.data_dir)
+    try:
+        first = store.insert_media(sha256="c" * 64, status="ok")
+        assert other.insert_media(sha256="c" * 64, status="ok") == first
+    finally:
+        other.close()
+    assert store.scalar("SELECT COUNT(*) FROM media") == 1
+
+
+def test_unusable_data_dir_or_database_is_a_store_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="cannot use data dir"):
+        Store.open(tmp_path / "afile")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/illustfeed.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store.open(tmp_path / "bad")
+
+
 def test_resolve_media_by_id_and_sha_prefix(store):
     first = store.insert_media(sha256="abcdef" + "0" * 58, status="ok")
     store.insert_media(sha256="abcdef1" + "0" * 57, status="ok")
@@ -83,7 +111,7 @@ def test_blob_put_is_content_addressed_and_never_overwrites(tmp_path):
     mtime = path.stat().st_mtime_ns
     assert blobs.put(b"hello", "png") == digest
     assert path.stat().st_mtime_ns == mtime
-    assert not list(path.parent.glob(".tmp-*"))
+    assert not list(blobs.temp_dir.iterdir())
 
 
 @pytest.mark.parametrize("sha, ext", [("../../etc/passwd", "png"), ("a" * 64, "p/ng"), ("A" * 64, "png")])
@@ -106,11 +134,27 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 def test_only_old_temp_files_are_cleaned_up(tmp_path):
     import os
     blobs = BlobStore(tmp_path)
-    folder = tmp_path / "ab" / "cd"
+    folder = blobs.temp_dir
     folder.mkdir(parents=True)
-    (folder / ".tmp-fresh").write_bytes(b"being written")
-    old = folder / ".tmp-old"
+    (folder / "tmp-fresh").write_bytes(b"being written")
+    old = folder / "tmp-old"
     old.write_bytes(b"left by a killed process")
     os.utime(old, (0, 0))
     assert blobs.remove_stale_temp_files() == 1
-    assert (folder / ".tmp-fresh").exists() and not old.exists()
+    assert (folder / "tmp-fresh").exists() and not old.exists()
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from storage.files import atomic_write, atomic_write_bytes
+
+    target = tmp_path / "sub" / "model.bin"
+    atomic_write_bytes(target, b"version one")
+
+    def failing_writer(stream):
+        stream.write(b"half of version two")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing_writer)
+    assert target.read_bytes() == b"version one"
+    assert [p.name for p in target.parent.iterdir()] == ["model.bin"]

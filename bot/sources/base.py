@@ -10,6 +10,10 @@ class FetchError(Exception):
     """A media's bytes could not be obtained; the message says why (status, limit, host)."""
 
 
+class MediaRefused(FetchError):
+    """The media is refused for good (over the byte limit, say): it is recorded as a rejected media row."""
+
+
 class Source(Protocol):
     name: str
 

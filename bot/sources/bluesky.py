@@ -3,7 +3,7 @@
 `app.bsky.actor.getProfiles` resolves handles to DIDs, `app.bsky.graph.getFollows` lists `following_of`,
 `app.bsky.feed.getAuthorFeed?filter=posts_with_media` pages newest first by cursor. The author feed has no
 `since` parameter, so an account's cursor is the newest feed item's timestamp (`indexedAt`): a run reads
-pages until it meets items older than that. Images come at full size from `app.bsky.embed.images#view`,
+pages until it meets items no newer than that. Images come at full size from `app.bsky.embed.images#view`,
 also inside quote posts (`app.bsky.embed.recordWithMedia#view`); videos contribute their thumbnail.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Callable, Mapping, Sequence
 from bot.config import BlueskySourceConfig
 from bot.fetch import Http, SourceError
 from bot.records import MediaRef, Post
-from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
+from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
+                                 normalise_handle)
 
 SOURCE_NAME = "bluesky"
 PROFILES_PER_CALL = 25  # app.bsky.actor.getProfiles accepts up to 25 actors
@@ -49,27 +50,21 @@ def item_time(item: Mapping) -> str:
     return reason.get("indexedAt") or item["post"].get("indexedAt") or ""
 
 
-class BlueskySource:
+class BlueskySource(ListedAccountsSource):
     name = SOURCE_NAME
+    settings: BlueskySourceConfig
 
     def __init__(self, settings: BlueskySourceConfig, http: Http, max_bytes: int,
                  meter: Callable[[], None] | None = None):
-        self.settings = settings
-        self.http = http
-        self.max_bytes = max_bytes
-        self.meter = meter
+        super().__init__(settings, http, max_bytes, meter)
         self.appview = settings.appview.rstrip("/")
-
-    def has_work(self, followed: Sequence[str]) -> bool:
-        return bool(self.settings.accounts or self.settings.following_of or followed)
 
     def configured(self) -> str | None:
         return None  # the public AppView needs no login
 
     def _xrpc(self, method: str, params: dict, what: str) -> dict:
-        response = self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
-                                      params=params, meter=self.meter)
-        return response.json()
+        return self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
+                                  params=params, meter=self.meter).body
 
     def lookup(self, handles: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
         found: dict[str, Account] = {}
@@ -116,20 +111,17 @@ class BlueskySource:
                       "filter": "posts_with_media", **({"cursor": page_cursor} if page_cursor else {})}
             body = self._xrpc("app.bsky.feed.getAuthorFeed", params, account.handle)
             feed = [item for item in body.get("feed") or [] if (item.get("reason") or {}).get("$type") != PIN]
-            # Items equal to the cursor are read again on purpose: two posts can share a timestamp, and
-            # a post already stored is skipped by the crawl without fetching.
-            fresh = [item for item in feed if cursor is None or item_time(item) >= cursor]
+            # Strictly newer: the item at the cursor was read last run, and with backfill 0 deliberately not
+            # stored. indexedAt (milliseconds) is set when the AppView indexes an item, before any read sees
+            # it, so an item indexed later cannot carry the cursor's time.
+            fresh = [item for item in feed if cursor is None or item_time(item) > cursor]
             items += fresh
             page_cursor = body.get("cursor")
             if (len(fresh) < len(feed) or not page_cursor or not feed
                     or (cursor is None and len(items) >= self.settings.backfill_posts)):
                 break
-        items.sort(key=item_time)
-        if cursor is None:
-            items = items[-self.settings.backfill_posts:] if self.settings.backfill_posts > 0 else []
-        posts = [post for post in (self._post(account, item) for item in items) if post is not None]
-        newest = item_time(items[-1]) if items else None
-        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(items) - len(posts))
+        return account_batch(account, items, item_time, cursor is None, self.settings.backfill_posts,
+                             lambda item: self._post(account, item))
 
     def _post(self, account: Account, item: Mapping) -> Post | None:
         post = item["post"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bot.records import MediaRef, Post
-from bot.sources.base import FetchError
+from bot.sources.base import FetchError, MediaRefused
 
 SOURCE_NAME = "folder"
 
@@ -69,7 +69,7 @@ class FolderSource:
         try:
             size = path.stat().st_size
             if self.max_bytes is not None and size > self.max_bytes:
-                raise FetchError(f"file is {size} bytes, over the limit of {self.max_bytes} bytes")
+                raise MediaRefused(f"file is {size} bytes, over the limit of {self.max_bytes} bytes")
             return path.read_bytes()
         except OSError as error:
             raise FetchError(f"cannot read {path}: {error.strerror or error}") from None

@@ -3,18 +3,21 @@
 Handles are `user@instance`. `GET /api/v1/accounts/lookup` gives the account's id on its own instance (whose
 copy of its statuses is complete), `GET /api/v1/accounts/:id/statuses?only_media=true` pages newest first
 following the `Link` header, from `since_id` (the cursor) on. Attachments of type image are fetched at full
-size, gifv as their preview frame. The optional access token is sent only to the configured home instance.
+size, gifv as their preview frame. A status's HTML `content` is stored as plain text. The optional access
+token is sent only to the configured home instance.
 """
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from bot.config import MastodonSourceConfig
-from bot.fetch import Http, SourceError
+from bot.fetch import Http, JsonReply, SourceError
 from bot.records import MediaRef, Post
-from bot.sources.network import Account, AccountBatch, Targets, normalise_handle
+from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, normalise_handle,
+                                 numeric_id_key)
 
 SOURCE_NAME = "mastodon"
 FOLLOWING_PAGE = 80  # the API's maximum for /following
@@ -35,9 +38,34 @@ def mastodon_handle(handle: str, default_instance: str = "") -> str:
     return handle
 
 
-def status_id_key(status_id: str) -> tuple[int, str]:
-    """Status ids are numeric strings of varying length; compare them as numbers."""
-    return (len(status_id), status_id)
+class _PlainText(HTMLParser):
+    """Collects the text of a status: paragraphs end in a blank line, <br> in a line break, entities decoded."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "br":
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag == "p":
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        # Link text hidden behind class="invisible" spans is kept: the full URL reads better than a shortened one.
+        self.parts.append(data)
+
+
+def html_to_text(content: str | None) -> str | None:
+    """Mastodon's status HTML as plain text, None when there is none."""
+    if not content:
+        return None
+    parser = _PlainText()
+    parser.feed(content)
+    parser.close()
+    return "".join(parser.parts).strip() or None
 
 
 def attachment_ref(attachment: Mapping) -> MediaRef | None:
@@ -50,20 +78,15 @@ def attachment_ref(attachment: Mapping) -> MediaRef | None:
     return None
 
 
-class MastodonSource:
+class MastodonSource(ListedAccountsSource):
     name = SOURCE_NAME
+    settings: MastodonSourceConfig
 
     def __init__(self, settings: MastodonSourceConfig, http: Http, max_bytes: int,
                  meter: Callable[[], None] | None = None):
-        self.settings = settings
-        self.http = http
-        self.max_bytes = max_bytes
-        self.meter = meter
+        super().__init__(settings, http, max_bytes, meter)
         self.home = settings.instance.lower()
         self.instances: set[str] = {self.home} if self.home else set()
-
-    def has_work(self, followed: Sequence[str]) -> bool:
-        return bool(self.settings.accounts or self.settings.following_of or followed)
 
     def configured(self) -> str | None:
         return None  # public timelines need no token
@@ -73,16 +96,19 @@ class MastodonSource:
         hosts = [host for instance in sorted(self.instances) for host in (instance, f".{instance}")]
         return hosts + list(self.settings.media_hosts)
 
-    def _api(self, url: str, what: str, params: dict | None = None):
+    def _api(self, url: str, what: str, expect: type, params: dict | None = None) -> JsonReply:
         host = urlsplit(url).hostname or ""
         self.instances.add(host)
         headers = {"Authorization": f"Bearer {self.settings.access_token}"} \
             if self.settings.access_token and host == self.home else None
-        return self.http.get_json(url, f"Mastodon {what}", host, params=params, headers=headers, meter=self.meter)
+        return self.http.get_json(url, f"Mastodon {what}", host, expect, params=params, headers=headers,
+                                  meter=self.meter)
 
     def lookup(self, handle: str) -> Account:
         user, instance = handle.split("@", 1)
-        body = self._api(f"https://{instance}/api/v1/accounts/lookup", f"lookup {handle}", {"acct": user}).json()
+        body = self._api(f"https://{instance}/api/v1/accounts/lookup", f"lookup {handle}", dict, {"acct": user}).body
+        if not body.get("id"):
+            raise SourceError(f"Mastodon lookup {handle}: the answer names no account id: {str(body)[:200]}")
         return Account(handle, str(body["id"]), body.get("display_name") or None)
 
     def following(self, handle: str) -> list[Account]:
@@ -92,17 +118,17 @@ class MastodonSource:
         url: str | None = f"https://{instance}/api/v1/accounts/{owner.external_id}/following"
         params: dict | None = {"limit": FOLLOWING_PAGE}
         while url:
-            response = self._api(url, f"following of {handle}", params)
-            for item in response.json():
+            reply = self._api(url, f"following of {handle}", list, params)
+            for item in reply.body:
                 acct = item["acct"] if "@" in item["acct"] else f"{item['acct']}@{instance}"
                 # The id here is the home instance's; the account's own instance has another, looked up later.
                 accounts.append(Account(acct.lower(), None, item.get("display_name") or None))
-            url, params = self._next_page(response, instance), None
+            url, params = self._next_page(reply, instance), None
         return accounts
 
     @staticmethod
-    def _next_page(response, instance: str) -> str | None:
-        url = (response.links.get("next") or {}).get("url")
+    def _next_page(reply: JsonReply, instance: str) -> str | None:
+        url = (reply.links.get("next") or {}).get("url")
         # A Link pointing elsewhere is not followed: the allow-list of hosts is the instances we chose.
         return url if url and urlsplit(url).hostname == instance else None
 
@@ -142,19 +168,15 @@ class MastodonSource:
         }
         statuses: list[dict] = []
         while url:
-            response = self._api(url, f"statuses of {account.handle}", params)
-            page = response.json()
-            fresh = [s for s in page if cursor is None or status_id_key(str(s["id"])) > status_id_key(cursor)]
+            reply = self._api(url, f"statuses of {account.handle}", list, params)
+            page = reply.body
+            fresh = [s for s in page if cursor is None or numeric_id_key(str(s["id"])) > numeric_id_key(cursor)]
             statuses += fresh
             if len(fresh) < len(page) or not page or (cursor is None and len(statuses) >= self.settings.backfill_posts):
                 break
-            url, params = self._next_page(response, instance), None
-        statuses.sort(key=lambda status: status_id_key(str(status["id"])))
-        if cursor is None:
-            statuses = statuses[-self.settings.backfill_posts:] if self.settings.backfill_posts > 0 else []
-        posts = [post for post in (self._post(account, status) for status in statuses) if post is not None]
-        newest = str(statuses[-1]["id"]) if statuses else None
-        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(statuses) - len(posts))
+            url, params = self._next_page(reply, instance), None
+        return account_batch(account, statuses, lambda status: str(status["id"]), cursor is None,
+                             self.settings.backfill_posts, lambda status: self._post(account, status), numeric_id_key)
 
     def _post(self, account: Account, status: Mapping) -> Post | None:
         shown = status.get("reblog") or status  # a boost carries the original's attachments
@@ -162,7 +184,7 @@ class MastodonSource:
         if not media:
             return None
         return Post(source=SOURCE_NAME, account=account.handle, post_id=status.get("uri") or str(status["id"]),
-                    url=shown.get("url") or status.get("url"), text=shown.get("content"),
+                    url=shown.get("url") or status.get("url"), text=html_to_text(shown.get("content")),
                     created_at=status.get("created_at"), media=tuple(media), account_id=account.external_id,
                     display_name=account.display_name)
 

@@ -7,14 +7,24 @@ than skips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from bot.records import MediaRef, Post
+
+if TYPE_CHECKING:
+    from bot.fetch import Http
+
+Item = TypeVar("Item")  # one post as a network's API returns it
 
 
 def normalise_handle(handle: str) -> str:
     """Handles are case-insensitive on every network we read; a leading '@' is decoration."""
     return handle.strip().lstrip("@").lower()
+
+
+def numeric_id_key(post_id: str) -> tuple[int, str]:
+    """Post ids of X and Mastodon are numeric strings of varying length; this orders them as numbers."""
+    return (len(post_id), post_id)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,23 @@ def add_listed(by_handle: dict[str, Account], listed: Iterable[str], known_ids: 
     return missing
 
 
+def account_batch(account: Account, items: Sequence[Item], cursor_of: Callable[[Item], str], first_run: bool,
+                  backfill: int, to_post: Callable[[Item], Post | None],
+                  order_key: Callable[[str], Any] = str) -> AccountBatch:
+    """How every network ends a read of one account: oldest first, a first run trimmed to the newest `backfill`.
+
+    `cursor_of` gives an item's position in the feed (an id or a time, ordered by `order_key`). The cursor is
+    the newest item read even when the first run keeps none (backfill 0): the next run goes on from there
+    rather than being a first run again.
+    """
+    ordered = sorted(items, key=lambda item: order_key(cursor_of(item)))
+    cursor = cursor_of(ordered[-1]) if ordered else None
+    if first_run:
+        ordered = ordered[-backfill:] if backfill > 0 else []
+    posts = [post for post in map(to_post, ordered) if post is not None]
+    return AccountBatch(account, tuple(posts), cursor or None, skipped_without_media=len(ordered) - len(posts))
+
+
 class NetworkSource(Protocol):
     name: str
 
@@ -78,3 +105,18 @@ class NetworkSource(Protocol):
 
     def fetch(self, ref: MediaRef) -> bytes:
         ...
+
+
+class ListedAccountsSource:
+    """What the networks share: settings with `accounts` and `following_of`, the HTTP policy, a byte limit."""
+
+    name: str
+
+    def __init__(self, settings, http: Http, max_bytes: int, meter: Callable[[], None] | None = None):
+        self.settings = settings
+        self.http = http
+        self.max_bytes = max_bytes
+        self.meter = meter  # runs before every API request (the crawl's read count and budget)
+
+    def has_work(self, followed: Sequence[str]) -> bool:
+        return bool(self.settings.accounts or self.settings.following_of or followed)

@@ -2,8 +2,9 @@
 
 Reads are paid, so every API request passes the crawl's daily budget (`meter`) and the shared retry and
 rate-limit policy of bot/fetch.py. Photos are fetched at original size (`name=orig`, falling back to
-`4096x4096` then `large`); animated GIFs and videos contribute their preview image: video frames are not
-decoded (that would need an mp4 decoder this project does not ship).
+`4096x4096` then `large`); animated GIFs and videos contribute their preview image only. Their mp4 variants
+are neither requested nor downloadable (video.twimg.com is not an allowed host): decoding video frames would
+need an mp4 decoder this project does not ship, and no setting pretends otherwise.
 """
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ import requests
 import tweepy
 
 from bot.config import XSourceConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError
+from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
 from bot.records import MediaRef, Post
 from bot.sources.base import FetchError
-from bot.sources.network import Account, AccountBatch, Targets, add_listed, normalise_handle
+from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
+                                 normalise_handle, numeric_id_key)
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "x"
-MEDIA_HOSTS = ("pbs.twimg.com", "video.twimg.com")
-MEDIA_FIELDS = ["url", "type", "variants", "preview_image_url", "width", "height", "alt_text"]
+MEDIA_HOSTS = ("pbs.twimg.com",)  # photos and the preview images of GIFs and videos
+MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text"]
 TWEET_FIELDS = ["created_at", "attachments", "referenced_tweets", "author_id"]
 PHOTO_SIZES = ("orig", "4096x4096", "large")  # tried in this order
 USERS_PER_LOOKUP = 100  # GET /2/users/by accepts up to 100 usernames
@@ -71,15 +73,13 @@ def _api_detail(response: requests.Response) -> str:
     return str(body)[:300]
 
 
-class XSource:
+class XSource(ListedAccountsSource):
     name = SOURCE_NAME
+    settings: XSourceConfig
 
     def __init__(self, settings: XSourceConfig, http: Http, max_bytes: int,
                  meter: Callable[[], None] | None = None, client: tweepy.Client | None = None):
-        self.settings = settings
-        self.http = http
-        self.max_bytes = max_bytes
-        self.meter = meter
+        super().__init__(settings, http, max_bytes, meter)
         self.user_auth = not settings.bearer_token
         self.client = client or tweepy.Client(
             bearer_token=settings.bearer_token or None,
@@ -89,9 +89,6 @@ class XSource:
         )
         # tweepy builds its own Session; ours carries the timeout and User-Agent (and the tests' mocks).
         self.client.session = http.session
-
-    def has_work(self, followed: Sequence[str]) -> bool:
-        return bool(self.settings.accounts or self.settings.following_of or followed)
 
     def configured(self) -> str | None:
         user_keys = (self.settings.consumer_key, self.settings.consumer_secret, self.settings.access_token,
@@ -122,7 +119,7 @@ class XSource:
             raise AccessDenied(f"X API {what}: 403 Forbidden: {_api_detail(response)}", 403)
         if not 200 <= status < 300:
             raise SourceError(f"X API {what}: HTTP {status}: {_api_detail(response)}")
-        return response.json()
+        return json_body(response, f"X API {what}", dict)
 
     def lookup(self, handles: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
         """Accounts by handle (one read per 100 handles) and the handles X does not know."""
@@ -206,16 +203,9 @@ class XSource:
             if not token or not page or (cursor is None and len(tweets) >= self.settings.backfill_tweets):
                 break
             params["pagination_token"] = token
-        tweets.sort(key=lambda tweet: int(tweet["id"]))
-        if cursor is None:
-            tweets = tweets[-self.settings.backfill_tweets:] if self.settings.backfill_tweets > 0 else []
-        posts = []
-        for tweet in tweets:
-            post = self._post(account, tweet, media_by_key, referenced)
-            if post is not None:
-                posts.append(post)
-        newest = tweets[-1]["id"] if tweets else None
-        return AccountBatch(account, tuple(posts), newest, skipped_without_media=len(tweets) - len(posts))
+        return account_batch(account, tweets, lambda tweet: str(tweet["id"]), cursor is None,
+                             self.settings.backfill_tweets,
+                             lambda tweet: self._post(account, tweet, media_by_key, referenced), numeric_id_key)
 
     def _post(self, account: Account, tweet: dict, media_by_key: Mapping[str, dict],
               referenced: Mapping[str, dict]) -> Post | None:
@@ -244,13 +234,20 @@ class XSource:
     # Media ------------------------------------------------------------------------------------------
 
     def fetch(self, ref: MediaRef) -> bytes:
+        """The largest rendition that can be fetched under the byte limit; DownloadRefused if none ever can."""
         candidates = photo_candidates(ref.url) if ref.kind == "photo" else [ref.url]
         errors = []
+        every_size_too_large = True
         for url in candidates:
             try:
                 return self.http.download(url, MEDIA_HOSTS, self.max_bytes)
+            except TooLarge as error:
+                errors.append(str(error))
             except DownloadRefused:
                 raise
             except FetchError as error:
                 errors.append(str(error))
+                every_size_too_large = False
+        if every_size_too_large:
+            raise DownloadRefused("; ".join(errors))
         raise FetchError("; ".join(errors))

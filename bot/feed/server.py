@@ -1,0 +1,330 @@
+"""The feed web app (aiohttp): gallery, Atom feed, JSON API, media and thumbnails, health check."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import signal
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+from aiohttp.helpers import ETAG_ANY
+
+from bot.config import Config, FeedConfig
+from bot.feed.queries import (
+    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, parse_cursor, parse_label, parse_limit, visible_media,
+)
+from bot.feed.render import STYLESHEET, alt_text, atom_xml, gallery_html, safe_link
+from bot.feed.thumbnails import (
+    Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
+)
+from storage import SCHEMA_VERSION, Store
+from storage.blobs import SHA256_PATTERN
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+# Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
+BLOB_CACHE_CONTROL = "public, max-age=86400"
+# Pages change as media arrive: browsers revalidate each time (cheap, thanks to the ETag).
+PAGE_CACHE_CONTROL = "no-cache"
+
+
+class StoreWorker:
+    """Runs every store call on one dedicated thread.
+
+    The Store is a single sqlite3 connection: keeping it on one thread avoids interleaved use, and keeping
+    it off the event loop means a writer elsewhere holding the database lock (WAL allows other processes to
+    write meanwhile) stalls only this thread, never the loop that the chat bot and scheduler share.
+    """
+
+    def __init__(self, store_factory: Callable[[], Store]):
+        self._store_factory = store_factory
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feed-store")
+        self._store: Store | None = None
+
+    async def open(self) -> None:
+        self._store = await asyncio.get_running_loop().run_in_executor(self._executor, self._store_factory)
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, self._store, *args))
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+
+
+STORE = web.AppKey("store", StoreWorker)
+SETTINGS = web.AppKey("settings", FeedConfig)
+THUMBNAIL_LOCKS = web.AppKey("thumbnail_locks", dict)
+
+
+def settings_of(request: web.Request) -> FeedConfig:
+    return request.app[SETTINGS]
+
+
+def thumbnail_spec(settings: FeedConfig) -> ThumbnailSpec:
+    return ThumbnailSpec(size=settings.thumbnail_size, format=settings.thumbnail_format)
+
+
+def base_url(request: web.Request) -> str:
+    return settings_of(request).public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+
+
+def _not_modified(request: web.Request, etag: str) -> bool:
+    candidates = request.if_none_match or ()
+    return any(candidate.value in (etag, ETAG_ANY) for candidate in candidates)
+
+
+def _cached(request: web.Request, etag: str, cache_control: str) -> web.Response | None:
+    """A 304 when the client already holds this version."""
+    if _not_modified(request, etag):
+        response = web.Response(status=304)
+        response.etag = etag
+        response.headers["Cache-Control"] = cache_control
+        return response
+    return None
+
+
+def _page_response(request: web.Request, body: bytes, content_type: str) -> web.Response:
+    etag = hashlib.sha256(body).hexdigest()[:32]
+    response = _cached(request, etag, PAGE_CACHE_CONTROL) or web.Response(body=body, content_type=content_type,
+                                                                         charset="utf-8")
+    response.etag = etag
+    response.headers["Cache-Control"] = PAGE_CACHE_CONTROL
+    return response
+
+
+async def _page(request: web.Request, default_limit: int) -> tuple[str, int, FeedPage]:
+    """The page a request's label, cursor and limit ask for: (label, limit, page)."""
+    settings = settings_of(request)
+    label = parse_label(request.query.get("label"))
+    cursor = parse_cursor(request.query.get("cursor"))
+    limit = parse_limit(request.query.get("limit"), default_limit, settings.max_page_size)
+    page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit)
+    return label, limit, page
+
+
+async def gallery(request: web.Request) -> web.Response:
+    settings = settings_of(request)
+    label, limit, page = await _page(request, settings.page_size)
+    document = gallery_html(page, settings.title, label, settings.thumbnail_size,
+                            limit if limit != settings.page_size else None)
+    return _page_response(request, document.encode("utf-8"), "text/html")
+
+
+async def atom_feed(request: web.Request) -> web.Response:
+    settings = settings_of(request)
+    label, _limit, page = await _page(request, settings.atom_entries)
+    root = base_url(request)
+    document = atom_xml(page, settings.title, label, root, root + request.path_qs)
+    return _page_response(request, document, "application/atom+xml")
+
+
+def item_json(item: FeedItem, root: str) -> dict:
+    credit = item.credit
+    return {
+        "id": item.media_id,
+        "sha256": item.sha256,
+        "label": item.label,
+        "decided_by": item.decided_by,
+        "mime": item.mime,
+        "width": item.width,
+        "height": item.height,
+        "bytes": item.bytes,
+        "first_seen_at": item.first_seen_at,
+        "published_at": item.published_at,
+        "alt_text": alt_text(item),
+        "media_url": f"{root}/media/{item.sha256}",
+        "thumbnail_url": f"{root}/thumb/{item.sha256}",
+        "post": None if credit is None else {
+            "source": credit.source, "handle": credit.handle, "display_name": credit.display_name,
+            "author": credit.author, "url": credit.post_url, "link": safe_link(credit.post_url),
+            "text": credit.text, "created_at": credit.created_at, "posts": credit.posts,
+        },
+    }
+
+
+async def api_media(request: web.Request) -> web.Response:
+    label, _limit, page = await _page(request, settings_of(request).page_size)
+    root = base_url(request)
+    response = web.json_response({
+        "label": label,
+        "rule": settings_of(request).rule,
+        "items": [item_json(item, root) for item in page.items],
+        "next_cursor": page.next_cursor,
+    })
+    response.headers["Cache-Control"] = PAGE_CACHE_CONTROL
+    return response
+
+
+async def _visible_media(request: web.Request) -> dict:
+    sha256 = request.match_info["sha256"]
+    # Validated before anything else: only a 64-hex name can reach the database or a path.
+    media = await request.app[STORE].call(visible_media, sha256) if SHA256_PATTERN.match(sha256) else None
+    if media is None:
+        raise web.HTTPNotFound(text=f"no media {sha256[:80]!r}")
+    return media
+
+
+def _blob_response(request: web.Request, path, etag: str, mime: str) -> web.Response:
+    cached = _cached(request, etag, BLOB_CACHE_CONTROL)
+    if cached is not None:
+        return cached
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        log.error("stored file missing: %s", path)
+        raise web.HTTPNotFound(text="the stored file is missing") from None
+    # aiohttp streams a file body in chunks from a worker thread and closes it afterwards. Its default
+    # Content-Disposition for files is "attachment"; these are meant to be shown.
+    response = web.Response(body=handle, content_type=mime, headers={"Content-Disposition": "inline"})
+    response.etag = etag
+    response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+    return response
+
+
+async def media_file(request: web.Request) -> web.Response:
+    media = await _visible_media(request)
+    path = await request.app[STORE].call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
+    return _blob_response(request, path, media["sha256"], media["mime"])
+
+
+async def _thumbnail(request: web.Request, media: dict) -> Thumbnail:
+    spec = thumbnail_spec(settings_of(request))
+    worker = request.app[STORE]
+    existing = await worker.call(stored_thumbnail, media["id"], spec)
+    if existing is not None:
+        return existing
+    # One rendering per media even when a gallery page asks for it from several connections at once.
+    locks = request.app[THUMBNAIL_LOCKS]
+    lock = locks.setdefault(media["id"], asyncio.Lock())
+    try:
+        async with lock:
+            existing = await worker.call(stored_thumbnail, media["id"], spec)
+            if existing is not None:
+                return existing
+            source = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
+            # Decoding and encoding run on the default pool, in parallel, off the loop and the store thread.
+            data, width, height = await asyncio.get_running_loop().run_in_executor(
+                None, render_thumbnail, source, spec)
+            return await worker.call(record_thumbnail, media["id"], spec, data, width, height)
+    finally:
+        if locks.get(media["id"]) is lock and not lock.locked():
+            locks.pop(media["id"], None)
+
+
+async def thumbnail_file(request: web.Request) -> web.Response:
+    media = await _visible_media(request)
+    thumbnail = await _thumbnail(request, media)
+    path = await request.app[STORE].call(lambda store: store.derived.path(thumbnail.sha256, thumbnail.ext))
+    return _blob_response(request, path, thumbnail.sha256, thumbnail.mime)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        counts = await request.app[STORE].call(feed_counts, settings_of(request).rule)
+    except sqlite3.Error as error:
+        log.error("health check failed: %s", error)
+        return web.json_response({"ok": False, "error": f"database: {error}"}, status=503)
+    return web.json_response({"ok": True, "schema_version": SCHEMA_VERSION, "rule": settings_of(request).rule,
+                              "feed": counts["by_label"]["illustration"], **counts})
+
+
+async def stylesheet(request: web.Request) -> web.Response:
+    response = web.Response(text=STYLESHEET, content_type="text/css")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@web.middleware
+async def _bad_requests(request: web.Request, handler) -> web.StreamResponse:
+    """A bad label, cursor or limit is a 400 naming it: JSON for the API, plain text elsewhere."""
+    try:
+        return await handler(request)
+    except FeedQueryError as error:
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": str(error)}, status=400)
+        raise web.HTTPBadRequest(text=str(error)) from None
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+
+
+def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.Application:
+    """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
+    app = web.Application(middlewares=[_bad_requests])
+    app[SETTINGS] = settings
+    app[THUMBNAIL_LOCKS] = {}
+
+    async def store_context(app: web.Application):
+        worker = StoreWorker(store_factory)
+        await worker.open()
+        app[STORE] = worker
+        yield
+        await worker.close()
+
+    app.cleanup_ctx.append(store_context)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/", gallery)
+    app.router.add_get("/feed.atom", atom_feed)
+    app.router.add_get("/api/media", api_media)
+    app.router.add_get("/media/{sha256}", media_file)
+    app.router.add_get("/thumb/{sha256}", thumbnail_file)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/static/feed.css", stylesheet)
+    return app
+
+
+async def start_feed_server(config: Config, store_factory: Callable[[], Store] | None = None,
+                            host: str | None = None, port: int | None = None) -> web.AppRunner:
+    """Start serving inside the running loop; returns the runner (`await runner.cleanup()` stops it).
+
+    `store_factory` must return a Store of its own (default: `Store.open(config.data_path)`): the app calls it
+    once, on its store thread, and closes that Store when the runner is cleaned up.
+
+    `runner.addresses` holds the bound (host, port), which tells the port chosen when `port` is 0.
+    """
+    factory = store_factory or (lambda: Store.open(config.data_path))
+    runner = web.AppRunner(create_app(config.feed, factory))
+    await runner.setup()
+    site = web.TCPSite(runner, host or config.feed.host, config.feed.port if port is None else port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def server_url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_until_stopped(config: Config, host: str | None, port: int | None,
+                              on_started: Callable[[str], None] = print) -> None:
+    """Serve until SIGINT or SIGTERM (the `illustfeed serve` command)."""
+    runner = await start_feed_server(config, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        on_started(server_url(runner))
+        await stop.wait()
+    finally:
+        await runner.cleanup()

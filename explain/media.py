@@ -1,0 +1,141 @@
+"""Explaining a whole media item: every view of every sampled frame, for the media's class, as PNG or GIF.
+
+`gradcam_overlay` is what the classifier calls for borderline calls; `explain_image` is what the CLI
+calls on a file or a stored blob.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from classifier import LABELS
+from classifier.preprocess import ImageModeError, imagenet_eval_tensor, load_rgb_frames
+from explain.base import ExplainError, evaluating
+from explain.gradcam import grad_cam
+from explain.guided import guided_grad_cam
+from explain.lime import lime
+from explain.overlay import Call, EncodedImage, Explanation, compose, encode, paint
+
+DEFAULT_MAX_FRAMES = 4  # as many frames as the classifier averages over
+
+
+@dataclass(frozen=True)
+class Method:
+    title: str  # as the panel names it
+    explain: Callable[..., Explanation]  # (model, image [1,3,H,W], target, **options)
+
+
+METHODS: dict[str, Method] = {
+    "gradcam": Method("Grad-CAM", grad_cam),
+    "guided-gradcam": Method("Guided Grad-CAM", guided_grad_cam),
+    "lime": Method("LIME", lime),
+}
+
+
+class UnreadableImageError(ExplainError):
+    """The input is not an image Pillow can decode."""
+
+
+def explain_frames(
+    model: nn.Module,
+    views_per_frame: Sequence[torch.Tensor],
+    probabilities: Sequence[float],
+    labels: Sequence[str] = LABELS,
+    method: str = "gradcam",
+    target: int | None = None,
+    method_options: Mapping[str, Any] | None = None,
+) -> EncodedImage:
+    """Explain every view of every frame for one class and render them: PNG for one frame, GIF for more.
+
+    views_per_frame: per decoded frame, the preprocessed views the classifier ran, [V, 3, S, S] (or one
+        view [3, S, S]); ImageNet-normalised, as `classifier.preprocess.normalize` makes them.
+    probabilities: the media's probability per label, as the classifier computed it (shown in the panel).
+    target: index of the class to explain; None explains the media's predicted class in every view.
+    Each view is explained on its own logit for the class (views are not re-aggregated).
+    """
+    if method not in METHODS:
+        raise ExplainError(f"unknown explanation method {method!r}; choose from {', '.join(METHODS)}")
+    if len(views_per_frame) == 0:
+        raise ExplainError("no frames to explain")
+    if len(probabilities) != len(labels):
+        raise ExplainError(f"got {len(probabilities)} probabilities for {len(labels)} labels")
+    explained = int(np.argmax(probabilities)) if target is None else target
+    if not 0 <= explained < len(labels):
+        raise ExplainError(f"target class {explained} is outside the {len(labels)} labels")
+    chosen = METHODS[method]
+    call = Call(method=chosen.title, labels=labels, probabilities=probabilities, target=explained)
+    rendered = []
+    for views in views_per_frame:
+        views = views.reshape(-1, *views.shape[-3:])
+        painted = [
+            paint(view, chosen.explain(model, view[None], explained, **(method_options or {}))) for view in views
+        ]
+        rendered.append(compose(painted, call))
+    return encode(rendered)
+
+
+def gradcam_overlay(
+    model: nn.Module,
+    views_per_frame: Sequence[torch.Tensor],
+    probabilities: Sequence[float],
+    labels: Sequence[str] = LABELS,
+) -> EncodedImage:
+    """The Grad-CAM overlay stored for a borderline call: the predicted class (argmax of `probabilities`).
+
+    `model` must be the eager nn.Module (gradients flow through it; a frozen TorchScript or int8 trunk
+    cannot be differentiated). Arguments as in `explain_frames`. Returns `EncodedImage(data, ext)`, ext
+    "png" for a still and "gif" for animated media, for `store.derived.put(overlay.data, overlay.ext)`.
+    """
+    return explain_frames(model, views_per_frame, probabilities, labels, method="gradcam")
+
+
+def decode_frames(source: bytes | Path, max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image.Image]:
+    """Frames as RGB, or UnreadableImageError naming the source and what went wrong."""
+    name = str(source) if isinstance(source, Path) else f"{len(source)} bytes of input"
+    try:
+        return load_rgb_frames(source, max_frames=max_frames)
+    except (UnidentifiedImageError, ImageModeError, OSError, SyntaxError, ValueError) as error:
+        # Pillow reports truncated or corrupt data as OSError, SyntaxError or ValueError depending on codec.
+        raise UnreadableImageError(f"cannot decode {name} as an image: {error}") from error
+
+
+def eval_crop_views(frame: Image.Image) -> torch.Tensor:
+    """One view [1, 3, 224, 224]: the torchvision ImageNet eval crop."""
+    return imagenet_eval_tensor(frame)[None]
+
+
+def media_probabilities(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
+    """Softmax of every view of every frame, averaged."""
+    with torch.inference_mode(), evaluating(model):
+        return torch.softmax(model(torch.cat(list(views_per_frame))), dim=1).mean(dim=0).tolist()
+
+
+def explain_image(
+    model: nn.Module,
+    source: bytes | Path,
+    method: str = "gradcam",
+    target: int | None = None,
+    labels: Sequence[str] = LABELS,
+    method_options: Mapping[str, Any] | None = None,
+    frame_views: Callable[[Image.Image], torch.Tensor] = eval_crop_views,
+    probabilities_of: Callable[[nn.Module, Sequence[torch.Tensor]], Sequence[float]] = media_probabilities,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> EncodedImage:
+    """Decode a file or blob, run its frames' views and render the explanation (PNG, or GIF if animated).
+
+    `frame_views` frames one RGB frame into the views the model takes, [V, 3, S, S]; `probabilities_of`
+    gives the media's probabilities from the model and those views (shown in the panel).
+    """
+    frames = decode_frames(source, max_frames=max_frames)
+    views_per_frame = [frame_views(frame) for frame in frames]
+    probabilities = probabilities_of(model, views_per_frame)
+    if len(probabilities) != len(labels):
+        raise ExplainError(f"the model gives {len(probabilities)} classes but there are {len(labels)} labels")
+    return explain_frames(model, views_per_frame, probabilities, labels, method, target, method_options)
