@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from classifier.preprocess import load_rgb_frames
 from research.corpus import CorpusImage, read_manifest
@@ -249,8 +249,6 @@ def comic_page(panels: list[Image.Image], rng: random.Random) -> Image.Image:
 
 def painted(photo: Image.Image, rng: random.Random) -> Image.Image:
     """A photo turned into flat brush-like patches (mode filter) with boosted colour: a digital painting."""
-    from PIL import ImageEnhance  # noqa: PLC0415
-
     small = fit_inside(photo, 512, 512)
     strokes = small.filter(ImageFilter.ModeFilter(rng.choice((5, 7, 9))))
     return ImageEnhance.Color(strokes).enhance(rng.uniform(1.1, 1.6))
