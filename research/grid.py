@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from classifier import LABELS
-from classifier.features import FeatureSpec
+from classifier.features import IMAGE_STATS, FeatureSpec
 from research.contact_sheet import oof_path
 from research.corpus import read_manifest
 from research.extract import OUT_DIR, WIDE_LAYERS, WIDE_POOLING, block_slices, cache_path
@@ -113,7 +113,7 @@ def variants() -> list[Variant]:
 
 
 SHIPPED_1 = dict(layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=3.0))
-ALL_STATS = ("colours", "flat", "noise", "saturation", "saturation_spread", "edges")
+ALL_STATS = IMAGE_STATS
 
 
 def stats_variants() -> list[Variant]:
