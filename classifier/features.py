@@ -1,8 +1,8 @@
 """Turning an image into one pooled feature vector: framing into views, conv trunk, pooling, aggregation.
 
 A `FeatureSpec` names everything that decides the vector (backbone, which layers, which pooling, how a
-non-square image is framed, input size), so a trained head is stored with the spec that produced its
-inputs and cached vectors are never mixed across specs.
+non-square image is framed, input size, which pixel statistics join the conv features), so a trained head
+is stored with the spec that produced its inputs and cached vectors are never mixed across specs.
 """
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from classifier.preprocess import CROP_SIZE, RESIZE_SHORT_SIDE, center_crop, normalize, resize_short_side, to_rgb
+from classifier.preprocess import (
+    CROP_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_SHORT_SIDE,
+    center_crop,
+    normalize,
+    resize_short_side,
+    to_rgb,
+)
 from classifier.vgg import LAST_CONV_RELU_INDEX
 
 BACKBONES: tuple[str, ...] = ("vgg16",)
@@ -28,6 +37,9 @@ NEUTRAL_RGB: tuple[int, int, int] = (124, 116, 104)
 # multi_view: an image whose long side exceeds the short side by less than this is framed as one square.
 MULTI_VIEW_MIN_ASPECT = 1.2
 MULTI_VIEW_MAX_TILES = 3
+# Pixel statistics of a view (see `view_statistics`): cues that tell drawn or rendered pixels from camera
+# pixels whatever the subject. One column each, appended after the conv blocks.
+IMAGE_STATS: tuple[str, ...] = ("colours", "flat", "noise", "saturation", "saturation_spread", "edges")
 
 
 class FeatureSpecError(ValueError):
@@ -43,11 +55,15 @@ class FeatureSpec:
     pooling: tuple[str, ...] = ("avg", "max")
     framing: str = "pad_square"
     image_size: int = CROP_SIZE
+    stats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so specs stay hashable and compare equal after a round trip.
         object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
         object.__setattr__(self, "pooling", tuple(str(pool) for pool in self.pooling))
+        if isinstance(self.stats, str):
+            raise FeatureSpecError(f"stats must be a sequence of statistic names, got the string {self.stats!r}")
+        object.__setattr__(self, "stats", tuple(str(stat) for stat in self.stats))
         if self.backbone not in BACKBONES:
             raise FeatureSpecError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
         if not self.layers:
@@ -63,10 +79,22 @@ class FeatureSpec:
             raise FeatureSpecError(f"unknown framing {self.framing!r}; known: {', '.join(FRAMINGS)}")
         if not isinstance(self.image_size, int) or self.image_size < 32:
             raise FeatureSpecError(f"image_size must be an integer >= 32, got {self.image_size!r}")
+        if len(set(self.stats)) != len(self.stats):
+            raise FeatureSpecError(f"stats must name distinct statistics, got {self.stats}")
+        for stat in self.stats:
+            if stat not in IMAGE_STATS:
+                raise FeatureSpecError(f"unknown image statistic {stat!r}; known: {', '.join(IMAGE_STATS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples as lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        """Plain JSON-ready dict (tuples as lists).
+
+        A spec without statistics leaves the `stats` key out, so it serialises (and its cached vectors are
+        keyed) exactly as before the field existed.
+        """
+        data = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        if not self.stats:
+            del data["stats"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
@@ -130,6 +158,73 @@ def aggregate_views(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.mean(dim=0)
 
 
+# Constants (not built per call, so TorchScript tracing keeps them without warnings).
+_MEAN_255 = torch.tensor(IMAGENET_MEAN.tolist()).view(1, 3, 1, 1) * 255.0
+_STD_255 = torch.tensor(IMAGENET_STD.tolist()).view(1, 3, 1, 1) * 255.0
+_NEUTRAL = torch.tensor(NEUTRAL_RGB, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def _image_statistics(rgb: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every statistic of IMAGE_STATS for views `rgb` [V, 3, H, W] in 0..255, over pixels where `valid`."""
+    batch = rgb.shape[0]
+    count = valid.flatten(1).sum(1).clamp_min(1.0)
+
+    def over_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (values * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
+
+    # Distinct colours after 4-bit quantisation per channel: flat fills and palettes use few, photos many.
+    levels = (rgb / 16).floor().long()
+    colour_index = (levels[:, 0] * 256 + levels[:, 1] * 16 + levels[:, 2]).flatten(1)
+    histogram = torch.zeros(batch, 4096, dtype=rgb.dtype, device=rgb.device)
+    histogram.scatter_add_(1, colour_index, valid.flatten(1))
+    colours = torch.log((histogram > 0).sum(1).to(rgb.dtype).clamp_min(1.0)) / math.log(4096.0)
+
+    # Largest step to the right or lower neighbour, over channels (8-bit units).
+    step_x = (rgb[:, :, :-1, 1:] - rgb[:, :, :-1, :-1]).abs().amax(1)
+    step_y = (rgb[:, :, 1:, :-1] - rgb[:, :, :-1, :-1]).abs().amax(1)
+    step = torch.maximum(step_x, step_y)
+    step_valid = valid[:, :-1, :-1] * valid[:, :-1, 1:] * valid[:, 1:, :-1]
+    # Near-flat pixels: digital fills repeat a colour exactly; camera pixels carry sensor noise.
+    flat = over_valid((step <= 1.0).to(rgb.dtype), step_valid)
+    # Sharp edges: among clear edges, the share that jumps within one pixel (drawn lines, hard fills)
+    # rather than ramping over several (optical blur).
+    edge = (step >= 16.0).to(rgb.dtype) * step_valid
+    edges = (edge * (step >= 64.0).to(rgb.dtype)).flatten(1).sum(1) / edge.flatten(1).sum(1).clamp_min(1.0)
+
+    # Fine noise in smooth areas: grey minus its 3x3 mean, where the 3x3 neighbourhood is calm.
+    grey = rgb.mean(1, keepdim=True)
+    residual = (grey - F.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)).abs()[:, 0]
+    local_range = (F.max_pool2d(grey, 3, stride=1, padding=1) + F.max_pool2d(-grey, 3, stride=1, padding=1))[:, 0]
+    whole_neighbourhood = -F.max_pool2d(-valid[:, None], 3, stride=1, padding=1)[:, 0]  # no padding pixel near
+    calm = (local_range <= 24.0).to(rgb.dtype) * whole_neighbourhood
+    noise = torch.log1p(over_valid(residual, calm))
+
+    high, low = rgb.amax(1), rgb.amin(1)
+    saturation = (high - low) / high.clamp_min(1.0)
+    saturation_mean = (saturation * valid).flatten(1).sum(1) / count
+    saturation_spread = over_valid((saturation - saturation_mean[:, None, None]).pow(2), valid).sqrt()
+    return {
+        "colours": colours, "flat": flat, "noise": noise, "saturation": saturation_mean,
+        "saturation_spread": saturation_spread, "edges": edges,
+    }
+
+
+def view_statistics(views: torch.Tensor, stats: tuple[str, ...]) -> torch.Tensor:
+    """Named pixel statistics of normalised views [V, 3, S, S] -> [V, len(stats)], computed without gradient.
+
+    The views are turned back into 8-bit RGB; padding (exactly the neutral colour) is left out, so the
+    statistics describe the image, not its aspect ratio.
+    """
+    with torch.no_grad():
+        x = views.detach().float()
+        # Views come from 8-bit pixels: rounding recovers them exactly, so thresholds do not flicker with
+        # float rounding (or reduced precision) on the way.
+        rgb = (x * _STD_255 + _MEAN_255).round().clamp(0.0, 255.0)
+        valid = ((rgb - _NEUTRAL).abs().amax(1) > 1.0).to(x.dtype)
+        values = _image_statistics(rgb, valid)
+        return torch.stack([values[name] for name in stats], dim=1)
+
+
 def _channels_at(trunk: nn.Sequential, index: int) -> int:
     """Output channels of trunk[index]: those of the last conv at or before it."""
     for module in reversed(list(trunk)[: index + 1]):
@@ -143,7 +238,8 @@ class FeatureExtractor(nn.Module):
 
     `features` keeps the trunk's own indices (`features.29` is where Grad-CAM hooks). Only the layers up to
     the deepest requested one run. Each (layer, pooling) block is scaled to unit length so that conv4_3's
-    larger activations do not drown conv5_3's, whatever the image size.
+    larger activations do not drown conv5_3's, whatever the image size. The spec's pixel statistics
+    (`view_statistics`, no gradient) follow the conv blocks.
     """
 
     def __init__(self, trunk: nn.Sequential, spec: FeatureSpec):
@@ -152,10 +248,11 @@ class FeatureExtractor(nn.Module):
             raise FeatureSpecError(f"layer {spec.layers[-1]} is beyond the trunk's {len(trunk)} modules")
         self.features = trunk
         self.spec = spec
-        self.dim = sum(_channels_at(trunk, layer) for layer in spec.layers) * len(spec.pooling)
+        self.dim = sum(_channels_at(trunk, layer) for layer in spec.layers) * len(spec.pooling) + len(spec.stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks: list[torch.Tensor] = []
+        statistics = view_statistics(x, self.spec.stats) if self.spec.stats else None
         wanted = set(self.spec.layers)
         for index in range(self.spec.layers[-1] + 1):
             x = self.features[index](x)
@@ -164,6 +261,8 @@ class FeatureExtractor(nn.Module):
                 for pool in self.spec.pooling:
                     pooled = x.mean(dim=(2, 3)) if pool == "avg" else x.amax(dim=(2, 3))
                     blocks.append(F.normalize(pooled, dim=1))
+        if statistics is not None:
+            blocks.append(statistics.to(blocks[0].dtype))
         return torch.cat(blocks, dim=1)
 
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from classifier import LABELS
-from classifier.features import FeatureSpec
+from classifier.features import IMAGE_STATS, FeatureSpec
 from research.contact_sheet import oof_path
 from research.corpus import read_manifest
 from research.extract import OUT_DIR, WIDE_LAYERS, WIDE_POOLING, block_slices, cache_path
 from research.heads import HeadSettings
+from research.image_stats import stats_path
 from research.synth import read_generated
 from research.validate import Dataset, Generated, cross_validate, format_row
 
@@ -37,6 +38,10 @@ class Variant:
     head: HeadSettings = field(default_factory=HeadSettings)
     generated: tuple[str, ...] = ()  # research.synth sets added to every fold's training data
     backbone: str = "vgg16"
+    # classifier.features.IMAGE_STATS columns (research.image_stats caches), aggregated like the views.
+    stats: tuple[str, ...] = ()
+    # multi_view only: near-square images (one view) also get the centre-crop view (framing multi_view_center).
+    square_center: bool = False
 
 
 def aggregate(views: torch.Tensor, how: str) -> torch.Tensor:
@@ -53,9 +58,18 @@ def aggregate(views: torch.Tensor, how: str) -> torch.Tensor:
 def load_vectors(prefix: str, variant: Variant) -> torch.Tensor:
     if variant.backbone == "vgg16":
         # "a+b": each image's views from both framing caches, aggregated together.
-        caches = [torch.load(cache_path(f"{prefix}_{name}"), weights_only=True)["views"] for name in variant.cache.split("+")]
+        names = variant.cache.split("+")
         columns = torch.cat([torch.arange(s.start, s.stop) for s in block_slices(WIDE_SPEC, variant.layers, variant.pooling)])
-        return torch.stack([aggregate(torch.cat(views)[:, columns], variant.aggregate) for views in zip(*caches)])
+        caches = [[views[:, columns].float() for views in torch.load(cache_path(f"{prefix}_{name}"), weights_only=True)["views"]] for name in names]
+        if variant.stats:
+            for index, name in enumerate(names):
+                stats = torch.load(stats_path(prefix, name), weights_only=True)
+                picks = [stats["stats"].index(stat) for stat in variant.stats]
+                caches[index] = [torch.cat([conv, extra[:, picks]], dim=1) for conv, extra in zip(caches[index], stats["views"])]
+        if variant.square_center:
+            crops = load_vectors(prefix, replace(variant, cache="center_crop", aggregate="pad", square_center=False))
+            caches = [[views if len(views) > 1 else torch.cat([views, crop[None]]) for views, crop in zip(caches[0], crops)]]
+        return torch.stack([aggregate(torch.cat(views), variant.aggregate) for views in zip(*caches)])
     cache = torch.load(cache_path(f"{prefix}_{variant.backbone}_{variant.cache}"), weights_only=True)
     return torch.stack([aggregate(views, variant.aggregate) for views in cache["views"]])
 
@@ -90,11 +104,48 @@ def variants() -> list[Variant]:
         Variant("multi+crop conv3+4+5, illustration x3", cache="multi_view+center_crop", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
         Variant("crop conv3+4+5, illustration x3", cache="center_crop", aggregate="pad", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
         Variant("multi conv3+4+5 + ui + stylised, illustration x3", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=3.0)),
+        *stats_variants(),
         Variant("lite0 multi avg+max", backbone="lite0"),
         Variant("lite0 multi avg+max, illustration x2", backbone="lite0", head=HeadSettings(illustration_boost=2.0)),
         Variant("lite0 pad avg+max", backbone="lite0", aggregate="pad"),
     ]
     return grid
+
+
+SHIPPED_1 = dict(layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=3.0))
+ALL_STATS = IMAGE_STATS
+
+
+def stats_variants() -> list[Variant]:
+    """Issue 4: pixel statistics and a centre view for near-square images on top of the shipped recipe."""
+    return [
+        Variant("multi conv3+4+5 + ui + stylised, ill. x3 + stats", stats=ALL_STATS, **SHIPPED_1),
+        Variant("multi conv3+4+5 + ui + stylised, ill. x3 + square centre", square_center=True, **SHIPPED_1),
+        Variant("multi conv3+4+5 + ui + stylised, ill. x3 + stats + square centre", stats=ALL_STATS, square_center=True, **SHIPPED_1),
+        *[
+            Variant(f"multi conv3+4+5 + ui + stylised, ill. x3 + stats (stats l2 {tail_l2:g})", stats=ALL_STATS,
+                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=3.0, tail_columns=len(ALL_STATS), tail_l2=tail_l2)})
+            for tail_l2 in (1e-3, 1e-4, 0.0)
+        ],
+        *[
+            Variant(f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 {tail_l2:g})", stats=stats,
+                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=tail_l2)})
+            for boost in (3.0, 4.0)
+            for label, stats in (("stats", ALL_STATS), ("noise+colours+sat", ("colours", "noise", "saturation", "saturation_spread")),
+                                 ("noise+flat", ("flat", "noise")))
+            for tail_l2 in (1e-4, 0.0)
+            if not (boost == 3.0 and label == "stats")
+        ],
+        *[
+            Variant(f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 0)", stats=stats,
+                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=0.0)})
+            for boost, label, stats in (
+                (4.0, "noise+flat+edges", ("flat", "noise", "edges")),
+                (4.0, "noise+flat+colours", ("colours", "flat", "noise")),
+                (5.0, "noise+flat", ("flat", "noise")),
+            )
+        ],
+    ]
 
 
 def variant_named(name: str) -> Variant:

@@ -24,6 +24,10 @@ class HeadSettings:
     # Extra weight on illustration images: a missed illustration costs more than a screenshot let through.
     illustration_boost: float = 1.0
     iterations: int = 200
+    # The last `tail_columns` inputs (pixel statistics: a handful of columns after thousands of conv ones)
+    # get their own L2 factor, so the penalty tuned for the conv columns does not silence them.
+    tail_columns: int = 0
+    tail_l2: float = 1e-2
 
 
 def sample_weights(labels: torch.Tensor, origins: list[str], settings: HeadSettings, classes: int) -> torch.Tensor:
@@ -54,7 +58,10 @@ def fit_head(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         losses = F.cross_entropy(head(vectors), labels, reduction="none")
-        loss = (losses * weights).mean() + settings.l2 * head.linear.weight.pow(2).sum()
+        squares = head.linear.weight.pow(2)
+        split = squares.shape[1] - settings.tail_columns
+        penalty = settings.l2 * squares[:, :split].sum() + settings.tail_l2 * squares[:, split:].sum()
+        loss = (losses * weights).mean() + penalty
         loss.backward()
         return loss
 

@@ -26,8 +26,8 @@ from research.synth import read_generated
 
 
 DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.pt"
-CHOSEN_VARIANT = "multi conv3+4+5 + ui + stylised, illustration x3"
-DEFAULT_VERSION = "default-1"
+CHOSEN_VARIANT = "multi conv3+4+5 + ui + stylised, ill. x5 + noise+flat (stats l2 0)"
+DEFAULT_VERSION = "default-2"
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
         origins += generated.origin_groups()
     head = fit_head(vectors, labels, origins, variant.head)
     framing = "pad_square" if variant.aggregate == "pad" else variant.cache
-    spec = FeatureSpec(layers=variant.layers, pooling=variant.pooling, framing=framing)
+    spec = FeatureSpec(layers=variant.layers, pooling=variant.pooling, framing=framing, stats=variant.stats)
     # The trunk here is a placeholder with the right shapes: the file stores only the head, and loading
     # attaches the ImageNet trunk from the weights chain.
     extractor = FeatureExtractor(make_features(), spec)
@@ -65,7 +65,8 @@ def main() -> None:
             "dev_origins": len(set(image.origin for image in images)),
             "generated_images": {name: len(read_generated(name)) for name in variant.generated},
             "recipe": args.variant,
-            "head": {"l2": variant.head.l2, "weighting": variant.head.weighting, "illustration_boost": variant.head.illustration_boost},
+            "head": {"l2": variant.head.l2, "stats_l2": variant.head.tail_l2, "weighting": variant.head.weighting,
+                     "illustration_boost": variant.head.illustration_boost},
         },
     )
     save_model(model, args.out)

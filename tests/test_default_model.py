@@ -73,3 +73,17 @@ def test_default_model_classifies_dev_images_of_every_origin_kind():
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(sample)), atol=1e-5)
     assert all(label in predicted for label in LABELS)
     assert truth.count("illustration") == PER_CLASS
+
+
+def test_default_model_reads_camera_noise_as_photo_evidence():
+    """The shipped head uses the pixel statistics the way the validation found them to generalise."""
+    record = read_model_file(DEFAULT_MODEL_FILE)
+    stats = record.feature_spec.stats
+    assert stats == ("flat", "noise")
+    weights = record.head_state["linear.weight"]  # [classes, dim]; the statistics are the last columns
+    assert weights.shape[1] == 2 * (256 + 512 + 512) + len(stats)
+    photo, illustration = LABELS.index("photo"), LABELS.index("illustration")
+    flat_column, noise_column = weights.shape[1] - 2, weights.shape[1] - 1
+    # More exactly flat pixels: less photo; more fine noise in smooth areas: more photo.
+    assert weights[photo, flat_column] < weights[illustration, flat_column]
+    assert weights[photo, noise_column] > weights[illustration, noise_column]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from classifier.features import (
+    IMAGE_STATS,
     NEUTRAL_RGB,
     FeatureExtractor,
     FeatureSpec,
@@ -16,6 +17,7 @@ from classifier.features import (
     aggregate_views,
     image_vectors,
     image_views,
+    view_statistics,
 )
 from classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_eval_tensor
 from classifier.vgg import make_features
@@ -64,6 +66,9 @@ def test_from_dict_rejects_unknown_keys_by_name():
         ({"layers": ()}, "at least one"),
         ({"layers": (29, 22)}, "ascending"),
         ({"image_size": 8}, "image_size"),
+        ({"stats": ("flat", "sharpness")}, "sharpness"),
+        ({"stats": ("noise", "noise")}, "distinct"),
+        ({"stats": "noise"}, "string"),
     ],
 )
 def test_invalid_specs_name_the_problem(settings, problem):
@@ -172,3 +177,77 @@ def test_image_vectors_aggregates_each_images_views(small_trunk):
         expected_tall = aggregate_views(extractor(image_views(images[0], spec)))
     assert torch.allclose(vectors[0], expected_tall, atol=1e-5)
     assert image_vectors(extractor, []).shape == (0, extractor.dim)
+
+
+# --- pixel statistics (spec.stats) ---------------------------------------------------------------------
+
+
+def flat_colour_image(size: int = 240) -> Image.Image:
+    """Clip-art-like: three exact flat colours with hard edges."""
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[: size // 2] = (230, 40, 40)
+    pixels[size // 2 :] = (30, 40, 200)
+    pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = (255, 255, 255)
+    return Image.fromarray(pixels, "RGB")
+
+
+def noisy_photo_like_image(size: int = 240, seed: int = 0) -> Image.Image:
+    """Camera-like: smooth colour ramps plus per-pixel sensor noise."""
+    rows, columns = np.mgrid[0:size, 0:size].astype(np.float64)
+    ramps = np.stack([columns * 0.6 + 40, rows * 0.5 + 60, (rows + columns) * 0.3 + 30], axis=-1)
+    noise = np.random.default_rng(seed).normal(0.0, 5.0, ramps.shape)
+    return Image.fromarray(np.clip(ramps + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def statistics_of(image: Image.Image, spec: FeatureSpec) -> dict[str, float]:
+    values = view_statistics(image_views(image, spec), spec.stats).mean(dim=0)
+    return dict(zip(spec.stats, values.tolist()))
+
+
+def test_old_spec_dicts_without_stats_still_load_and_serialise_unchanged():
+    stored = {"backbone": "vgg16", "layers": [15, 22, 29], "pooling": ["avg", "max"], "framing": "multi_view", "image_size": 224}
+    spec = FeatureSpec.from_dict(stored)
+    assert spec.stats == ()
+    # No `stats` key for a spec without statistics: its JSON, and so the cached-vector key, is as before.
+    assert spec.to_dict() == stored
+    with_stats = FeatureSpec.from_dict(stored | {"stats": ["flat", "noise"]})
+    assert with_stats.stats == ("flat", "noise")
+    assert FeatureSpec.from_dict(json.loads(json.dumps(with_stats.to_dict()))) == with_stats
+
+
+def test_stats_separate_flat_digital_colour_from_camera_noise():
+    spec = FeatureSpec(framing="multi_view", stats=IMAGE_STATS)
+    flat = statistics_of(flat_colour_image(), spec)
+    noisy = statistics_of(noisy_photo_like_image(), spec)
+    assert flat["flat"] > 0.9 and noisy["flat"] < 0.1
+    assert flat["noise"] < 0.2 < 0.5 < noisy["noise"]
+    assert flat["colours"] < noisy["colours"]
+    assert flat["edges"] > 0.5 > noisy["edges"]
+    assert flat["saturation"] > noisy["saturation"]
+
+
+def test_stats_ignore_the_padding_of_a_wide_image():
+    spec = FeatureSpec(framing="pad_square", stats=("flat", "noise"))
+    square = statistics_of(noisy_photo_like_image(240), spec)
+    wide = statistics_of(noisy_photo_like_image(240).crop((0, 0, 240, 100)), spec)
+    # Half the padded view is neutral padding, which is perfectly flat; it must not count.
+    assert wide["flat"] < 0.1
+    assert abs(wide["noise"] - square["noise"]) < 0.15
+
+
+def test_extractor_appends_stats_columns_without_gradient(small_trunk):
+    plain = FeatureExtractor(small_trunk, FeatureSpec(image_size=64))
+    spec = FeatureSpec(image_size=64, stats=("flat", "noise"))
+    extractor = FeatureExtractor(small_trunk, spec)
+    assert extractor.dim == plain.dim + 2
+    views = torch.cat([image_views(flat_colour_image(), spec), image_views(noisy_photo_like_image(), spec)])
+    views.requires_grad_(True)
+    vectors = extractor(views)
+    assert torch.allclose(vectors[:, : plain.dim], plain(views), atol=1e-6)
+    assert torch.equal(vectors[:, plain.dim :], view_statistics(views, spec.stats))
+    # The statistics are constants (no gradient reaches the views through them); the conv columns, which
+    # Grad-CAM follows back to `features.29`, still carry gradient.
+    vectors[:, plain.dim :].sum().backward(retain_graph=True)
+    assert views.grad is None or float(views.grad.abs().sum()) == 0.0
+    vectors[:, : plain.dim].sum().backward()
+    assert float(views.grad.abs().sum()) > 0.0
