@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+from tqdm import tqdm
 
 from bot.config import Config, IngestConfig
 from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
@@ -264,7 +267,10 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
             for account in accounts:
                 store.upsert_account(source.name, account.handle, account.external_id, account.display_name)
         book = _FailureBook(store, source, max_attempts)
-        for index, account in enumerate(accounts):
+        # A first run backfills every account: show progress when a person is watching (never in the runner's log).
+        progress = tqdm(accounts, desc=f"crawl {source.name}", unit="account",
+                        disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2)
+        for index, account in enumerate(progress):
             cursor = (rows.get(account.handle) or {}).get("cursor")
             try:
                 with _api_answer(f"for @{account.handle}'s posts"):
