@@ -226,7 +226,7 @@ def read_model_file(path: str | Path) -> ModelRecord:
         backbone=backbone,
         backbone_width=float(_require(payload, "backbone_width", (int, float), path)),
         feature_spec=spec,
-        labels=tuple(_require(payload, "labels", list, path)),
+        labels=_checked_labels(_require(payload, "labels", list, path), path),
         temperature=temperature,
         head_state=head_state,
         backbone_delta=backbone_delta,
@@ -234,6 +234,22 @@ def read_model_file(path: str | Path) -> ModelRecord:
         data_summary=_require(payload, "data_summary", dict, path),
         parent=payload.get("parent"),
     )
+
+
+def _checked_labels(labels: list, path: Path) -> tuple[str, ...]:
+    # The store, the feed and the review buttons all speak these three names, in this order.
+    if tuple(labels) != LABELS:
+        raise ModelFileError(f"model file {path} has labels {labels}; expected {list(LABELS)}")
+    return tuple(labels)
+
+
+def check_head_fits(record: ModelRecord, source: str | Path) -> None:
+    """The head's shapes match the features its FeatureSpec produces (no backbone weights needed)."""
+    extractor = FeatureExtractor(make_features(record.backbone_width), record.feature_spec)
+    try:
+        _loaded_head(LinearHead(extractor.dim, len(record.labels)), record.head_state)
+    except (RuntimeError, ValueError) as error:
+        raise ModelFileError(f"model file {source}: its head does not fit its features: {error}") from None
 
 
 def build_from_record(

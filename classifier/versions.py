@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from classifier.model import MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, read_model_file, save_model
+from classifier.model import (
+    MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, check_head_fits, read_model_file, save_model,
+)
 
 MODELS_DIR = "models"
 # The shipped model (issue 4 trains it): used when no model is active.
@@ -88,7 +90,9 @@ def list_models(store) -> list[dict]:
 def activate(store, version: str) -> dict:
     """Make `version` the only active model. Its file must read cleanly first, else nothing changes."""
     row = get_model_row(store, version)
-    read_model_file(row["path"])  # raises ModelFileError naming the file; the active model stays
+    # Raises ModelFileError naming the file, and the active model stays: unreadable, wrong labels, or a head
+    # that does not fit its features.
+    check_head_fits(read_model_file(row["path"]), row["path"])
     with store.transaction():
         store.execute("UPDATE models SET active = 0 WHERE active = 1 AND version != ?", (version,))
         store.execute("UPDATE models SET active = 1 WHERE version = ?", (version,))

@@ -109,3 +109,28 @@ def test_a_file_that_runs_code_on_load_is_refused(tmp_path):
     with pytest.raises(ModelFileError):
         read_model_file(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["head_shape", "labels"])
+def test_activation_refuses_a_readable_file_that_cannot_classify_and_the_active_model_stays(store, damage):
+    from classifier.versions import activate, register_model
+
+    good = tiny_base_model()
+    good.version = "good"
+    register_model(store, good)
+    activate(store, "good")
+    bad = tiny_base_model()
+    bad.version = "bad"
+    path = register_model(store, bad)
+    payload = torch.load(path, weights_only=True)
+    if damage == "head_shape":
+        payload["head"] = {name: torch.zeros(5, 7) if t.dim() == 2 else torch.zeros(5)
+                           for name, t in payload["head"].items()}
+        expected = "head does not fit its features"
+    else:
+        payload["labels"] = ["a", "b", "c"]
+        expected = "has labels"
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match=expected):
+        activate(store, "bad")
+    assert store.scalar("SELECT version FROM models WHERE active = 1") == "good"
