@@ -552,7 +552,8 @@ def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int
     for row in rows:
         author, post_url = media_origin(store, row["id"])
         item = FeedItem(row["id"], store.media_path(row["id"]), row["bytes"] or 0, author, post_url)
-        if attached_bytes + item.size <= max_attachment_bytes:
+        # A file gone from disk is linked, not attached: one missing blob must not stop the feed.
+        if item.image_path.is_file() and attached_bytes + item.size <= max_attachment_bytes:
             batch.attached.append(item)
             attached_bytes += item.size
         else:

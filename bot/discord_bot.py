@@ -279,7 +279,7 @@ class IllustfeedBot(discord.Client):
             try:
                 await post_feed_batch(self.store, await self.channel(self.settings.feed_channel_id), self.settings,
                                       self.chat.config.feed.rule)
-            except discord.HTTPException as error:
+            except (discord.HTTPException, OSError) as error:
                 # Not marked as posted: the same items go out at the next tick.
                 log.warning("posting to feed channel %s failed: %s", self.settings.feed_channel_id, error)
             await asyncio.sleep(self.settings.feed_interval_seconds)

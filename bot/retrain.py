@@ -99,12 +99,11 @@ class RetrainOutcome:
 
 
 def last_trained_label_id(store: Store) -> int | None:
-    """The newest label id the active model was trained with (recorded by `run_retrain`), if known."""
-    active = store.active_model()
-    if active is None:
+    """The newest label id a retrain has already trained with (recorded by `run_retrain` on every version it
+    made, promoted or refused), if known. A refused retrain is not repeated on the same labels every night."""
+    if store.active_model() is None:
         return None
-    summary = json.loads(active["data_summary"] or "{}")
-    return summary.get("last_label_id")
+    return store.scalar("SELECT MAX(json_extract(data_summary, '$.last_label_id')) FROM models")
 
 
 def count_new_labels(store: Store) -> int:

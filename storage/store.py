@@ -207,7 +207,9 @@ class Store:
     def resolve_media(self, reference: str | int) -> int:
         """A media id, or the sha256 (or a unique prefix of at least 6 hex digits) of its stored bytes."""
         text = str(reference).strip().lower()
-        by_id = self.scalar("SELECT id FROM media WHERE id = ?", (int(text),)) if text.isdigit() else None
+        # ASCII digits only ("²".isdigit() is True) and within SQLite's integer range.
+        is_number = text.isascii() and text.isdigit() and len(text) <= 18
+        by_id = self.scalar("SELECT id FROM media WHERE id = ?", (int(text),)) if is_number else None
         by_prefix = []
         if len(text) >= 6 and all(c in "0123456789abcdef" for c in text):
             by_prefix = [row["id"] for row in self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2",
@@ -221,7 +223,7 @@ class Store:
             return by_id
         if by_prefix:
             return by_prefix[0]
-        if text.isdigit() and len(text) < 6:
+        if is_number and len(text) < 6:
             raise StoreError(f"no media with id {text}")
         raise StoreError(f"no media matches {reference!r} (give a media id or a sha256 prefix of 6+ digits)")
 

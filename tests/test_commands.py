@@ -86,7 +86,7 @@ def test_label_accepts_a_sha256_prefix(store, queued):
     assert store.current_label(queued[0])["label"] == "photo"
 
 
-@pytest.mark.parametrize("reference", ["999", "abcdef99", "not-a-media"])
+@pytest.mark.parametrize("reference", ["999", "abcdef99", "not-a-media", "\u00b2", "9" * 25])
 def test_unknown_media_is_refused_and_nothing_is_stored(store, queued, reference):
     reply = commands.label(store, REVIEWER, reference, "photo")
     assert not reply.ok and reply.private and "media" in reply.text
@@ -303,6 +303,12 @@ def test_feed_batch_links_images_over_the_attachment_budget(store, queued):
     first_size = store.media(queued[0])["bytes"]
     batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
     assert [i.media_id for i in batch.attached] == [queued[0]] and [i.media_id for i in batch.linked] == [queued[3]]
+
+
+def test_feed_batch_links_an_image_whose_file_is_missing(store, queued):
+    store.media_path(queued[3]).unlink()
+    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
+    assert [i.media_id for i in batch.linked] == [queued[3]] and batch.attached == []
 
 
 def test_a_missing_image_file_leaves_it_out_of_the_reply(store, queued):

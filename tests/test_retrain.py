@@ -176,6 +176,9 @@ def test_retrain_refuses_a_model_that_is_worse(generated):
     assert store.scalar("SELECT active FROM models WHERE version = ?", (outcome.version,)) == 0
     assert store.query("SELECT * FROM review_queue ORDER BY media_id") == queue_before
     assert outcome.rescored == 0
+    # The refused attempt saw these labels: the nightly job does not retrain on them again.
+    assert count_new_labels(store) == 0
+    assert run_retrain(store, config).status == SKIPPED
 
 
 def test_retrain_command_reports_a_skip_as_json(tmp_path):
