@@ -449,6 +449,10 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             summary.failed += 1
             summary.problems.append(f"media {result.key}: {result.error}")
             log.warning("media %s could not be classified: %s", result.key, result.error)
+            # Ingest decoded it once, so its stored file is missing or damaged: record that on the row instead
+            # of decoding it again on every poll.
+            store.execute("UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
+                          (f"stored file cannot be decoded for classification: {result.error}", result.key))
             continue
         decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin)
         overlay_sha256 = None

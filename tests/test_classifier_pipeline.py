@@ -148,6 +148,10 @@ def test_human_labelled_media_is_not_queued_and_undecodable_media_is_reported(tr
     assert f"media {broken}" in summary.problems[0]
     assert store.query("SELECT * FROM review_queue") == []
     assert store.query_one("SELECT * FROM predictions WHERE media_id = ?", (labelled,))["borderline"] == 1
+    row = store.media(broken)
+    assert row["status"] == "rejected" and row["reject_reason"].startswith("stored file cannot be decoded")
+    again = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"))
+    assert again.classified == 0 and again.failed == 0  # not decoded again on every poll
 
 
 def test_animated_media_averages_probabilities_over_evenly_spaced_frames(trained, tmp_path):
