@@ -17,9 +17,10 @@ from classifier import LABELS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 VALIDATION_FRACTION = 0.2
-# A group larger than this share of the data is split by its sub-groups (post / manifest origin), else one
-# source could leave a class without any training (or validation) images.
-MAX_GROUP_SHARE = 0.1
+# A validation-side group with more images than this is split by its sub-groups (post / manifest origin), so
+# one big source cannot take a class's training images away. An absolute size, not a share of the data: a
+# group only grows, so the rule never moves an image from training into validation as labels accumulate.
+SPLIT_GROUP_SIZE = 40
 
 
 class DatasetError(ValueError):
@@ -32,7 +33,7 @@ class LabelledImage:
     source: Any  # path or bytes, what `load_rgb_frames` reads
     label: str
     group: str  # source of the image (account, package); never split
-    subgroup: str  # finer source (post, file origin), used only for oversized groups
+    subgroup: str  # finer source (post, file origin), used only for big validation-side groups
 
 
 def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[LabelledImage]:
@@ -96,13 +97,18 @@ def _bucket(name: str) -> float:
 
 def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION
                    ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(train, validation): a group goes to validation when the hash of its name falls below the fraction."""
+    """(train, validation): a group goes to validation when the hash of its name falls below the fraction;
+    a big one only with its sub-groups whose hash does too.
+
+    Adding data never moves an image from training into validation, so a model trained earlier is never
+    scored on its own training images when a new version is compared with it.
+    """
     sizes = Counter(item.group for item in items)
-    limit = max(1, int(MAX_GROUP_SHARE * len(items)))
     train, validation = [], []
     for item in items:
-        unit = item.subgroup if sizes[item.group] > limit else item.group
-        (validation if _bucket(unit) < validation_fraction else train).append(item)
+        in_validation = _bucket(item.group) < validation_fraction and (
+            sizes[item.group] <= SPLIT_GROUP_SIZE or _bucket(item.subgroup) < validation_fraction)
+        (validation if in_validation else train).append(item)
     return train, validation
 
 

@@ -123,12 +123,31 @@ def test_group_split_keeps_groups_together_and_is_stable():
     assert {i.key for i in validation} <= {i.key for i in validation_after}
 
 
-def test_oversized_group_is_split_by_subgroup():
-    items = [LabelledImage(n, None, "photo", "huge-account", f"post{n}") for n in range(100)]
+def _validation_side_name(prefix: str) -> str:
+    from classifier.data import VALIDATION_FRACTION, _bucket
+
+    return next(f"{prefix}{n}" for n in range(1000) if _bucket(f"{prefix}{n}") < VALIDATION_FRACTION)
+
+
+def test_big_validation_side_group_is_split_by_subgroup():
+    huge = _validation_side_name("huge-account")
+    items = [LabelledImage(n, None, "photo", huge, f"post{n}") for n in range(100)]
     items += [LabelledImage(100 + n, None, "illustration", f"artist{n}", f"a{n}") for n in range(100)]
-    _, validation = split_by_group(items)
-    assert any(i.group == "huge-account" for i in validation)
-    assert not all(i.group == "huge-account" for i in validation)
+    train, validation = split_by_group(items)
+    assert any(i.group == huge for i in validation) and any(i.group == huge for i in train)
+    assert not all(i.group == huge for i in validation)
+
+
+def test_growing_data_never_moves_a_training_image_into_validation():
+    growing = _validation_side_name("account")
+    items = [LabelledImage(n, None, LABELS[n % 3], growing, f"post{n}") for n in range(30)]
+    items += [LabelledImage(100 + n, None, LABELS[n % 3], f"other{n // 5}", f"o{n}") for n in range(60)]
+    train_before, _ = split_by_group(items)
+    # The group crosses the split size, and many new sources arrive (every share shrinks).
+    more = items + [LabelledImage(500 + n, None, "photo", growing, f"post{500 + n}") for n in range(40)]
+    more += [LabelledImage(2000 + n, None, LABELS[n % 3], f"new{n // 3}", f"n{n}") for n in range(600)]
+    _, validation_after = split_by_group(more)
+    assert not {i.key for i in train_before} & {i.key for i in validation_after}
 
 
 def test_scan_folder_uses_manifest_origins_as_groups(tmp_path):
