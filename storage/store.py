@@ -253,13 +253,9 @@ class Store:
             " ORDER BY id DESC LIMIT 1", (media_id,))
 
     def final_label(self, media_id: int) -> str | None:
-        """The latest human label, else the latest prediction when it is not borderline."""
-        human = self.current_label(media_id)
-        if human is not None:
-            return human["label"]
-        return self.scalar(
-            "SELECT CASE WHEN borderline = 0 THEN label END FROM predictions WHERE media_id = ?"
-            " ORDER BY id DESC LIMIT 1", (media_id,))
+        """The latest human label, else the latest prediction when it is not borderline (kept current in
+        `media_verdict` by triggers)."""
+        return self.scalar("SELECT final_label FROM media_verdict WHERE media_id = ?", (media_id,))
 
     def active_model(self) -> dict | None:
         return self.query_one("SELECT * FROM models WHERE active = 1")
