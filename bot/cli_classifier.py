@@ -53,7 +53,7 @@ def cmd_classify(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    from classifier.data import scan_folder, store_labelled
+    from classifier.data import scan_folders, store_labelled
     from classifier.runtime import apply_threads, train_and_register
     from classifier.train import TrainOptions
 
@@ -67,22 +67,31 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         progress=config.classifier.progress and not args.json,
     )
     with open_store(config) as store:
+        problems: list[str] = []
         if args.data:
-            items, source = scan_folder(args.data), f"folder:{Path(args.data).resolve()}"
+            items, problems = scan_folders(args.data)
+            source = "folder:" + ",".join(str(Path(folder).resolve()) for folder in args.data)
         else:
             items, source = store_labelled(store), "store-labels"
         if not items:
             raise CommandError("train: no labelled images (give --data DIR or label media first)")
-        report = train_and_register(store, config, items, options, source=source)
+        report = train_and_register(store, config, items, options, source=source, problems=problems)
     if args.json:
         print(json.dumps(report))
         return 0
-    from classifier.evaluate import format_report
+    from classifier.evaluate import format_per_origin, format_report
 
     state = "activated" if report["activated"] else "kept inactive"
     print(f"model {report['version']} {state} ({report['promotion']})")
     print(f"  file: {report['path']}")
     print(format_report(report["metrics"]))
+    print("validation by origin (the split keeps each origin on one side):")
+    print(format_per_origin(report["metrics"]["per_origin"]))
+    skipped = report["data_summary"]["skipped"]
+    if skipped["count"]:
+        print(f"{skipped['count']} inputs skipped:")
+        for line in skipped["inputs"]:
+            print(f"  {line}")
     return 0
 
 
@@ -169,8 +178,9 @@ def register(subparsers) -> None:
     classify.set_defaults(handler=_classifier_errors_as_command_errors(cmd_classify))
 
     train = subparsers.add_parser("train", help="train a model version (activated if not worse)")
-    train.add_argument("--data", metavar="DIR", help="DIR/illustration, DIR/screenshot, DIR/photo "
-                       "(default: the store's human labels)")
+    train.add_argument("--data", metavar="DIR", action="append",
+                       help="DIR/illustration, DIR/screenshot, DIR/photo, grouped by origin through DIR/manifest.csv "
+                       "when present; repeat to train on several folders (default: the store's human labels)")
     train.add_argument("--mode", choices=("head", "last_block", "full"), default="head",
                        help="head: linear head on cached features (default); last_block/full: fine-tune conv layers")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")

@@ -36,13 +36,19 @@ class LabelledImage:
     subgroup: str  # finer source (post, file origin), used only for big validation-side groups
 
 
-def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[LabelledImage]:
+def scan_folder(root: str | Path, labels: Sequence[str] = LABELS,
+                problems: list[str] | None = None) -> list[LabelledImage]:
     """`root/<label>/*` images. Groups come from `root/manifest.csv` (`file`, `origin`) when present:
-    the origin's first word (package or repository), else each image is its own group."""
+    the origin's first word (package or repository), else each image is its own group.
+
+    A manifest row whose file is not there is skipped and described in `problems` (when given), so one
+    stale row never stops a training run.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    origins = _manifest_origins(root / "manifest.csv")
+    manifest = root / "manifest.csv"
+    origins = _manifest_origins(manifest)
     items = []
     for label in labels:
         folder = root / label
@@ -54,9 +60,31 @@ def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[Labell
             relative = path.relative_to(root).as_posix()
             origin = origins.get(relative, relative)
             items.append(LabelledImage(path, path, label, origin.split(" ")[0], origin))
+    if problems is not None:
+        found = {item.key.relative_to(root).as_posix() for item in items}
+        problems.extend(f"{manifest}: row for {name} skipped: no such image under {'/, '.join(labels)}/"
+                        for name in sorted(set(origins) - found))
     if not items:
         raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{l}/' for l in labels)}")
     return items
+
+
+def scan_folders(roots: Sequence[str | Path], labels: Sequence[str] = LABELS
+                 ) -> tuple[list[LabelledImage], list[str]]:
+    """Every folder's images together, and the manifest rows skipped (see `scan_folder`).
+
+    Training needs every class: a class with no image in any folder is a DatasetError naming it.
+    """
+    items: list[LabelledImage] = []
+    problems: list[str] = []
+    for root in roots:
+        items += scan_folder(root, labels, problems)
+    counts = Counter(item.label for item in items)
+    empty = [label for label in labels if not counts[label]]
+    if empty:
+        raise DatasetError(f"no {' or '.join(empty)} images in {', '.join(str(root) for root in roots)}: "
+                           f"every class needs training images (put them in <folder>/{empty[0]}/)")
+    return items, problems
 
 
 def _manifest_origins(manifest: Path) -> dict[str, str]:

@@ -46,6 +46,36 @@ def compute_metrics(true_labels: Sequence[str], predicted_labels: Sequence[str],
     }
 
 
+def per_origin_results(true_labels: Sequence[str], predicted_labels: Sequence[str], origins: Sequence[str],
+                       labels: Sequence[str] = LABELS) -> list[dict]:
+    """One row per (true class, origin): `{"label", "origin", "images", "recall", "predicted_as"}`, classes in
+    `labels` order, biggest origin first; `predicted_as` counts the wrong calls by predicted class."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for true, predicted, origin in zip(true_labels, predicted_labels, origins, strict=True):
+        groups.setdefault((true, origin), []).append(predicted)
+    rows = []
+    for (true, origin), predictions in groups.items():
+        wrong: dict[str, int] = {}
+        for predicted in predictions:
+            if predicted != true:
+                wrong[predicted] = wrong.get(predicted, 0) + 1
+        rows.append({"label": true, "origin": origin, "images": len(predictions),
+                     "recall": (len(predictions) - sum(wrong.values())) / len(predictions),
+                     "predicted_as": dict(sorted(wrong.items(), key=lambda item: -item[1]))})
+    order = {label: index for index, label in enumerate(labels)}
+    return sorted(rows, key=lambda row: (order[row["label"]], -row["images"], row["origin"]))
+
+
+def format_per_origin(rows: Sequence[dict]) -> str:
+    """The per-origin rows as text: class, origin, images, recall, and what the misses were called."""
+    lines = [f"{'class':<14}{'images':>7}{'recall':>8}  origin (missed as)"]
+    for row in rows:
+        missed = ", ".join(f"{label} {count}" for label, count in row["predicted_as"].items())
+        lines.append(f"{row['label']:<14}{row['images']:>7d}{row['recall']:>8.2f}  {row['origin']}"
+                     + (f" ({missed})" if missed else ""))
+    return "\n".join(lines)
+
+
 def format_report(metrics: dict) -> str:
     """Plain-text report, illustration recall on the first line."""
     per_class = metrics["per_class"]

@@ -82,7 +82,7 @@ def score_on(model: ImageClassifier, items: Sequence[LabelledImage], vectors: to
 
 
 def train_and_register(store, config, items: Sequence[LabelledImage], options: TrainOptions, *,
-                       source: str, base: ImageClassifier | None = None) -> dict:
+                       source: str, base: ImageClassifier | None = None, problems: Sequence[str] = ()) -> dict:
     """Train on `items`, save and register the version, and activate it unless it is worse than the active
     model on the same validation images. Returns a report (version, path, metrics, promotion)."""
     base = base or base_model(store, config)
@@ -90,7 +90,8 @@ def train_and_register(store, config, items: Sequence[LabelledImage], options: T
     cache = StoreVectorCache(store, base.feature_key) if _keys_are_media_ids(items) else None
     runner = make_runner(base, config.classifier)
     result: TrainResult = train_model(base, items, options, runner=runner, cache=cache,
-                                      parent=active_row["version"] if active_row else None, source=source)
+                                      parent=active_row["version"] if active_row else None, source=source,
+                                      problems=problems)
     active_metrics = None
     if active_row is not None:
         active_model = load_model(active_row["path"], trunk_weights_loader(config.classifier, config.data_path))

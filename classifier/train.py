@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier.data import DatasetError, LabelledImage, split_by_group, summarise
-from classifier.evaluate import compute_metrics
+from classifier.evaluate import compute_metrics, per_origin_results
 from classifier.features import aggregate_views, image_views
 from classifier.inference import FeatureRunner, run_classifier
 from classifier.model import ImageClassifier, LinearHead
@@ -64,10 +64,11 @@ class TrainResult:
 
 
 def feature_vectors(model: ImageClassifier, items: Sequence[LabelledImage], *, runner: FeatureRunner,
-                    cache=None, batch_size: int = 16, max_frames: int = 4, progress: bool = False
-                    ) -> tuple[list[LabelledImage], torch.Tensor]:
+                    cache=None, batch_size: int = 16, max_frames: int = 4, progress: bool = False,
+                    problems: list[str] | None = None) -> tuple[list[LabelledImage], torch.Tensor]:
     """Pooled vectors for `items` (cached ones read, the rest computed and cached); undecodable images are
-    left out with a warning. Returns the items kept and their vectors [N, D] in the same order."""
+    left out with a warning (and a line in `problems` when given). Returns the items kept and their
+    vectors [N, D] in the same order."""
     known = cache.get([item.key for item in items]) if cache is not None else {}
     todo = [(item.key, item.source) for item in items if item.key not in known]
     computed: dict = {}
@@ -76,6 +77,8 @@ def feature_vectors(model: ImageClassifier, items: Sequence[LabelledImage], *, r
         bar.update(1)
         if result.error is not None:
             log.warning("skipping %s: %s", result.key, result.error)
+            if problems is not None:
+                problems.append(f"{result.key}: skipped, cannot be decoded: {result.error}")
             continue
         computed[result.key] = result.vector
     bar.close()
@@ -323,8 +326,13 @@ def new_version(model: ImageClassifier) -> str:
 
 def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: TrainOptions, *,
                 runner: FeatureRunner | None = None, cache=None, parent: str | None = None,
-                source: str = "") -> TrainResult:
-    """Split by group, train, calibrate, and score on the validation split; returns an unsaved model."""
+                source: str = "", problems: Sequence[str] = ()) -> TrainResult:
+    """Split by group, train, calibrate, and score on the validation split; returns an unsaved model.
+
+    `problems` are inputs already skipped (e.g. manifest rows without a file); undecodable images join
+    them, and the model's data summary counts and lists them. Metrics include per-origin validation rows.
+    """
+    skipped = list(problems)
     labels = base.labels
     unknown = sorted({item.label for item in items} - set(labels))
     if unknown:
@@ -335,8 +343,10 @@ def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: 
             raise DatasetError(f"the {name} split is empty ({len(items)} images in "
                                f"{len({i.group for i in items})} groups); add images from more sources")
     runner = runner or FeatureRunner(base)
-    train_items, train_x = feature_vectors(base, train_items, runner=runner, cache=cache, progress=options.progress)
-    val_items, val_x = feature_vectors(base, val_items, runner=runner, cache=cache, progress=options.progress)
+    train_items, train_x = feature_vectors(base, train_items, runner=runner, cache=cache, progress=options.progress,
+                                           problems=skipped)
+    val_items, val_x = feature_vectors(base, val_items, runner=runner, cache=cache, progress=options.progress,
+                                       problems=skipped)
     train_y = torch.tensor([labels.index(item.label) for item in train_items])
     val_y = torch.tensor([labels.index(item.label) for item in val_items])
     head, history = train_head(train_x, train_y, val_x, val_y, labels, options)
@@ -353,12 +363,15 @@ def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: 
         val_logits = model.head(val_x)
     model.temperature = fit_temperature(val_logits, val_y)
     metrics = _scores(val_logits, val_y, labels)
+    metrics["per_origin"] = per_origin_results(
+        [item.label for item in val_items], [labels[p] for p in val_logits.argmax(1).tolist()],
+        [item.group for item in val_items], labels)
     metrics["temperature"] = model.temperature
     metrics["validation_nll"] = float(nn.functional.cross_entropy(val_logits / model.temperature, val_y))
     model.metrics = metrics
     model.data_summary = {"source": source, "mode": options.mode, "seed": options.seed,
                           "train": summarise(train_items), "validation": summarise(val_items),
-                          "epochs": len(history)}
+                          "epochs": len(history), "skipped": {"count": len(skipped), "inputs": skipped}}
     model.parent = parent
     model.version = new_version(model)
     return TrainResult(model, val_items, validation_vectors, history)
