@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         patience=args.patience or (defaults.patience if args.mode == "head" else 4),
         seed=args.seed,
         progress=config.classifier.progress and not args.json,
+        policy_targets=config.classifier.policy_targets(),
     )
     with open_store(config) as store:
         problems: list[str] = []
@@ -85,6 +86,10 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     print(f"model {report['version']} {state} ({report['promotion']})")
     print(f"  file: {report['path']}")
     print(format_report(report["metrics"]))
+    if report["metrics"].get("feed") is not None:
+        from classifier.policy import format_feed_figures
+
+        print("validation under the fitted review policy: " + format_feed_figures(report["metrics"]["feed"]))
     print("validation by origin (the split keeps each origin on one side):")
     print(format_per_origin(report["metrics"]["per_origin"]))
     skipped = report["data_summary"]["skipped"]
@@ -113,8 +118,12 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
         print(f"confusion matrix: {png}" + (f"; {skipped} undecodable images skipped" if skipped else ""),
               file=sys.stderr)
     else:
+        from classifier.policy import format_feed_figures
+
         print(f"model {model.version} on {args.data} ({len(items) - skipped} images)")
         print(format_report(metrics))
+        print("under the model's review policy: " + format_feed_figures(metrics["feed"]) if metrics["feed"]
+              else "this model has no review policy: the borderline rule of [classifier] decides review")
         print(f"confusion matrix: {png}")
         if skipped:
             print(f"{skipped} undecodable images skipped")

@@ -180,6 +180,24 @@ class ClassifierConfig:
     # Grad-CAM overlay PNG for borderline calls (needs explain/).
     overlays: bool = True
     progress: bool = True
+    # Review policy targets (classifier/policy.py): training fits the model's feed threshold and illustration
+    # floor on held-out predictions so the automatic feed holds at least this share of illustrations, at most
+    # this share of illustrations is decided as something else without review, within this review budget.
+    feed_precision_target: float = 0.98
+    max_illustrations_lost: float = 0.01
+    review_budget: float = 0.10
+
+    def __post_init__(self) -> None:
+        for name in ("feed_precision_target", "max_illustrations_lost", "review_budget"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"classifier.{name}: expected a fraction between 0 and 1, got {value}")
+
+    def policy_targets(self):
+        from classifier.policy import PolicyTargets
+
+        return PolicyTargets(feed_precision_target=self.feed_precision_target,
+                             review_budget=self.review_budget, max_illustrations_lost=self.max_illustrations_lost)
 
 
 FEED_RULES = ("human_then_confident", "human_only", "any_prediction")

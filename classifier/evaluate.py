@@ -127,19 +127,27 @@ def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion 
 def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4) -> tuple[dict, list]:
     """Classify labelled `items` and score them; returns (metrics, [(item, predicted label or None)]).
 
-    Undecodable images are left out of the metrics and reported as `skipped`.
+    Undecodable images are left out of the metrics and reported as `skipped`. `feed` holds the feed figures
+    under the model's own review policy (`classifier.policy.feed_figures`), or None for a model without one.
     """
     from classifier.inference import FeatureRunner, run_classifier
 
     runner = runner or FeatureRunner(model)
     by_key = {item.key: item for item in items}
-    predictions = {}
+    predictions, probabilities = {}, {}
     for result in run_classifier(model, [(item.key, item.source) for item in items], runner=runner,
                                  batch_size=batch_size, max_frames=max_frames):
         if result.error is None:
             best = max(range(len(model.labels)), key=lambda i: result.probabilities[i])
             predictions[result.key] = model.labels[best]
+            probabilities[result.key] = result.probabilities
     scored = [key for key in by_key if key in predictions]
     metrics = compute_metrics([by_key[k].label for k in scored], [predictions[k] for k in scored], model.labels)
+    metrics["feed"] = None
+    if model.policy is not None and scored:
+        from classifier.policy import feed_figures
+
+        metrics["feed"] = feed_figures([by_key[k].label for k in scored], [probabilities[k] for k in scored],
+                                       model.labels, model.policy)
     metrics["skipped"] = len(items) - len(scored)
     return metrics, [(by_key[key], predictions.get(key)) for key in by_key]

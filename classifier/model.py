@@ -20,6 +20,7 @@ from torch import nn
 
 from classifier import LABELS
 from classifier.features import FeatureExtractor, FeatureSpec
+from classifier.policy import PolicyError, ReviewPolicy
 from classifier.vgg import make_features
 from classifier.weights import state_dict_sha256
 from storage.files import atomic_write
@@ -85,6 +86,7 @@ class ImageClassifier(nn.Module):
         metrics: dict[str, Any] | None = None,
         data_summary: dict[str, Any] | None = None,
         parent: str | None = None,
+        policy: ReviewPolicy | None = None,
     ):
         super().__init__()
         if head.dim != extractor.dim:
@@ -103,6 +105,8 @@ class ImageClassifier(nn.Module):
         self.metrics = dict(metrics or {})
         self.data_summary = dict(data_summary or {})
         self.parent = parent
+        # Feed/review thresholds fitted on held-out predictions; None: the config's borderline rule applies.
+        self.policy = policy
 
     @property
     def spec(self) -> FeatureSpec:
@@ -156,6 +160,7 @@ class ModelRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
+    policy: ReviewPolicy | None = None
 
 
 def save_model(model: ImageClassifier, path: str | Path) -> Path:
@@ -176,6 +181,7 @@ def save_model(model: ImageClassifier, path: str | Path) -> Path:
         "metrics": json.loads(json.dumps(model.metrics)),
         "data_summary": json.loads(json.dumps(model.data_summary)),
         "parent": model.parent,
+        "policy": model.policy.to_dict() if model.policy is not None else None,
     }
     atomic_write(path, lambda stream: torch.save(payload, stream))
     return path
@@ -219,6 +225,12 @@ def read_model_file(path: str | Path) -> ModelRecord:
         if not isinstance(tensor, torch.Tensor):
             raise ModelFileError(f"model file {path}: {name!r} is not a tensor")
     temperature = float(_require(payload, "temperature", (int, float), path))
+    policy = None
+    if payload.get("policy") is not None:  # files written before the review policy have none
+        try:
+            policy = ReviewPolicy.from_dict(payload["policy"])
+        except (PolicyError, AttributeError) as error:
+            raise ModelFileError(f"model file {path} has an invalid review policy: {error}") from None
     if not temperature > 0:
         raise ModelFileError(f"model file {path} has temperature {temperature}; it must be > 0")
     return ModelRecord(
@@ -233,6 +245,7 @@ def read_model_file(path: str | Path) -> ModelRecord:
         metrics=_require(payload, "metrics", dict, path),
         data_summary=_require(payload, "data_summary", dict, path),
         parent=payload.get("parent"),
+        policy=policy,
     )
 
 
@@ -283,6 +296,7 @@ def build_from_record(
     model.metrics = dict(record.metrics)
     model.data_summary = dict(record.data_summary)
     model.parent = record.parent
+    model.policy = record.policy
     return model.eval()
 
 

@@ -25,6 +25,7 @@ from classifier.evaluate import compute_metrics, per_origin_results
 from classifier.features import aggregate_views, image_views
 from classifier.inference import FeatureRunner, run_classifier
 from classifier.model import ImageClassifier, LinearHead
+from classifier.policy import PolicyError, PolicyTargets, feed_figures, fit_policy
 from classifier.preprocess import load_rgb_frames, normalize
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class TrainOptions:
     validation_fraction: float = 0.2
     fine_tune_learning_rate: float = 1e-4
     progress: bool = True
+    # What the review policy fitted on the validation predictions aims for (config [classifier]).
+    policy_targets: PolicyTargets = PolicyTargets()
 
     def __post_init__(self):
         if self.mode not in TRAIN_MODES:
@@ -313,6 +316,20 @@ def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_item
     return model, history
 
 
+def fit_review_policy(model: ImageClassifier, logits: torch.Tensor, true_labels: Sequence[str],
+                      targets: PolicyTargets) -> dict | None:
+    """Fit `model.policy` on held-out logits (after temperature scaling); returns the feed figures it gives
+    there, or None (and no policy: the borderline rule applies) when the held-out images lack a class."""
+    probabilities = torch.softmax(logits / model.temperature, dim=1).numpy()
+    try:
+        model.policy = fit_policy(probabilities, true_labels, model.labels, targets)
+    except PolicyError as error:
+        log.info("no review policy fitted (%s); the borderline rule applies", error)
+        model.policy = None
+        return None
+    return feed_figures(true_labels, probabilities, model.labels, model.policy)
+
+
 # --- one training run ----------------------------------------------------------------------------------
 
 
@@ -367,6 +384,8 @@ def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: 
         [item.label for item in val_items], [labels[p] for p in val_logits.argmax(1).tolist()],
         [item.group for item in val_items], labels)
     metrics["temperature"] = model.temperature
+    metrics["feed"] = fit_review_policy(model, val_logits, [item.label for item in val_items],
+                                        options.policy_targets)
     metrics["validation_nll"] = float(nn.functional.cross_entropy(val_logits / model.temperature, val_y))
     model.metrics = metrics
     model.data_summary = {"source": source, "mode": options.mode, "seed": options.seed,

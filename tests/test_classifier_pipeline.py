@@ -236,10 +236,10 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
                      env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")}, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"accuracy", "macro_f1", "labels", "per_class", "confusion"}
+    assert set(report) == {"accuracy", "macro_f1", "labels", "per_class", "confusion", "feed"}
     assert report["labels"] == list(LABELS)
     # Count the same model's predictions by hand, image by image.
-    _, per_item = evaluate_model(model, trained["held_out"], runner=FeatureRunner(model, precision="fp32"))
+    direct, per_item = evaluate_model(model, trained["held_out"], runner=FeatureRunner(model, precision="fp32"))
     counts = [[0, 0, 0] for _ in LABELS]
     for item, predicted in per_item:
         counts[LABELS.index(item.label)][LABELS.index(predicted)] += 1
@@ -249,6 +249,12 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     recall = counts[0][0] / sum(counts[0])
     assert report["per_class"]["illustration"]["recall"] == pytest.approx(recall)
     assert report["per_class"]["photo"]["support"] == 20
+    # Feed figures under the policy training fitted and the model file carries.
+    assert model.policy is not None and load_model(model_file, trunk_weights=None).policy == model.policy
+    feed = report["feed"]
+    assert feed["illustrations"] == 20 and feed["illustrations_in_feed"] + feed["illustrations_lost"] <= 20
+    assert feed["illustrations_in_feed"] <= counts[0][0] or model.policy.feed_threshold < 0.5
+    assert feed == pytest.approx(direct["feed"])
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -94,3 +94,20 @@ def test_fitting_without_illustrations_or_with_bad_targets_is_a_clear_error():
 def test_policy_round_trips_through_its_dict():
     policy = ReviewPolicy(0.81, 0.04, PolicyTargets(0.97, 0.08, 0.02))
     assert ReviewPolicy.from_dict(policy.to_dict()) == policy
+
+
+def test_model_file_carries_the_policy_and_refuses_a_malformed_one(tmp_path):
+    import torch
+
+    from classifier.model import ModelFileError, load_model, save_model
+    from classifier.synthetic import tiny_base_model
+
+    model = tiny_base_model()
+    model.policy = ReviewPolicy(0.7, 0.05, PolicyTargets(0.97, 0.1, 0.02))
+    path = save_model(model, tmp_path / "m.pt")
+    assert load_model(path, trunk_weights=None).policy == model.policy
+    payload = torch.load(path, weights_only=True)
+    payload["policy"] = {"feed_threshold": 0.2, "floor": 0.6}
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match="invalid review policy.*floor <= feed_threshold"):
+        load_model(path, trunk_weights=None)
