@@ -9,6 +9,7 @@ slices of it and aggregation variants need no second pass through the conv net.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from classifier.vgg import make_features
 from research.corpus import read_manifest, shared_dir
 from research.synth import SETS, read_generated, set_dir
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
+# ILLUSTFEED_RESEARCH_OUT: another folder (a small trial run beside a long one).
+OUT_DIR = Path(os.environ.get("ILLUSTFEED_RESEARCH_OUT") or Path(__file__).resolve().parent / "out")
 WIDE_LAYERS = (15, 22, 29)
 WIDE_POOLING = ("avg", "max")
 
