@@ -150,8 +150,12 @@ def feed_figures(true_labels: Sequence[str], probabilities: np.ndarray, labels: 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if len(true_labels) != len(probabilities):
         raise PolicyError(f"{len(true_labels)} true labels but {len(probabilities)} predictions")
-    decisions = [decide(row, labels, policy) for row in probabilities]
-    fed = [truth for truth, decision in zip(true_labels, decisions)
+    return figures_of_decisions(true_labels, [decide(row, labels, policy) for row in probabilities])
+
+
+def figures_of_decisions(true_labels: Sequence[str], decisions: Sequence[PolicyDecision]) -> dict[str, Any]:
+    """`feed_figures` for decisions already made (e.g. each fold by its own policy)."""
+    fed = [truth for truth, decision in zip(true_labels, decisions, strict=True)
            if not decision.review and decision.label == ILLUSTRATION]
     lost = sum(1 for truth, decision in zip(true_labels, decisions)
                if truth == ILLUSTRATION and not decision.review and decision.label != ILLUSTRATION)

@@ -100,7 +100,7 @@ def test_model_file_carries_the_policy_and_refuses_a_malformed_one(tmp_path):
     import torch
 
     from classifier.model import ModelFileError, load_model, save_model
-    from classifier.synthetic import tiny_base_model
+    from tests.synthetic import tiny_base_model
 
     model = tiny_base_model()
     model.policy = ReviewPolicy(0.7, 0.05, PolicyTargets(0.97, 0.1, 0.02))

@@ -6,7 +6,7 @@ import pytest
 from classifier import LABELS
 from classifier.data import DatasetError, scan_folders, split_by_group
 from classifier.inference import FeatureRunner
-from classifier.synthetic import tiny_base_model, write_dataset
+from tests.synthetic import tiny_base_model, write_dataset
 from classifier.train import TrainOptions, train_model
 
 
