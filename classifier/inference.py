@@ -23,6 +23,8 @@ from torch import nn
 
 from classifier.features import aggregate_views, image_views
 from classifier.model import ImageClassifier
+from classifier.policy import ReviewPolicy
+from classifier.policy import decide as policy_decide
 from classifier.preprocess import load_rgb_frames
 
 log = logging.getLogger(__name__)
@@ -81,11 +83,18 @@ class Decision:
     priority: float  # review order: higher = more uncertain = reviewed first
 
 
-def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence: float, min_margin: float) -> Decision:
-    """Label, confidence and margin; borderline when confidence < min_confidence or margin < min_margin."""
+def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence: float, min_margin: float,
+           policy: ReviewPolicy | None = None) -> Decision:
+    """Label, confidence and margin; with the model's review `policy` (classifier.policy) it decides label
+    and review; without one, borderline when confidence < min_confidence or margin < min_margin."""
     ranked = sorted(range(len(labels)), key=lambda i: probabilities[i], reverse=True)
     confidence = float(probabilities[ranked[0]])
     margin = confidence - float(probabilities[ranked[1]])
+    if policy is not None:
+        chosen = policy_decide(probabilities, labels, policy)
+        return Decision(label=chosen.label, confidence=float(probabilities[labels.index(chosen.label)]),
+                        margin=margin, borderline=chosen.review, reason=chosen.reason,
+                        priority=round(1.0 - margin, 6))
     reasons = []
     if confidence < min_confidence:
         reasons.append(f"confidence {confidence:.3f} < {min_confidence:g}")
@@ -454,7 +463,7 @@ def _store_results(store, model: ImageClassifier, results: list[ImageResult], ca
             store.execute("UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
                           (f"stored file cannot be decoded for classification: {result.error}", result.key))
             continue
-        decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin)
+        decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin, model.policy)
         overlay_sha256 = None
         # Overlays serve the review queue; a media a human already labelled never enters it.
         if decision.borderline and overlay is not None and store.current_label(result.key) is None:

@@ -1,4 +1,5 @@
 """Real training on generated data, then the trained model through classify, review, versions and eval."""
+import copy
 import json
 import time
 
@@ -91,8 +92,15 @@ def add_media(store, data: bytes, ext: str = "jpg") -> int:
                                   bytes=len(data), status="ok")
 
 
+def without_policy(model):
+    """The same model deciding review by the borderline rule (training fitted it a review policy)."""
+    plain = copy.copy(model)
+    plain.policy = None
+    return plain
+
+
 def test_classify_pending_stores_predictions_vectors_and_queues_borderline(trained, store):
-    model = trained["model"]
+    model = without_policy(trained["model"])
     ids = {label: [add_media(store, jpeg_bytes(generate(label, 500 + n))) for n in range(3)] for label in LABELS}
     # Thresholds that make every call borderline except the most confident: the queue order is checked.
     summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
@@ -138,7 +146,7 @@ def test_new_head_on_cached_features_never_needs_the_images_again(trained, store
 
 
 def test_human_labelled_media_is_not_queued_and_undecodable_media_is_reported(trained, store):
-    model = trained["model"]
+    model = without_policy(trained["model"])
     labelled = add_media(store, jpeg_bytes(generate("screenshot", 901)))
     store.add_label(labelled, "screenshot", by="tester", via="test")
     broken = add_media(store, b"\xff\xd8\xff\xe0 not really a jpeg", "jpg")
@@ -176,6 +184,41 @@ def test_animated_media_averages_probabilities_over_evenly_spaced_frames(trained
 
 
 # --- versions -----------------------------------------------------------------------------------------
+
+
+def test_classify_pending_follows_the_models_review_policy(trained, store):
+    from classifier.policy import ReviewPolicy
+
+    model = copy.copy(trained["model"])
+    images = [jpeg_bytes(generate(label, 800 + n)) for label in LABELS for n in range(4)]
+    for data in images:
+        add_media(store, data)
+    results = list(run_classifier(model, list(enumerate(images)), runner=FeatureRunner(model, precision="fp32")))
+    # The tiny model is sure of everything; a softer temperature spreads P(illustration) over (0, 1).
+    with torch.no_grad():
+        logits = model.head(torch.stack([result.vector for result in results]))
+    model.temperature = float(logits.std()) * 2
+    p_illustration = sorted({round(float(p), 6) for p in model.probabilities_from_vectors(
+        torch.stack([result.vector for result in results]))[:, 0]})
+    assert len(p_illustration) >= 6
+    # Thresholds between observed values, so each of the three outcomes happens.
+    feed_threshold = (p_illustration[-2] + p_illustration[-3]) / 2
+    floor = (p_illustration[1] + p_illustration[2]) / 2
+    model.policy = ReviewPolicy(feed_threshold, floor)
+    # The borderline rule would queue everything (margin < 0.999); the policy decides instead.
+    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
+                               borderline_confidence=0.0, borderline_margin=0.999)
+    rows = store.query("SELECT * FROM predictions")
+    fed = [r for r in rows if r["prob_illustration"] >= feed_threshold]
+    reviewed = [r for r in rows if floor <= r["prob_illustration"] < feed_threshold]
+    set_aside = [r for r in rows if r["prob_illustration"] < floor]
+    assert summary.classified == 12 and summary.queued_for_review == len(reviewed) >= 3
+    assert fed and all(r["label"] == "illustration" and not r["borderline"] for r in fed)
+    assert all(r["borderline"] for r in reviewed)
+    assert set_aside and all(r["label"] != "illustration" and not r["borderline"] for r in set_aside)
+    queued = {q["media_id"] for q in store.query("SELECT media_id, reason FROM review_queue")}
+    assert queued == {r["media_id"] for r in reviewed}
+    assert all("P(illustration)" in q["reason"] for q in store.query("SELECT reason FROM review_queue"))
 
 
 def versioned(model, directory, version, parent):
@@ -291,7 +334,7 @@ def png_of(colour):
 
 
 def test_borderline_calls_get_an_overlay_blob(trained, store):
-    model = trained["model"]
+    model = without_policy(trained["model"])
     confident = add_media(store, jpeg_bytes(generate("photo", 950)))
     rendered = []
 
@@ -313,7 +356,7 @@ def test_borderline_calls_get_an_overlay_blob(trained, store):
 
 
 def test_a_failing_overlay_still_stores_the_prediction(trained, store):
-    model = trained["model"]
+    model = without_policy(trained["model"])
     media_id = add_media(store, jpeg_bytes(generate("illustration", 960)))
 
     def broken(model_arg, source, probabilities):
@@ -382,7 +425,7 @@ def test_borderline_call_stores_the_explain_packages_grad_cam_png(trained, store
 
     renderer = explain_overlay_renderer()
     assert renderer is not None, "explain.media.gradcam_overlay is on main"
-    model = trained["model"]
+    model = without_policy(trained["model"])
     media_id = add_media(store, jpeg_bytes(generate("illustration", 970)))
     summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
                                borderline_confidence=1.01, borderline_margin=0.0, overlay=renderer)
