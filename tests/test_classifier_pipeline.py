@@ -279,7 +279,7 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
                      env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")}, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"accuracy", "macro_f1", "labels", "per_class", "confusion", "feed"}
+    assert set(report) == {"accuracy", "macro_f1", "labels", "per_class", "confusion", "feed", "per_origin"}
     assert report["labels"] == list(LABELS)
     # Count the same model's predictions by hand, image by image.
     direct, per_item = evaluate_model(model, trained["held_out"], runner=FeatureRunner(model, precision="fp32"))
@@ -298,6 +298,7 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     assert feed["illustrations"] == 20 and feed["illustrations_in_feed"] + feed["illustrations_lost"] <= 20
     assert feed["illustrations_in_feed"] <= counts[0][0] or model.policy.feed_threshold < 0.5
     assert feed == pytest.approx(direct["feed"])
+    assert report["per_origin"] is None  # no manifest: every image is its own origin
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

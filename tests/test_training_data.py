@@ -68,3 +68,24 @@ def test_training_skips_undecodable_files_counts_them_and_reports_per_origin_val
         members = [i for i in result.validation_items if i.group == row["origin"] and i.label == row["label"]]
         assert row["images"] == len(members)
         assert row["recall"] == pytest.approx(1 - sum(row["predicted_as"].values()) / len(members))
+
+
+@pytest.mark.slow
+def test_cli_eval_reports_per_origin_rows_from_the_manifest(tmp_path):
+    import json
+
+    from classifier.model import save_model
+    from tests.conftest import run_cli
+
+    root = with_manifest(write_dataset(tmp_path / "data", per_label=4, seed=3), 2, "deb:e-")
+    model_file = save_model(tiny_base_model(), tmp_path / "m.pt")
+    result = run_cli("eval", "--data", str(root), "--model", str(model_file), "--json", "--png",
+                     str(tmp_path / "c.png"), cwd=tmp_path, env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "d")}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["per_origin"]
+    assert {(row["label"], row["origin"]) for row in rows} == {(l, f"deb:e-{l}-{k}=1.0") for l in LABELS for k in range(2)}
+    assert all(row["images"] == 2 for row in rows)
+    confusion = json.loads(result.stdout)["confusion"]
+    for index, label in enumerate(LABELS):
+        hits = sum(row["recall"] * row["images"] for row in rows if row["label"] == label)
+        assert hits == pytest.approx(confusion[index][index])

@@ -102,15 +102,26 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     from classifier.data import scan_folder
-    from classifier.evaluate import evaluate_model, format_report, save_confusion_png
+    from classifier.evaluate import (
+        evaluate_model,
+        format_per_origin,
+        format_report,
+        per_origin_results,
+        save_confusion_png,
+    )
     from classifier.runtime import load_classifier, make_runner
 
     items = scan_folder(args.data)
     with open_store(config) as store:
         model = load_classifier(store, config, args.model)
-    metrics, _ = evaluate_model(model, items, runner=make_runner(model, config.classifier),
-                                batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
+    metrics, per_item = evaluate_model(model, items, runner=make_runner(model, config.classifier),
+                                       batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     skipped = metrics.pop("skipped")
+    scored = [(item, predicted) for item, predicted in per_item if predicted is not None]
+    # Per origin only when a manifest groups the images (otherwise each image is its own origin).
+    grouped = len({item.group for item, _ in scored}) < len(scored)
+    metrics["per_origin"] = per_origin_results([item.label for item, _ in scored], [p for _, p in scored],
+                                               [item.group for item, _ in scored], model.labels) if grouped else None
     png = Path(args.png) if args.png else config.data_path / "reports" / f"confusion-{model.version}.png"
     save_confusion_png(metrics, png, title=f"{model.version} on {Path(args.data).name}")
     if args.json:
@@ -124,6 +135,9 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
         print(format_report(metrics))
         print("under the model's review policy: " + format_feed_figures(metrics["feed"]) if metrics["feed"]
               else "this model has no review policy: the borderline rule of [classifier] decides review")
+        if metrics["per_origin"]:
+            print("by origin (manifest.csv):")
+            print(format_per_origin(metrics["per_origin"]))
         print(f"confusion matrix: {png}")
         if skipped:
             print(f"{skipped} undecodable images skipped")
