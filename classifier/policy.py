@@ -107,10 +107,11 @@ def fit_policy(probabilities: np.ndarray, true_labels: Sequence[str], labels: Se
                targets: PolicyTargets = PolicyTargets()) -> ReviewPolicy:
     """Thresholds from out-of-fold probabilities [N, classes] and true labels.
 
-    Within the review budget, pick the (floor, feed threshold) pair whose shortfalls against the feed
-    precision and illustrations-lost targets are smallest, each shortfall measured in units of what its
-    target allows (1 - precision target; max lost share); ties go to less review, then a higher floor.
-    When both targets fit in the budget this is the cheapest pair that meets both.
+    Within the review budget, pick the (floor, feed threshold) pair whose larger shortfall against the feed
+    precision and illustrations-lost targets is smallest, each shortfall measured in units of what its
+    target allows (1 - precision target; max lost share), so neither is sacrificed to the other; ties go to
+    the smaller sum of shortfalls, then less review, then a higher floor. When both targets fit in the budget
+    this is the cheapest pair that meets both.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != len(true_labels):
@@ -132,11 +133,12 @@ def fit_policy(probabilities: np.ndarray, true_labels: Sequence[str], labels: Se
     review_rate = reviewed / total
     # Feeding nothing meets the precision target trivially; every illustration then waits in review or is
     # lost, which the lost target and the budget already price.
-    cost = precision_gap + lost_gap
-    cost = np.where(usable & (review_rate <= targets.review_budget + 1e-12), cost, np.inf)
-    if not np.isfinite(cost).any():  # a zero budget with a floor above the threshold cannot happen; be safe
+    allowed = usable & (review_rate <= targets.review_budget + 1e-12)
+    worst = np.where(allowed, np.maximum(precision_gap, lost_gap), np.inf)
+    total = precision_gap + lost_gap
+    if not np.isfinite(worst).any():  # floor == feed threshold (no review) always fits; be safe
         raise PolicyError("no threshold pair fits the review budget")
-    key = np.lexsort((-floor.ravel(), review_rate.ravel(), np.round(cost.ravel(), 9)))
+    key = np.lexsort((-floor.ravel(), review_rate.ravel(), np.round(total.ravel(), 9), np.round(worst.ravel(), 9)))
     best = key[0]
     # A threshold just above 1 is "feed nothing" / "review nothing below 1"; it is stored as such.
     return ReviewPolicy(float(feed.ravel()[best]), float(floor.ravel()[best]), targets)

@@ -51,9 +51,9 @@ class Corpus:
     view_counts: list[int]
 
 
-def load_corpus() -> Corpus:
+def load_corpus(corpora_wanted: tuple[str, ...] = CORPORA) -> Corpus:
     vectors, labels, origins, corpora, files, counts = [], [], [], [], [], []
-    for corpus in CORPORA:
+    for corpus in corpora_wanted:
         data = torch.load(wide_path(corpus), weights_only=False)
         per_view = data["vectors"].float()
         start = 0
@@ -121,7 +121,7 @@ def summary(name: str, data: Corpus, logits: torch.Tensor, fold: list[int], targ
     predicted = [LABELS[i] for i in probabilities.argmax(1)]
     metrics = compute_metrics(truth, predicted)
     by_corpus = {}
-    for corpus in CORPORA:
+    for corpus in sorted(set(data.corpora)):
         members = [i for i, c in enumerate(data.corpora) if c == corpus]
         part = compute_metrics([truth[i] for i in members], [predicted[i] for i in members])
         by_corpus[corpus] = {"accuracy": part["accuracy"], "macro_f1": part["macro_f1"],
@@ -151,7 +151,7 @@ def format_summary(result: dict) -> str:
     return (f"{result['name']:<28} acc {result['accuracy']:.3f} F1 {result['macro_f1']:.3f} "
             f"ill {recall['illustration']:.3f} scr {recall['screenshot']:.3f} pho {recall['photo']:.3f} "
             f"T {result['temperature']:.2f} | dev acc {result['by_corpus']['dev']['accuracy']:.3f} "
-            f"train acc {result['by_corpus']['train']['accuracy']:.3f} | policy (nested): prec "
+            f"train acc {result['by_corpus'].get('train', {}).get('accuracy', float('nan')):.3f} | policy (nested): prec "
             f"{nested['feed_precision'] or 0:.3f} lost {nested['illustrations_lost']}/{nested['illustrations']} "
             f"review {nested['review_rate']:.3f} | rule: prec {rule['feed_precision']:.3f} "
             f"lost {rule['illustrations_lost']} review {rule['review_rate']:.3f}")
@@ -160,10 +160,11 @@ def format_summary(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
+    parser.add_argument("--corpus", action="append", choices=CORPORA, help="default: all (a trial on fewer)")
     parser.add_argument("--finetuned", action="append", default=[], help="out-of-fold logits file of research.finetune")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_corpus()
+    data = load_corpus(tuple(args.corpus or CORPORA))
     fold = folds_of(data.origins)
     print(f"{len(data.labels)} images, {sum(data.view_counts)} views, {len(set(data.origins))} origins, "
           f"fold sizes {sorted(Counter(fold).values())}", flush=True)
@@ -188,7 +189,7 @@ def main() -> None:
                              *[(f"frozen {r['name']}", torch.tensor(r["logits"])[rows]) for r in results[:len(args.variant or VARIANTS)]]):
             results.append(summary(name + suffix, part, logits, part_fold, targets))
             print(format_summary(results[-1]), flush=True)
-    target = OUT_DIR / "cv15.json"
+    target = OUT_DIR / ("cv15.json" if not args.corpus or set(args.corpus) == set(CORPORA) else "cv15_trial.json")
     existing = json.loads(target.read_text()) if target.is_file() else {}
     existing.update({result["name"]: result for result in results})
     target.write_text(json.dumps(existing))
