@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -28,7 +29,6 @@ from research.cv15 import FOLDS, VARIANTS, folds_of, load_corpus
 from research.extract import OUT_DIR, load_vgg16_trunk
 from research.heads import HeadSettings, fit_head, sample_weights
 from research.pool4 import CORPORA, POOL4_INDEX, conv5_vector, load_pool4
-from research.validate import origin_folds
 
 # Columns of the wide vector (research.pool4.WIDE_SPEC) that conv5_3 produces: after conv3_3 (2 x 256) and
 # conv4_3 (2 x 512) avg+max blocks.
@@ -39,9 +39,9 @@ CONV5_INDICES = range(POOL4_INDEX + 1, 30)
 class Views:
     """Every cached view's pool4 map and wide vector, with each image's view range."""
 
-    def __init__(self, view_counts: list[int]):
+    def __init__(self, view_counts: list[int], corpora: tuple[str, ...] = CORPORA):
         maps, vectors = [], []
-        for corpus in CORPORA:
+        for corpus in corpora:
             maps.append(load_pool4(corpus))
             vectors.append(torch.load(OUT_DIR / f"wide_{corpus}.pt", weights_only=False)["vectors"].float())
         self.maps = maps
@@ -144,9 +144,22 @@ def lp_ft(views: Views, data, train: list[int], inner: list[int], settings: Head
 
 
 def inner_split(data, train: list[int]) -> tuple[list[int], list[int]]:
-    """One sixth of the training origins (dealt like the outer folds) for early stopping."""
-    origins = [data.origins[i] for i in train]
-    held = origin_folds(origins, 6)[0]
+    """About a sixth of the training images, whole origins in a seeded hash order, for early stopping.
+
+    An origin holding more than a tenth of the training images never goes there: holding out a giant
+    (the dev corpus's ImageNet photos) would leave the split one class and train without that class's style.
+    """
+    import hashlib
+
+    sizes = Counter(data.origins[i] for i in train)
+    ordered = sorted(sizes, key=lambda origin: hashlib.sha256(origin.encode()).hexdigest())
+    held, count = set(), 0
+    for origin in ordered:
+        if count >= len(train) / 6:
+            break
+        if sizes[origin] <= len(train) / 10:
+            held.add(origin)
+            count += sizes[origin]
     return [i for i in train if data.origins[i] not in held], [i for i in train if data.origins[i] in held]
 
 
@@ -185,10 +198,12 @@ def main() -> None:
     parser.add_argument("--batch-images", type=int, default=16)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--corpus", action="append", choices=CORPORA, help="default: all (a trial on fewer)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_corpus()
-    views = Views(data.view_counts)
+    corpora = tuple(args.corpus or CORPORA)
+    data = load_corpus(corpora)
+    views = Views(data.view_counts, corpora)
     if args.probe:
         probe(views)
         return
@@ -206,7 +221,7 @@ def main() -> None:
         print(f"final fine-tune {time.monotonic() - started:.0f} s")
         return
     fold = folds_of(data.origins)
-    target = OUT_DIR / "finetune_oof.pt"
+    target = OUT_DIR / ("finetune_oof.pt" if corpora == CORPORA else "finetune_trial.pt")
     saved = torch.load(target, weights_only=False) if target.is_file() else None
     if saved is None or saved["name"] != name:
         saved = {"name": name, "files": data.files, "logits": torch.full((len(data.labels), 3), float("nan")),
