@@ -257,16 +257,11 @@ class Store:
         if label not in LABELS:
             raise StoreError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
         self.media(media_id)
-        with self.transaction():
-            cursor = self.execute(
-                'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
-                (media_id, label, by, via, utc_now()),
-            )
-            # A human answer settles the review item.
-            self.execute(
-                "UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
-                (utc_now(), media_id),
-            )
+        # The review queue is settled by bot.review.record_label, which wraps this in its transaction.
+        cursor = self.execute(
+            'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
+            (media_id, label, by, via, utc_now()),
+        )
         return cursor.lastrowid
 
     def current_label(self, media_id: int) -> dict | None:

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
+from bot import retrain, review
 from bot.chat import commands
+from bot.feed import channel as feed_channel
 from bot.chat.commands import Actor, Permissions
 from storage import Store
 from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images, predict
@@ -195,7 +197,7 @@ def test_undo_falls_back_to_the_previous_label(store, queued):
 def test_why_returns_the_stored_overlay_and_says_fresh_is_unavailable(store, queued):
     reply = commands.why(store, str(queued[0]))
     assert reply.ok and "stored Grad-CAM overlay" in reply.text and "unavailable" in reply.text
-    assert reply.attachments[0].path == commands.review_item(store, queued[0]).overlay_path
+    assert reply.attachments[0].path == review.review_item(store, queued[0]).overlay_path
     assert not commands.why(store, str(queued[0]), "smoothgrad").ok
 
 
@@ -218,7 +220,7 @@ def test_why_reports_a_failing_explainer_and_falls_back(store, queued):
 
     reply = commands.why(store, str(queued[0]), explainer=broken)
     assert "fresh gradcam explanation failed: no active model" in reply.text
-    assert reply.attachments[0].path == commands.review_item(store, queued[0]).overlay_path
+    assert reply.attachments[0].path == review.review_item(store, queued[0]).overlay_path
 
 
 def test_why_without_any_overlay(store, queued):
@@ -249,9 +251,9 @@ def test_retrain_request_is_queued_once_claimed_and_finished(store):
     second = commands.request_retrain(store, SECOND_REVIEWER, notify=lambda: woken.append(2))
     assert "Retrain queued (request 1)" in first.text and "already queued (request 1 by discord:101" in second.text
     assert woken == [1] and "A retrain is queued." in commands.stats(store).text
-    claimed = commands.claim_retrain_request(store)
-    assert claimed["id"] == 1 and commands.claim_retrain_request(store) is None
-    commands.finish_retrain_request(store, claimed["id"], "new model m2")
+    claimed = retrain.claim_request(store)
+    assert claimed["id"] == 1 and retrain.claim_request(store) is None
+    retrain.finish_request(store, claimed["id"], "new model m2")
     row = store.query_one("SELECT * FROM retrain_requests WHERE id = 1")
     assert row["result"] == "new model m2" and row["finished_at"]
     assert "Retrain queued (request 2)" in commands.request_retrain(store, REVIEWER).text
@@ -289,25 +291,25 @@ def test_follow_refuses_unknown_sources_and_bad_handles(store):
 def test_feed_batch_posts_each_illustration_once_in_order(store, queued):
     # queued[3] is a confident illustration; queued[0] becomes one by a human label; queued[2] stays photo.
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
     assert [item.media_id for item in batch.items] == [queued[0], queued[3]]
     assert batch.text.startswith("1. by Alice (@alice on x) - https://x.example/alice/status/1")
-    commands.mark_feed_posted(store, "discord:1", [item.media_id for item in batch.items], "555")
-    assert commands.feed_batch(store, "discord:1", 10, 10**9).items == []
-    assert len(commands.feed_batch(store, "discord:2", 10, 10**9).items) == 2  # another channel
-    assert len(commands.feed_batch(store, "discord:2", 1, 10**9).items) == 1
+    feed_channel.mark_feed_posted(store, "discord:1", [item.media_id for item in batch.items], "555")
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9).items == []
+    assert len(feed_channel.feed_batch(store, "discord:2", 10, 10**9).items) == 2  # another channel
+    assert len(feed_channel.feed_batch(store, "discord:2", 1, 10**9).items) == 1
 
 
 def test_feed_batch_links_images_over_the_attachment_budget(store, queued):
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
     first_size = store.media(queued[0])["bytes"]
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
     assert [i.media_id for i in batch.attached] == [queued[0]] and [i.media_id for i in batch.linked] == [queued[3]]
 
 
 def test_feed_batch_links_an_image_whose_file_is_missing(store, queued):
     store.media_path(queued[3]).unlink()
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
     assert [i.media_id for i in batch.linked] == [queued[3]] and batch.attached == []
 
 
@@ -319,11 +321,11 @@ def test_a_missing_image_file_leaves_it_out_of_the_reply(store, queued):
 
 
 def test_a_new_feed_channel_skips_the_backlog_once(store, queued):
-    assert commands.skip_feed_backlog(store, "discord:1") == 1  # queued[3], the confident illustration
-    assert commands.feed_batch(store, "discord:1", 10, 10**9).items == []
+    assert feed_channel.skip_feed_backlog(store, "discord:1") == 1  # queued[3], the confident illustration
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9).items == []
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
-    assert commands.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
-    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
+    assert feed_channel.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
+    assert [i.media_id for i in feed_channel.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
     assert store.query("SELECT media_id, message_id FROM feed_posts") == [{"media_id": queued[3], "message_id": None}]
 
 
@@ -344,8 +346,8 @@ def test_queue_order_follows_the_classifiers_priority_then_age(store):
 
 def test_feed_batch_follows_the_web_feeds_rule(store, queued):
     # queued[3] is a confident illustration (no human label): human_only leaves it out, the default keeps it.
-    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[3]]
-    assert commands.feed_batch(store, "discord:1", 10, 10**9, rule="human_only").items == []
+    assert [i.media_id for i in feed_channel.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[3]]
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9, rule="human_only").items == []
     # any_prediction trusts borderline calls too: queued[0] is a borderline illustration call.
-    any_items = commands.feed_batch(store, "discord:1", 10, 10**9, rule="any_prediction").items
+    any_items = feed_channel.feed_batch(store, "discord:1", 10, 10**9, rule="any_prediction").items
     assert [i.media_id for i in any_items] == [queued[0], queued[3]]

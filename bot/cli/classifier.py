@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from bot import app
 from bot.cli import CommandError, open_store
 from bot.config import Config
 
@@ -26,27 +27,16 @@ def _classifier_errors_as_command_errors(handler):
 
 
 def cmd_classify(args: argparse.Namespace, config: Config) -> int:
-    from classifier.inference import classify_pending, explain_overlay_renderer
-    from classifier.runtime import load_classifier, make_runner
-
     settings = config.classifier
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
-        overlay = explain_overlay_renderer(settings.max_frames) if settings.overlays else None
-        summary = classify_pending(
-            store, model, runner=make_runner(model, settings),
-            borderline_confidence=settings.borderline_confidence, borderline_margin=settings.borderline_margin,
-            batch_size=settings.batch_size, max_frames=settings.max_frames, overlay=overlay, limit=args.limit,
-            progress=settings.progress and not args.json,
-        )
+        model = app.load_model(store, config, args.model)
+        summary = app.classify(store, config, model, limit=args.limit, progress=settings.progress and not args.json)
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
         print(f"model {summary.model_version} ({summary.precision}): {summary.classified} classified "
               f"({summary.from_cached_features} from cached features), {summary.borderline} borderline, "
               f"{summary.queued_for_review} queued for review, {summary.overlays} overlays, {summary.failed} failed")
-        if settings.overlays and overlay is None:
-            print("  (no overlays: the explain package is not installed)")
         for problem in summary.problems:
             print(f"  {problem}")
     return 1 if summary.failed and not summary.classified else 0
@@ -89,12 +79,10 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     from classifier.data import scan_folder
     from classifier.evaluate import evaluate_model, format_report, save_confusion_png
-    from classifier.runtime import load_classifier, make_runner
-
     items = scan_folder(args.data)
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
-    metrics, _ = evaluate_model(model, items, runner=make_runner(model, config.classifier),
+        model = app.load_model(store, config, args.model)
+    metrics, _ = evaluate_model(model, items, runner=app.make_runner(model, config.classifier),
                                 batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     skipped = metrics.pop("skipped")
     png = Path(args.png) if args.png else config.data_path / "reports" / f"confusion-{model.version}.png"
@@ -144,13 +132,13 @@ def cmd_model(args: argparse.Namespace, config: Config) -> int:
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     from classifier.bench import benchmark
     from classifier.data import scan_folder
-    from classifier.runtime import apply_threads, load_classifier
+    from classifier.runtime import apply_threads
 
     apply_threads(config.classifier)
     sources = [item.source for item in scan_folder(args.data)]
     sources = sources[:: max(1, len(sources) // args.limit)][: args.limit]
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
+        model = app.load_model(store, config, args.model)
     result = benchmark(model, sources, precision=args.precision or config.classifier.precision,
                        batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     if args.json:
