@@ -8,7 +8,6 @@ borderline calls enter it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading

@@ -18,7 +18,7 @@ from classifier import LABELS
 from classifier.preprocess import ImageModeError, imagenet_eval_tensor, load_rgb_frames
 from explain import METHODS, method_function
 from explain.base import ExplainError, evaluating
-from explain.overlay import Call, EncodedImage, Explanation, compose, encode, paint
+from explain.overlay import Call, EncodedImage, compose, encode, paint
 
 DEFAULT_MAX_FRAMES = 4  # as many frames as the classifier averages over
 

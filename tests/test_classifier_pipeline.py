@@ -355,7 +355,7 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
                 review.record_label(store, media_id, label, by="tester", via="test")  # ...corrected: the latest counts
     items = store_labelled(store)
     assert len(items) == 48
-    assert {item.group for item in items} == {f"folder:{l}-{a}" for l in LABELS for a in range(4)}
+    assert {item.group for item in items} == {f"folder:{label}-{a}" for label in LABELS for a in range(4)}
     assert all(store.current_label(item.key)["label"] == item.label for item in items)
 
     config = parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}})

@@ -38,7 +38,7 @@ def test_review_shows_most_uncertain_first_with_image_overlay_probabilities_and_
     assert reply.ok and reply.item.media_id == queued[1]
     assert reply.item.pending == 3
     assert "illustration 30%  screenshot 40%  photo 30%" in reply.text
-    assert f"https://x.example/alice/status/2" in reply.text and "Alice (@alice on x)" in reply.text
+    assert "https://x.example/alice/status/2" in reply.text and "Alice (@alice on x)" in reply.text
     image, overlay = reply.attachments
     assert image.path == store.media_path(queued[1]) and image.path.is_file()
     assert overlay.path.suffix == ".png" and overlay.path.parent.is_relative_to(store.data_dir / "derived")

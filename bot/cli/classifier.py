@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from bot import app
 from bot.cli import CommandError, open_store
 from bot.config import Config
+
+
+# Where `illustfeed bench` takes its images when --data is not given (a labelled folder of the user's).
+BENCH_DATA_ENV = "ILLUSTFEED_BENCH_DATA"
 
 
 def _classifier_errors_as_command_errors(handler):
@@ -134,8 +139,12 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     from classifier.data import scan_folder
     from classifier.runtime import apply_threads
 
+    data = args.data or os.environ.get(BENCH_DATA_ENV)
+    if not data:
+        raise CommandError(f"bench: give --data DIR (a labelled folder: DIR/illustration, DIR/screenshot, "
+                           f"DIR/photo) or set {BENCH_DATA_ENV}")
     apply_threads(config.classifier)
-    sources = [item.source for item in scan_folder(args.data)]
+    sources = [item.source for item in scan_folder(data)]
     sources = sources[:: max(1, len(sources) // args.limit)][: args.limit]
     with open_store(config) as store:
         model = app.load_model(store, config, args.model)
@@ -182,18 +191,9 @@ def register(subparsers) -> None:
     model.set_defaults(handler=_classifier_errors_as_command_errors(cmd_model))
 
     bench = subparsers.add_parser("bench", help="naive vs optimised classification speed on the same images")
-    bench.add_argument("--data", metavar="DIR", default=str(_default_bench_data()),
-                       help="labelled folder to take images from (default: the shared dev corpus)")
+    bench.add_argument("--data", metavar="DIR", help=f"labelled folder to take images from (default: ${BENCH_DATA_ENV})")
     bench.add_argument("--limit", type=int, default=64, help="number of images")
     bench.add_argument("--model", metavar="VERSION_OR_PATH")
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), help="default: from config")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_classifier_errors_as_command_errors(cmd_bench))
-
-
-def _default_bench_data() -> Path:
-    import os
-
-    shared = os.environ.get("ILLUSTFEED_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "corpus" / "dev"

@@ -88,7 +88,10 @@ def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int
 
 
 def mark_feed_posted(store: Store, channel: str, media_ids: Iterable[int], message_id: str | None) -> None:
+    """Record that `channel` has had these media (in `message_id`; None for a skipped backlog). A pair
+    already recorded keeps its first message."""
+    now = utc_now()
     with store.transaction():
-        for media_id in media_ids:
-            store.execute("INSERT OR IGNORE INTO feed_posts (media_id, channel, message_id, posted_at) "
-                          "VALUES (?, ?, ?, ?)", (media_id, channel, message_id, utc_now()))
+        store.db["feed_posts"].insert_all(
+            ({"media_id": media_id, "channel": channel, "message_id": message_id, "posted_at": now}
+             for media_id in media_ids), ignore=True)

@@ -321,12 +321,26 @@ def crawl_folder(store: Store, config: Config) -> SourceRun | None:
     run = SourceRun("folder")
     root = Path(settings.path)
     if not root.is_dir():
+        if follows_network_accounts(store, config):
+            # The inbox is on by default; someone who follows network accounts need not create it.
+            log.debug("inbox folder %s does not exist; skipped", root)
+            return None
         run.problems.append(f"folder {root} does not exist (create it, or run `illustfeed init`)")
         return run
     source = FolderSource(root, max_bytes=config.ingest.max_bytes)
     run.ingest = ingest_source(store, source, config.ingest)
     run.accounts = len({account for account, _path in source.files()})
     return run
+
+
+def follows_network_accounts(store: Store, config: Config) -> bool:
+    """Whether any enabled network source has an account to crawl (in the config or followed by hand)."""
+    for network in NETWORKS.values():
+        section = network.settings(config.sources)
+        if section.enabled and (section.accounts or section.following_of or store.scalar(
+                "SELECT 1 FROM accounts WHERE source = ? AND followed = 1 LIMIT 1", (network.name,))):
+            return True
+    return False
 
 
 def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,

@@ -5,7 +5,6 @@ import asyncio
 import logging
 import os
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
