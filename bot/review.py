@@ -8,7 +8,8 @@ page) reads the queue through `pending` and `review_item`.
 Conventions:
 - `priority`: higher is reviewed first. The classifier writes 1 - margin, so the most uncertain call comes
   first; ties go to the oldest row.
-- `state`: 'pending' (waiting), 'skipped' (set aside by a reviewer), 'done' (a human answered).
+- `state`: 'pending' (waiting), 'skipped' (set aside by a reviewer: it comes back after the pending ones),
+  'done' (a human answered).
 """
 from __future__ import annotations
 
@@ -39,18 +40,24 @@ class ReviewItem:
 
 
 def pending(store: Store) -> list[dict]:
-    """Pending items whose media is stored, most uncertain first: (media_id, reason) rows."""
+    """Items waiting for an answer whose media is stored: (media_id, reason, state) rows, most uncertain
+    first, then the skipped ones (a skip sets an item aside until the rest are answered, as in hydrus'
+    filter; it never drops it)."""
     return store.query(
-        "SELECT q.media_id, q.reason FROM review_queue q JOIN media m ON m.id = q.media_id "
-        "WHERE q.state = 'pending' AND m.status = 'ok' ORDER BY q.priority DESC, q.created_at, q.media_id")
+        "SELECT q.media_id, q.reason, q.state FROM review_queue q JOIN media m ON m.id = q.media_id "
+        "WHERE q.state IN ('pending', 'skipped') AND m.status = 'ok' "
+        "ORDER BY q.state = 'skipped', CASE WHEN q.state = 'skipped' THEN q.updated_at END, "
+        "q.priority DESC, q.created_at, q.media_id")
 
 
 def pending_ids(store: Store) -> set[int]:
-    return {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
+    """Items the model put in the queue and nobody answered yet (skipped ones included)."""
+    return {row["media_id"] for row in store.query(
+        "SELECT media_id FROM review_queue WHERE state IN ('pending', 'skipped')")}
 
 
 def pending_count(store: Store) -> int:
-    return store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'pending'")
+    return store.scalar("SELECT COUNT(*) FROM review_queue WHERE state IN ('pending', 'skipped')")
 
 
 def overlay_path(store: Store, overlay_sha256: str | None) -> Path | None:
@@ -113,10 +120,11 @@ def record_label(store: Store, media_id: int, label: str, by: str, via: str) -> 
 
 
 def skip(store: Store, media_id: int) -> int:
-    """Set a pending item aside; returns how many rows changed (0: it was not pending)."""
+    """Set a waiting item aside, behind every other (a skipped one goes to the back again); returns how many
+    rows changed (0: it was not waiting)."""
     return store.execute(
-        "UPDATE review_queue SET state = 'skipped', updated_at = ? WHERE media_id = ? AND state = 'pending'",
-        (utc_now(), media_id)).rowcount
+        "UPDATE review_queue SET state = 'skipped', updated_at = ? WHERE media_id = ? "
+        "AND state IN ('pending', 'skipped')", (utc_now(), media_id)).rowcount
 
 
 def requeue(store: Store, media_id: int) -> int:
@@ -127,8 +135,8 @@ def requeue(store: Store, media_id: int) -> int:
 
 
 def drop_settled(store: Store, model_version: str) -> int:
-    """Remove pending items whose latest prediction, by `model_version`, is no longer borderline."""
+    """Remove waiting items whose latest prediction, by `model_version`, is no longer borderline."""
     return store.execute(
-        "DELETE FROM review_queue WHERE state = 'pending' AND media_id IN "
+        "DELETE FROM review_queue WHERE state IN ('pending', 'skipped') AND media_id IN "
         "(SELECT media_id FROM latest_prediction WHERE model_version = ? AND borderline = 0)",
         (model_version,)).rowcount

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import queue
 import threading
 import time
@@ -90,6 +91,12 @@ class Decision:
     priority: float  # review order: higher = more uncertain = reviewed first
 
 
+def _below(value: float) -> str:
+    """`value` to 3 decimals, rounded down: a value under a threshold never prints as the threshold itself
+    ("margin 0.1496 < 0.15" reads "0.149 < 0.15", not the false "0.150 < 0.15")."""
+    return f"{math.floor(value * 1000) / 1000:.3f}"
+
+
 def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence: float, min_margin: float) -> Decision:
     """Label, confidence and margin; borderline when confidence < min_confidence or margin < min_margin."""
     ranked = sorted(range(len(labels)), key=lambda i: probabilities[i], reverse=True)
@@ -97,9 +104,9 @@ def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence
     margin = confidence - float(probabilities[ranked[1]])
     reasons = []
     if confidence < min_confidence:
-        reasons.append(f"confidence {confidence:.3f} < {min_confidence:g}")
+        reasons.append(f"confidence {_below(confidence)} < {min_confidence:g}")
     if margin < min_margin:
-        reasons.append(f"margin {margin:.3f} < {min_margin:g} ({labels[ranked[0]]} vs {labels[ranked[1]]})")
+        reasons.append(f"margin {_below(margin)} < {min_margin:g} ({labels[ranked[0]]} vs {labels[ranked[1]]})")
     return Decision(
         label=labels[ranked[0]],
         confidence=confidence,

@@ -71,6 +71,14 @@ def test_precision_choice_follows_cpu_flags():
         choose_precision("fp16")
 
 
+def test_a_reason_never_rounds_into_a_false_statement():
+    decision = decide([0.4252, 0.2756, 0.2992], ["illustration", "screenshot", "photo"], 0.6, 0.15)
+    # margin 0.126 rounded would be fine; the case that lied was a margin just under the threshold:
+    close = decide([0.5748, 0.4252, 0.0], ["illustration", "screenshot", "photo"], 0.5, 0.15)
+    assert close.margin < 0.15 and "margin 0.149 < 0.15" in close.reason
+    assert "confidence 0.425 < 0.6" in decision.reason
+
+
 def test_auto_tries_every_precision_the_cpu_offers():
     assert auto_candidates({"avx512f", "avx512_vnni"}) == ("int8",)
     assert auto_candidates({"avx512_bf16", "avx512_vnni"}) == ("int8", "bf16")

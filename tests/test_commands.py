@@ -65,10 +65,15 @@ def test_empty_queue(store):
     assert reply.ok and reply.text == "The review queue is empty." and reply.item is None
 
 
-def test_skip_leaves_no_label_and_removes_the_item_from_the_queue(store, queued):
+def test_skip_leaves_no_label_and_sets_the_item_behind_the_others(store, queued):
     reply = commands.review_answer(store, REVIEWER, queued[1], "skip")
     assert reply.text.startswith(f"Media {queued[1]} skipped.") and reply.item.media_id == queued[2]
+    assert reply.item.pending == 3  # still waiting
     assert queue_state(store, queued[1]) == "skipped" and labels_rows(store, queued[1]) == []
+    reply = commands.review_answer(store, REVIEWER, queued[2], "photo")
+    reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "photo")
+    assert reply.item.media_id == queued[1]  # back once the rest is answered
+    assert commands.stats_data(store)["review_pending"] == 1
 
 
 def test_label_records_who_when_and_via_and_a_correction_adds_history(store, queued):
@@ -337,11 +342,12 @@ def test_queue_order_follows_the_classifiers_priority_then_age(store):
                       "VALUES (?, 'test', ?, 'pending', ?, ?)", (media_id, priority, created, created))
     order = []
     reply = commands.next_review(store)
-    while reply.item is not None:
+    for _ in range(4):
         order.append(reply.item.media_id)
         assert reply.item.probabilities is None and "Not classified yet." in reply.text
         reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "skip")
-    assert order == [media_ids[2], media_ids[1], media_ids[0]]
+    # Skipped items come back in the order they were skipped, after every pending one.
+    assert order == [media_ids[2], media_ids[1], media_ids[0], media_ids[2]]
 
 
 def test_feed_batch_follows_the_web_feeds_rule(store, queued):
