@@ -65,7 +65,7 @@ def scan_folder(root: str | Path, labels: Sequence[str] = LABELS,
         problems.extend(f"{manifest}: row for {name} skipped: no such image under {'/, '.join(labels)}/"
                         for name in sorted(set(origins) - found))
     if not items:
-        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{l}/' for l in labels)}")
+        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{label}/' for label in labels)}")
     return items
 
 

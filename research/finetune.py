@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from classifier import LABELS
 from classifier.evaluate import compute_metrics
 from classifier.model import LinearHead
-from research.cv15 import FOLDS, VARIANTS, folds_of, load_corpus
+from research.cv15 import VARIANTS, folds_of, load_corpus
 from research.extract import OUT_DIR, load_vgg16_trunk
 from research.heads import HeadSettings, fit_head, sample_weights
 from research.pool4 import CORPORA, POOL4_INDEX, conv5_vector, load_pool4

@@ -32,8 +32,8 @@ def test_two_folders_are_grouped_by_manifest_origin_and_missing_rows_are_reporte
     second = with_manifest(write_dataset(tmp_path / "train", per_label=4, seed=1), 2, "github:b-")
     items, problems = scan_folders([first, second])
     assert len(items) == 30
-    assert {item.group for item in items} == {f"deb:a-{l}-{k}=1.0" for l in LABELS for k in range(3)} | {
-        f"github:b-{l}-{k}=1.0" for l in LABELS for k in range(2)}
+    assert {item.group for item in items} == {f"deb:a-{label}-{k}=1.0" for label in LABELS for k in range(3)} | {
+        f"github:b-{label}-{k}=1.0" for label in LABELS for k in range(2)}
     assert len(problems) == 1 and "photo/gone.jpg" in problems[0] and "no such image" in problems[0]
     train, validation = split_by_group(items)
     assert not {i.group for i in train} & {i.group for i in validation}
@@ -83,7 +83,7 @@ def test_cli_eval_reports_per_origin_rows_from_the_manifest(tmp_path):
                      str(tmp_path / "c.png"), cwd=tmp_path, env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "d")}, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["per_origin"]
-    assert {(row["label"], row["origin"]) for row in rows} == {(l, f"deb:e-{l}-{k}=1.0") for l in LABELS for k in range(2)}
+    assert {(row["label"], row["origin"]) for row in rows} == {(label, f"deb:e-{label}-{k}=1.0") for label in LABELS for k in range(2)}
     assert all(row["images"] == 2 for row in rows)
     confusion = json.loads(result.stdout)["confusion"]
     for index, label in enumerate(LABELS):
