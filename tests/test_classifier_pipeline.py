@@ -198,10 +198,9 @@ def test_classify_pending_follows_the_models_review_policy(trained, store):
     results = list(run_classifier(model, list(enumerate(images)), runner=FeatureRunner(model, precision="fp32")))
     # The tiny model is sure of everything; a softer temperature spreads P(illustration) over (0, 1).
     with torch.no_grad():
-        logits = model.head(torch.stack([result.vector for result in results]))
-    model.temperature = float(logits.std()) * 2
-    p_illustration = sorted({round(float(p), 6) for p in model.probabilities_from_vectors(
-        torch.stack([result.vector for result in results]))[:, 0]})
+        vectors = torch.stack([result.vector for result in results])
+        model.temperature = float(model.head(vectors).std()) * 2
+        p_illustration = sorted({round(float(p), 6) for p in model.probabilities_from_vectors(vectors)[:, 0]})
     assert len(p_illustration) >= 6
     # Thresholds between observed values, so each of the three outcomes happens.
     feed_threshold = (p_illustration[-2] + p_illustration[-3]) / 2
