@@ -51,14 +51,21 @@ class Corpus:
     view_counts: list[int]
 
 
-def load_corpus(corpora_wanted: tuple[str, ...] = CORPORA) -> Corpus:
+def load_corpus(corpora_wanted: tuple[str, ...] = CORPORA, aggregate: str = "mean") -> Corpus:
+    """Per-image vectors: `mean` of the views (the product's `aggregate_views`), or `whole_half`: the
+    whole-image view weighs half and the tiles share the other half (a research variant: a post captured
+    around a drawing is told apart only by the whole frame, and with 3 tiles the mean gives it a quarter)."""
     vectors, labels, origins, corpora, files, counts = [], [], [], [], [], []
     for corpus in corpora_wanted:
         data = torch.load(wide_path(corpus), weights_only=False)
         per_view = data["vectors"].float()
         start = 0
         for count in data["view_counts"]:
-            vectors.append(per_view[start:start + count].mean(0))
+            views = per_view[start:start + count]
+            if aggregate == "whole_half" and count > 1:
+                vectors.append(0.5 * views[0] + 0.5 * views[1:].mean(0))
+            else:
+                vectors.append(views.mean(0))
             start += count
         labels += [LABELS.index(label) for label in data["labels"]]
         origins += data["origins"]
@@ -161,10 +168,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument("--corpus", action="append", choices=CORPORA, help="default: all (a trial on fewer)")
+    parser.add_argument("--aggregate", choices=("mean", "whole_half"), default="mean")
     parser.add_argument("--finetuned", action="append", default=[], help="out-of-fold logits file of research.finetune")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_corpus(tuple(args.corpus or CORPORA))
+    data = load_corpus(tuple(args.corpus or CORPORA), args.aggregate)
     fold = folds_of(data.origins)
     print(f"{len(data.labels)} images, {sum(data.view_counts)} views, {len(set(data.origins))} origins, "
           f"fold sizes {sorted(Counter(fold).values())}", flush=True)
@@ -173,7 +181,8 @@ def main() -> None:
     for name in args.variant or list(VARIANTS):
         started = time.monotonic()
         logits = head_oof_logits(data, VARIANTS[name], fold)
-        results.append(summary(name, data, logits, fold, targets))
+        label = name if args.aggregate == "mean" else f"{name}, whole view = half"
+        results.append(summary(label, data, logits, fold, targets))
         print(format_summary(results[-1]) + f"  ({time.monotonic() - started:.0f} s)", flush=True)
     for path in args.finetuned:
         saved = torch.load(path, weights_only=False)

@@ -33,7 +33,7 @@ from research.heads import fit_head
 from research.pool4 import WIDE_SPEC
 
 DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.pt"
-CHOSEN_VARIANT = "ill x2"
+CHOSEN_VARIANT = "ill x2, l2 1e-1"
 DEFAULT_VERSION = "default-3"
 
 

@@ -82,8 +82,11 @@ def test_default_model_reads_camera_noise_as_photo_evidence():
     assert stats == ("flat", "noise")
     weights = record.head_state["linear.weight"]  # [classes, dim]; the statistics are the last columns
     assert weights.shape[1] == 2 * (256 + 512 + 512) + len(stats)
-    photo, illustration = LABELS.index("photo"), LABELS.index("illustration")
+    photo, illustration, screenshot = (LABELS.index(label) for label in ("photo", "illustration", "screenshot"))
     flat_column, noise_column = weights.shape[1] - 2, weights.shape[1] - 1
-    # More exactly flat pixels: less photo; more fine noise in smooth areas: more photo.
-    assert weights[photo, flat_column] < weights[illustration, flat_column]
+    # More fine noise in smooth areas: more photo than illustration.
     assert weights[photo, noise_column] > weights[illustration, noise_column]
+    # More exactly flat pixels: screenshot above both. (default-2, trained on dev alone, also put illustration
+    # above photo here; on dev + train the conv features carry the fills of drawn art and the statistic's
+    # weight, given them, no longer does - in every head variant compared, see MODEL_CARD.md.)
+    assert weights[screenshot, flat_column] > max(weights[photo, flat_column], weights[illustration, flat_column])
