@@ -89,3 +89,39 @@ def test_cli_eval_reports_per_origin_rows_from_the_manifest(tmp_path):
     for index, label in enumerate(LABELS):
         hits = sum(row["recall"] * row["images"] for row in rows if row["label"] == label)
         assert hits == pytest.approx(confusion[index][index])
+
+
+@pytest.mark.slow
+def test_cli_train_on_two_folders_reports_groups_skips_and_per_origin_rows(tmp_path):
+    import json
+
+    from classifier.versions import activate, register_model
+    from storage import Store
+    from tests.conftest import run_cli
+
+    first = with_manifest(write_dataset(tmp_path / "dev", per_label=12, seed=4), 4, "deb:d-",
+                          extra_rows=[("screenshot/lost.png", "screenshot", "deb:lost=1 /l.png")])
+    second = with_manifest(write_dataset(tmp_path / "train", per_label=12, seed=5), 4, "github:t-")
+    (second / "illustration" / "illustration_0003.png").write_bytes(b"GIF89a broken")
+    # The active model is the base a training run starts from: a tiny one, so no ImageNet weights are needed.
+    with Store.open(tmp_path / "data") as store:
+        base = tiny_base_model()
+        base.version = "tiny-base"
+        register_model(store, base)
+        activate(store, "tiny-base")
+    (tmp_path / "config.toml").write_text(f'data_dir = "{tmp_path / "data"}"\n[classifier]\nprecision = "fp32"\n'
+                                          'progress = false\n')
+    folders = ["--data", str(first), "--data", str(second), "--config", str(tmp_path / "config.toml")]
+    result = run_cli("train", *folders, "--json", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    summary = report["data_summary"]
+    assert summary["train"]["images"] + summary["validation"]["images"] == 71  # 72 files, one undecodable
+    assert summary["train"]["groups"] + summary["validation"]["groups"] == 24  # 12 origins per folder
+    assert summary["skipped"]["count"] == 2
+    assert {origin for row in report["metrics"]["per_origin"] for origin in [row["origin"]]} <= {
+        f"{prefix}{label}-{k}=1.0" for prefix in ("deb:d-", "github:t-") for label in LABELS for k in range(4)}
+    text = run_cli("train", *folders, cwd=tmp_path, timeout=600)
+    assert text.returncode == 0, text.stderr
+    assert "validation by origin" in text.stdout and "2 inputs skipped:" in text.stdout
+    assert "lost.png" in text.stdout and "cannot be decoded" in text.stdout
