@@ -64,6 +64,19 @@ class LinearHead(nn.Module):
         return self.linear((vectors - self.feature_mean) / self.feature_scale)
 
 
+def feature_key(backbone: str, backbone_width: float, backbone_delta: dict[str, torch.Tensor],
+                spec: FeatureSpec) -> str:
+    """The cache key of the vectors a trunk (backbone, width, fine-tuned tensors) and a FeatureSpec produce."""
+    spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+    spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
+    trunk = backbone
+    if backbone_delta:
+        trunk += "+" + state_dict_sha256(backbone_delta)[:12]
+    if backbone_width != 1.0:
+        trunk += f"@w{backbone_width:g}"
+    return f"{trunk}:{spec_digest}"
+
+
 class ImageClassifier(nn.Module):
     """`forward(x[N,3,S,S]) -> logits[N,3]`; `features` is the VGG16 trunk with torchvision indices.
 
@@ -114,14 +127,7 @@ class ImageClassifier(nn.Module):
 
         Two models with the same key produce the same vectors, so cached vectors can be reused.
         """
-        spec_json = json.dumps(self.spec.to_dict(), sort_keys=True)
-        spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
-        trunk = self.backbone
-        if self.backbone_delta:
-            trunk += "+" + state_dict_sha256(self.backbone_delta)[:12]
-        if self.backbone_width != 1.0:
-            trunk += f"@w{self.backbone_width:g}"
-        return f"{trunk}:{spec_digest}"
+        return feature_key(self.backbone, self.backbone_width, self.backbone_delta, self.spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.extractor(x))
@@ -156,6 +162,11 @@ class ModelRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
+
+    @property
+    def feature_key(self) -> str:
+        """The key of the vectors this model's head reads, known without loading any trunk weights."""
+        return feature_key(self.backbone, self.backbone_width, self.backbone_delta, self.feature_spec)
 
 
 def save_model(model: ImageClassifier, path: str | Path) -> Path:
@@ -284,6 +295,17 @@ def build_from_record(
     model.data_summary = dict(record.data_summary)
     model.parent = record.parent
     return model.eval()
+
+
+def head_from_record(record: ModelRecord) -> LinearHead:
+    """The record's head alone, to score cached vectors without building (or loading) a trunk."""
+    weight = record.head_state.get("linear.weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ModelFileError(f"model {record.version} has no [classes, features] head weight")
+    try:
+        return _loaded_head(LinearHead(weight.shape[1], weight.shape[0]), record.head_state).eval()
+    except (RuntimeError, ValueError) as error:
+        raise ModelFileError(f"model {record.version}: its head does not load: {error}") from None
 
 
 def _loaded_head(head: LinearHead, head_state: dict[str, torch.Tensor]) -> LinearHead:

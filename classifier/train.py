@@ -123,11 +123,14 @@ class EarlyStopping:
 # --- head training --------------------------------------------------------------------------------------
 
 
-def class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """`n / (classes * count)` per class (scikit-learn's "balanced"); absent classes weigh 0."""
-    counts = torch.bincount(targets, minlength=num_classes).float()
+def class_weights(targets: torch.Tensor, num_classes: int, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`n / (classes * count)` per class (scikit-learn's "balanced"), counts weighted by `sample_weight`;
+    absent classes weigh 0."""
+    sample_weight = torch.ones(len(targets)) if sample_weight is None else sample_weight.float()
+    counts = torch.zeros(num_classes).index_add_(0, targets, sample_weight)
     present = int((counts > 0).sum())
-    weights = torch.where(counts > 0, len(targets) / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    weights = torch.where(counts > 0, float(sample_weight.sum()) / (present * counts.clamp_min(1e-12)),
+                          torch.zeros_like(counts))
     return weights
 
 
@@ -137,26 +140,37 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) 
 
 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-               labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
-    """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
-    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one."""
+               labels: Sequence[str], options: TrainOptions, sample_weight: torch.Tensor | None = None
+               ) -> tuple[LinearHead, list[dict]]:
+    """Adam on class-balanced cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
+    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one.
+
+    `sample_weight` (default 1 each) scales each training image, e.g. a human label above a base-set image;
+    classes are balanced on the weighted counts."""
     # The head's tensors are tiny: with more than one thread every op waits on a thread barrier, which on a
     # busy machine costs far more than the arithmetic.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_head(train_x, train_y, val_x, val_y, labels, options)
+        return _train_head(train_x, train_y, val_x, val_y, labels, options, sample_weight)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
+                labels: Sequence[str], options: TrainOptions, sample_weight: torch.Tensor | None
+                ) -> tuple[LinearHead, list[dict]]:
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     head = LinearHead(train_x.shape[1], len(labels))
     head.set_standardisation(train_x)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)))
+    source_weight = torch.ones(len(train_y)) if sample_weight is None else sample_weight.float()
+    # Each image's weight: its class's balancing weight times its own; a batch's loss is their weighted mean.
+    weights = class_weights(train_y, len(labels), source_weight)[train_y] * source_weight
+
+    def loss_fn(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        losses = nn.functional.cross_entropy(logits, train_y[batch], reduction="none")
+        return (losses * weights[batch]).sum() / weights[batch].sum().clamp_min(1e-12)
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     bar = tqdm(range(options.epochs), desc="train head", unit="epoch", disable=not options.progress, leave=False)
     stopper = EarlyStopping(head, options.patience, bar)
@@ -167,7 +181,7 @@ def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
         for start in range(0, len(order), options.batch_size):
             batch = order[start:start + options.batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(head(train_x[batch]), train_y[batch])
+            loss = loss_fn(head(train_x[batch]), batch)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(batch)

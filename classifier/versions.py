@@ -3,6 +3,11 @@
 A new model becomes active only if its illustration recall and macro-F1 on the fixed validation split are
 not worse than the active model's on the same images. Rollback re-activates the active model's parent
 (the model that was active when it was trained and that it replaced).
+
+The shipped default model is a version like any other: the first time a data folder's versions are
+looked at, its file is copied to `<data_dir>/models/` and registered, active when no other model is. The
+copy (56 KB) keeps every version the folder has used reachable: after an upgrade ships `default-3`, a model
+trained from `default-2` can still be rolled back to it.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from classifier.model import (
-    MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, check_head_fits, read_model_file, save_model,
+    MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, ModelRecord, check_head_fits, read_model_file, save_model,
 )
+from storage.files import atomic_write_bytes
 
 MODELS_DIR = "models"
 # The shipped model (issue 4 trains it): used when no model is active.
@@ -56,6 +62,41 @@ def model_path(data_dir: Path, version: str) -> Path:
     return Path(data_dir) / MODELS_DIR / f"{version}{MODEL_FILE_SUFFIX}"
 
 
+def ensure_default_registered(store, directory: Path = DEFAULT_MODEL_DIR) -> str | None:
+    """Register the shipped default model in this store if it is not yet (active when no model is);
+    returns its version, or None when no default model ships (the caller's model lookup says so)."""
+    try:
+        shipped = default_model_file(directory)
+    except ModelFileError:
+        return None
+    record = _shipped_record(shipped)
+    if store.query_one("SELECT version FROM models WHERE version = ?", (record.version,)):
+        return record.version
+    path = model_path(store.data_dir, record.version)
+    atomic_write_bytes(path, shipped.read_bytes())
+    with store.transaction():
+        # OR IGNORE: another process may have registered it since the check above.
+        store.execute(
+            "INSERT OR IGNORE INTO models (version, path, backbone, metrics, data_summary, parent, active, created_at)"
+            " VALUES (?, ?, ?, ?, ?, NULL, NOT EXISTS (SELECT 1 FROM models WHERE active = 1), ?)",
+            (record.version, str(path), record.backbone, json.dumps(record.metrics),
+             json.dumps({**record.data_summary, "source": "shipped"}), utc_now()),
+        )
+    return record.version
+
+
+_shipped_records: dict[tuple[Path, int, int], ModelRecord] = {}
+
+
+def _shipped_record(path: Path) -> ModelRecord:
+    """The shipped file's record, read once per file state (every model lookup passes here)."""
+    stat = path.stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _shipped_records:
+        _shipped_records[key] = read_model_file(path)
+    return _shipped_records[key]
+
+
 def register_model(store, model: ImageClassifier) -> Path:
     """Save the model file under `<data_dir>/models/` and add its (inactive) `models` row."""
     if store.query_one("SELECT version FROM models WHERE version = ?", (model.version,)):
@@ -80,6 +121,7 @@ def get_model_row(store, version: str) -> dict:
 
 
 def list_models(store) -> list[dict]:
+    ensure_default_registered(store)
     rows = store.query("SELECT * FROM models ORDER BY created_at, version")
     for row in rows:
         row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
@@ -89,6 +131,7 @@ def list_models(store) -> list[dict]:
 
 def activate(store, version: str) -> dict:
     """Make `version` the only active model. Its file must read cleanly first, else nothing changes."""
+    ensure_default_registered(store)
     row = get_model_row(store, version)
     # Raises ModelFileError naming the file, and the active model stays: unreadable, wrong labels, or a head
     # that does not fit its features.
@@ -101,6 +144,7 @@ def activate(store, version: str) -> dict:
 
 def rollback(store) -> dict:
     """Re-activate the active model's parent."""
+    ensure_default_registered(store)
     active = store.query_one("SELECT * FROM models WHERE active = 1")
     if active is None:
         raise ModelVersionError("no model is active, nothing to roll back")
@@ -110,6 +154,7 @@ def rollback(store) -> dict:
 
 
 def active_model_path(store) -> Path | None:
+    ensure_default_registered(store)
     row = store.query_one("SELECT path FROM models WHERE active = 1")
     return Path(row["path"]) if row else None
 
@@ -122,7 +167,10 @@ def resolve_model_path(store, version_or_path: str | None) -> Path:
             if not candidate.is_file():
                 raise ModelFileError(f"model file {candidate} does not exist")
             return candidate
-        return Path(get_model_row(store, version_or_path)["path"]) if store is not None else candidate
+        if store is None:
+            return candidate
+        ensure_default_registered(store)
+        return Path(get_model_row(store, version_or_path)["path"])
     active = active_model_path(store) if store is not None else None
     if active is not None:
         return active
