@@ -65,6 +65,38 @@ def format_report(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(metrics: dict, other: dict | None, name: str = "candidate", other_name: str = "active") -> str:
+    """Two models on the same images: one row per metric (illustration recall first), each model's value and
+    the change, then the first model's confusion matrix. Every metric appears once."""
+    labels = metrics["labels"]
+    rows = [("illustration recall", ("per_class", "illustration", "recall"))] if "illustration" in labels else []
+    rows += [("macro-F1", ("macro_f1",)), ("accuracy", ("accuracy",))]
+    for label in labels:
+        for score in ("precision", "recall", "f1"):
+            if (label, score) != ("illustration", "recall"):
+                rows.append((f"{label} {score.replace('f1', 'F1')}", ("per_class", label, score)))
+
+    def value(source: dict, path: tuple[str, ...]) -> float:
+        for key in path:
+            source = source[key]
+        return float(source)
+
+    width = max(len(title) for title, _ in rows) + 2
+    columns = [name[:22], *([other_name[:22], "change"] if other is not None else [])]
+    lines = [" " * width + "".join(f"{column:>24}" for column in columns)]
+    for title, path in rows:
+        line = f"{title:<{width}}{value(metrics, path):>24.3f}"
+        if other is not None:
+            line += f"{value(other, path):>24.3f}{value(metrics, path) - value(other, path):>+24.3f}"
+        lines.append(line)
+    cell = max(len(label) for label in labels) + 2
+    lines.append(f"confusion of {name} (rows = true, columns = predicted):")
+    lines.append(" " * cell + "".join(f"{label:>{cell}}" for label in labels))
+    for label, counts in zip(labels, metrics["confusion"]):
+        lines.append(f"{label:<{cell}}" + "".join(f"{count:>{cell}d}" for count in counts))
+    return "\n".join(lines)
+
+
 def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion matrix") -> Path:
     """Draw the confusion matrix (counts in the cells) with matplotlib's Agg backend."""
     import matplotlib

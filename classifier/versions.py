@@ -26,6 +26,7 @@ MODELS_DIR = "models"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 # Metrics compared for promotion, most important first.
 PROMOTION_METRICS = ("illustration_recall", "macro_f1")
+METRIC_TITLES = {"illustration_recall": "illustration recall", "macro_f1": "macro-F1"}
 
 
 class ModelVersionError(ValueError):
@@ -48,25 +49,27 @@ class PromotionDecision:
 
 
 def compare_for_promotion(candidate: dict, active: dict | None, tolerance: float = 1e-9) -> PromotionDecision:
-    """Promote unless illustration recall or macro-F1 is lower than the active model's (same images)."""
+    """Promote unless illustration recall or macro-F1 is lower than the active model's (same images).
+    The reason names the metrics; the report shows their values."""
     if active is None:
         return PromotionDecision(True, "no active model")
     new, old = promotion_scores(candidate), promotion_scores(active)
-    worse = [f"{name} {new[name]:.4f} < {old[name]:.4f}" for name in PROMOTION_METRICS if new[name] < old[name] - tolerance]
+    worse = [METRIC_TITLES[name] for name in PROMOTION_METRICS if new[name] < old[name] - tolerance]
     if worse:
-        return PromotionDecision(False, "worse than the active model: " + ", ".join(worse))
-    return PromotionDecision(True, ", ".join(f"{name} {new[name]:.4f} >= {old[name]:.4f}" for name in PROMOTION_METRICS))
+        return PromotionDecision(False, "worse than the active model on " + " and ".join(worse))
+    return PromotionDecision(True, " and ".join(METRIC_TITLES[name] for name in PROMOTION_METRICS)
+                             + " not below the active model's")
 
 
 def model_path(data_dir: Path, version: str) -> Path:
     return Path(data_dir) / MODELS_DIR / f"{version}{MODEL_FILE_SUFFIX}"
 
 
-def ensure_default_registered(store, directory: Path = DEFAULT_MODEL_DIR) -> str | None:
+def ensure_default_registered(store, directory: Path | None = None) -> str | None:
     """Register the shipped default model in this store if it is not yet (active when no model is);
     returns its version, or None when no default model ships (the caller's model lookup says so)."""
     try:
-        shipped = default_model_file(directory)
+        shipped = default_model_file(directory or DEFAULT_MODEL_DIR)
     except ModelFileError:
         return None
     record = _shipped_record(shipped)
@@ -177,8 +180,9 @@ def resolve_model_path(store, version_or_path: str | None) -> Path:
     return default_model_file()
 
 
-def default_model_file(directory: Path = DEFAULT_MODEL_DIR) -> Path:
-    """The shipped model: `model.pt` in `directory`, or its only `*.pt` file."""
+def default_model_file(directory: Path | None = None) -> Path:
+    """The shipped model: `model.pt` in `directory` (default DEFAULT_MODEL_DIR), or its only `*.pt` file."""
+    directory = directory or DEFAULT_MODEL_DIR
     files = sorted(directory.glob(f"*{MODEL_FILE_SUFFIX}")) if directory.is_dir() else []
     preferred = directory / f"model{MODEL_FILE_SUFFIX}"
     if preferred in files:
