@@ -5,7 +5,7 @@ Illustration recall comes first in every human-readable report: a missed illustr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 from classifier import LABELS
 
@@ -126,8 +126,15 @@ def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion 
     return path
 
 
-def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4) -> tuple[dict, list]:
-    """Classify labelled `items` and score them; returns (metrics, [(item, predicted label or None)]).
+class ScoredImage(NamedTuple):
+    item: Any  # the LabelledImage
+    predicted: str | None  # None: the image could not be decoded
+    probabilities: list[float] | None
+
+
+def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4
+                   ) -> tuple[dict, list[ScoredImage]]:
+    """Classify labelled `items` and score them; returns (metrics, one ScoredImage per item, in order).
 
     Undecodable images are left out of the metrics and reported as `skipped`.
     """
@@ -135,13 +142,14 @@ def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frame
 
     runner = runner or FeatureRunner(model)
     by_key = {item.key: item for item in items}
-    predictions = {}
+    probabilities = {}
     for result in run_classifier(model, [(item.key, item.source) for item in items], runner=runner,
                                  batch_size=batch_size, max_frames=max_frames):
         if result.error is None:
-            best = max(range(len(model.labels)), key=lambda i: result.probabilities[i])
-            predictions[result.key] = model.labels[best]
+            probabilities[result.key] = result.probabilities
+    predictions = {key: model.labels[max(range(len(model.labels)), key=lambda i: probs[i])]
+                   for key, probs in probabilities.items()}
     scored = [key for key in by_key if key in predictions]
     metrics = compute_metrics([by_key[k].label for k in scored], [predictions[k] for k in scored], model.labels)
     metrics["skipped"] = len(items) - len(scored)
-    return metrics, [(by_key[key], predictions.get(key)) for key in by_key]
+    return metrics, [ScoredImage(by_key[key], predictions.get(key), probabilities.get(key)) for key in by_key]

@@ -94,11 +94,19 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     items = scan_folder(args.data)
     with open_store(config) as store:
         model = load_classifier(store, config, args.model)
-    metrics, _ = evaluate_model(model, items, runner=make_runner(model, config.classifier),
-                                batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
+    metrics, scored = evaluate_model(model, items, runner=make_runner(model, config.classifier),
+                                     batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     skipped = metrics.pop("skipped")
     png = Path(args.png) if args.png else config.data_path / "reports" / f"confusion-{model.version}.png"
     save_confusion_png(metrics, png, title=f"{model.version} on {Path(args.data).name}")
+    if args.errors:
+        from classifier.errors import write_errors
+
+        errors = write_errors(scored, model.labels, args.errors, root=Path(args.data),
+                              title=f"{model.version} on {args.data}: misclassified, worst first")
+        shown = "" if errors.on_sheet == errors.mistakes else f" (the {errors.on_sheet} worst on the sheet)"
+        print(f"{errors.mistakes} misclassified images: {errors.csv_path}, {errors.sheet_path}{shown}",
+              file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(metrics))
         print(f"confusion matrix: {png}" + (f"; {skipped} undecodable images skipped" if skipped else ""),
@@ -184,6 +192,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--model", metavar="VERSION_OR_PATH",
                           help="default: the active model, else the shipped default model")
     evaluate.add_argument("--png", metavar="PATH", help="confusion matrix image (default: <data_dir>/reports/)")
+    evaluate.add_argument("--errors", metavar="DIR", help="write every misclassified file with true/predicted "
+                          "labels and probabilities to DIR/errors.csv, and a contact sheet DIR/errors.png")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_classifier_errors_as_command_errors(cmd_eval))
 
