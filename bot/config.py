@@ -142,7 +142,7 @@ class RetrainConfig:
     timezone: str = ""
     # A run that was due while the process was down or busy still starts if it is at most this late.
     misfire_grace_seconds: int = 43200
-    # Train only when at least this many human labels were added since the active model was trained.
+    # Train only when at least this many media were labelled since the active model was trained.
     min_new_labels: int = 20
     # Optional folder of extra training images, `<label>/*` (a manifest.csv with file,origin groups them).
     base_data: str = ""
