@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 HUMAN_LABEL_WEIGHT = 5.0
 # Below this many validation images of a class, its recall is noise: the candidate is not promoted.
 MIN_VALIDATION_PER_CLASS = 5
+# Share of the training side's groups set aside to choose the training epoch (early stopping).
+EARLY_STOPPING_FRACTION = 0.15
 DEFAULT_BASE_SET = DEFAULT_MODEL_DIR / BASE_SET_FILE
 
 
@@ -100,25 +102,30 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], options: T
     b_train, b_val = base.split(options.validation_fraction) if base is not None else ([], [])
 
     labels = LABELS
-    parts_x, parts_y, parts_w = [], [], []
-    if b_train:
-        parts_x.append(base.vectors[b_train])
-        parts_y.append(torch.tensor([labels.index(base.labels[i]) for i in b_train]))
-        parts_w.append(torch.ones(len(b_train)))
-    if h_train:
-        parts_x.append(human_x[h_train])
-        parts_y.append(torch.tensor([labels.index(human[i].label) for i in h_train]))
-        parts_w.append(torch.full((len(h_train),), HUMAN_LABEL_WEIGHT))
+    # Every training row as (vector, label index, weight, group): base vectors first, then human labels.
+    base_items = base.items() if base is not None else []
+    rows = [(base.vectors[i], labels.index(base.labels[i]), 1.0, base_items[i]) for i in b_train]
+    rows += [(human_x[i], labels.index(human[i].label), HUMAN_LABEL_WEIGHT, human[i]) for i in h_train]
     val_x = torch.cat(([base.vectors[b_val]] if b_val else []) + ([human_x[h_val]] if h_val else []))
     val_y = torch.tensor([labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val],
                          dtype=torch.long)
-    if not parts_x or not len(val_y):
+    if not rows or not len(val_y):
         raise DatasetError(f"cannot retrain: {len(h_train)} human labels and {len(b_train)} base images to train on, "
                            f"{len(val_y)} to validate on ({len(human)} labelled media in "
                            f"{len({i.group for i in human})} accounts{'; ' + base_note if base_note else ''})")
-    train_x, train_y, train_w = torch.cat(parts_x), torch.cat(parts_y), torch.cat(parts_w)
-
-    head, history = train_head(train_x, train_y, val_x, val_y, labels, options, sample_weight=train_w)
+    # Early stopping picks the epoch on groups of the training side, not on the validation set the
+    # promotion compares on: picked there, the candidate's scores would flatter it against the active model.
+    position_of = {id(row[3]): index for index, row in enumerate(rows)}
+    fit_items, stop_items = split_by_group([row[3] for row in rows], EARLY_STOPPING_FRACTION, salt="early-stopping:")
+    if not stop_items or not fit_items:
+        fit_items, stop_items = [row[3] for row in rows], []
+    fit = [rows[position_of[id(item)]] for item in fit_items]
+    stop = [rows[position_of[id(item)]] for item in stop_items]
+    train_x, train_y = torch.stack([row[0] for row in fit]), torch.tensor([row[1] for row in fit])
+    train_w = torch.tensor([row[2] for row in fit])
+    stop_x, stop_y = ((torch.stack([row[0] for row in stop]), torch.tensor([row[1] for row in stop])) if stop
+                      else (val_x, val_y))  # too few groups to set any aside: stop on the validation set
+    head, history = train_head(train_x, train_y, stop_x, stop_y, labels, options, sample_weight=train_w)
     with torch.no_grad():
         val_logits = head(val_x)
     temperature = fit_temperature(val_logits, val_y)
