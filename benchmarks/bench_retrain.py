@@ -117,7 +117,7 @@ def main() -> int:
               f"(validation {outcome.validation})")
         print(f"validation: illustration recall {outcome.scores['illustration_recall']:.3f}, "
               f"macro-F1 {outcome.scores['macro_f1']:.3f}, accuracy {outcome.scores['accuracy']:.3f}")
-        print(f"train ({outcome.epochs} epochs) + score both + register: {outcome.train_seconds:.1f} s; "
+        print(f"train (L-BFGS, full batch) + score both + register: {outcome.train_seconds:.1f} s; "
               f"re-scored {outcome.rescored} media from the cache in {outcome.rescore_seconds:.1f} s; "
               f"report and the rest {total - outcome.train_seconds - outcome.rescore_seconds:.1f} s; "
               f"features rows {cached_hits} (no image decoded)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from contextlib import nullcontext
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 
 SKIPPED, REFUSED, PROMOTED = "skipped", "refused", "promoted"
 REPORTS_DIR = "reports"
-STEPS_PER_EPOCH = 40
 # Metrics compared in the report, in the order a reader cares about them.
 REPORT_METRICS = ("illustration_recall", "macro_f1", "accuracy")
 
@@ -47,7 +45,6 @@ class RetrainOutcome:
     metrics: dict | None = None
     previous_metrics: dict | None = None
     confusion_png: str | None = None
-    epochs: int = 0
     rescored: int = 0
     queue_added: int = 0
     queue_removed: int = 0
@@ -71,7 +68,7 @@ class RetrainOutcome:
         fields: dict[str, Any] = {"status": self.status, "new_labels": self.new_labels}
         if self.status != SKIPPED:
             fields.update(version=self.version, previous=self.previous or "none", labelled=self.labelled,
-                          base_images=self.base_images, epochs=self.epochs, train_s=self.train_seconds)
+                          base_images=self.base_images, train_s=self.train_seconds)
             fields.update({f"{name}": round(value, 4) for name, value in self.scores.items()})
             fields.update({f"delta_{name}": round(value, 4) for name, value in self.deltas().items()})
             fields.update(rescored=self.rescored, queue_added=self.queue_added, queue_removed=self.queue_removed)
@@ -89,7 +86,7 @@ class RetrainOutcome:
                  f"Trained on {self.labelled} human-labelled media ({self.new_labels} newly labelled), "
                  f"{self.base_images} shipped base images" + (f" and {self.extra_images} base_data images"
                                                                if self.extra_images else "")
-                 + f" ({self.epochs} epochs, {self.train_seconds:.1f} s)."]
+                 + f" ({self.train_seconds:.1f} s)."]
         if self.validation:
             sets = "; ".join(f"{name}: " + ", ".join(f"{count} {label}" for label, count in counts.items())
                              for name, counts in self.validation.items() if sum(counts.values()))
@@ -165,17 +162,13 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
     from classifier.evaluate import save_confusion_png
     from classifier.retraining import build_candidate
     from classifier.runtime import apply_threads
-    from classifier.train import TrainOptions
     from classifier.versions import activate, promotion_scores, register_model
 
     started = time.monotonic()
     apply_threads(config.classifier)
     last_label_id = store.scalar("SELECT MAX(id) FROM labels") or 0
     labelled, extra = training_items(store, config)
-    # The classifier's batch of 64 suits a few hundred images; with thousands of labels, larger batches keep
-    # an epoch at about STEPS_PER_EPOCH optimizer steps, so early stopping still counts epochs, in seconds.
-    batch_size = max(TrainOptions().batch_size, math.ceil((len(labelled) + len(extra) + 1000) / STEPS_PER_EPOCH))
-    candidate = build_candidate(store, config, labelled + extra, TrainOptions(progress=False, batch_size=batch_size))
+    candidate = build_candidate(store, config, labelled + extra)
     model = candidate.model
     # Recorded in the file and on the row so "new labels since the active model" counts exactly the labels it
     # did not see, whether it is promoted or refused.
@@ -192,7 +185,7 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
         scores={**promotion_scores(metrics), "accuracy": metrics["accuracy"]},
         previous_scores=({**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]}
                          if previous_metrics else {}),
-        metrics=metrics, previous_metrics=previous_metrics, epochs=candidate.epochs,
+        metrics=metrics, previous_metrics=previous_metrics,
         train_seconds=time.monotonic() - started,
     )
     if candidate.base_note:

@@ -3,14 +3,17 @@
 The shipped model was trained on corpus images that cannot ship (licences, size); their pooled feature
 vectors can. A retrain trains on these vectors plus the owner's labels, so the new model keeps what the
 shipped one knows instead of learning three classes from a few dozen labels. The same origin-grouped split
-as every other training set (`classifier.data.split_by_group`) sets aside a validation part, so a
-candidate is always validated on every class, and `shipped_probabilities` holds the shipped model's
-out-of-fold probabilities for each vector: scored on them, the shipped model is judged on images it was
-not trained on, as the candidate is.
+The file fixes a validation part: whole origins, chosen when the file was built so that every class has
+enough held-out images (a split by origin hash alone left 4 illustrations and 2 photos of the dev corpus on
+the validation side: its illustrations and photos come from a few big origins). A retrain never trains on
+it, so a candidate is always validated on every class, and `shipped_probabilities` holds the shipped model's
+out-of-fold probabilities for each vector: scored on them, the shipped model is judged on images it was not
+trained on, as the candidate is.
 
 The file is a NumPy `.npz` (no pickles): vectors fp16 [N, D], labels uint8 [N] (index into LABELS),
-groups / subgroups (origin and full origin string), shipped_probabilities fp16 [N, 3], and the feature key
-and model version the vectors belong to. Vectors are usable only by a model with the same feature key.
+groups / subgroups (origin and full origin string), validation bool [N], shipped_probabilities fp16 [N, 3],
+and the feature key and model version the vectors belong to. Vectors are usable only by a model with the
+same feature key.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from classifier import LABELS
-from classifier.data import LabelledImage, split_by_group
+from classifier.data import LabelledImage
 from storage.files import atomic_write
 
 BASE_SET_FILE = "base_vectors.npz"
@@ -41,6 +44,7 @@ class BaseSet:
     feature_key: str
     model_version: str  # the shipped model whose out-of-fold probabilities are below
     shipped_probabilities: torch.Tensor  # [N, 3], the shipped model's out-of-fold probabilities
+    validation: list[bool]  # the held-out origins: never trained on by a retrain
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,10 +54,10 @@ class BaseSet:
         return [LabelledImage(("base", index), None, label, group, subgroup)
                 for index, (label, group, subgroup) in enumerate(zip(self.labels, self.groups, self.subgroups))]
 
-    def split(self, validation_fraction: float) -> tuple[list[int], list[int]]:
-        """(training indices, validation indices) by the product's origin-grouped split."""
-        train, validation = split_by_group(self.items(), validation_fraction)
-        return [item.key[1] for item in train], [item.key[1] for item in validation]
+    def split(self) -> tuple[list[int], list[int]]:
+        """(training indices, validation indices): the file's fixed split by origin."""
+        return ([index for index, held in enumerate(self.validation) if not held],
+                [index for index, held in enumerate(self.validation) if held])
 
     def per_label(self) -> dict[str, int]:
         return {label: self.labels.count(label) for label in LABELS}
@@ -70,6 +74,7 @@ def save_base_set(path: str | Path, base: BaseSet) -> Path:
         "feature_key": np.array(base.feature_key),
         "model_version": np.array(base.model_version),
         "shipped_probabilities": base.shipped_probabilities.numpy().astype(np.float16),
+        "validation": np.array(base.validation, dtype=bool),
     }
     atomic_write(path, lambda stream: np.savez_compressed(stream, **arrays))
     return path
@@ -88,13 +93,14 @@ def load_base_set(path: str | Path) -> BaseSet:
     if str(arrays.get("format", "")) != BASE_SET_FORMAT:
         raise BaseSetError(f"base vector file {path} is not a {BASE_SET_FORMAT} file")
     missing = [name for name in ("vectors", "labels", "groups", "subgroups", "feature_key", "model_version",
-                                 "shipped_probabilities") if name not in arrays]
+                                 "shipped_probabilities", "validation") if name not in arrays]
     if missing:
         raise BaseSetError(f"base vector file {path} lacks {missing}")
     vectors, labels = arrays["vectors"], arrays["labels"]
     count = len(labels)
     shapes_fit = (vectors.ndim == 2 and len(vectors) == count and len(arrays["groups"]) == count
-                  and len(arrays["subgroups"]) == count and arrays["shipped_probabilities"].shape == (count, len(LABELS)))
+                  and len(arrays["subgroups"]) == count and len(arrays["validation"]) == count
+                  and arrays["shipped_probabilities"].shape == (count, len(LABELS)))
     if not shapes_fit or count == 0:
         raise BaseSetError(f"base vector file {path}: arrays of different lengths or no vectors "
                            f"(vectors {vectors.shape}, labels {labels.shape})")
@@ -108,4 +114,5 @@ def load_base_set(path: str | Path) -> BaseSet:
         feature_key=str(arrays["feature_key"]),
         model_version=str(arrays["model_version"]),
         shipped_probabilities=torch.from_numpy(arrays["shipped_probabilities"].astype(np.float32)),
+        validation=[bool(held) for held in arrays["validation"]],
     )

@@ -55,7 +55,7 @@ def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[Labell
             origin = origins.get(relative, relative)
             items.append(LabelledImage(path, path, label, origin.split(" ")[0], origin))
     if not items:
-        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{l}/' for l in labels)}")
+        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{label}/' for label in labels)}")
     return items
 
 
@@ -95,20 +95,19 @@ def _bucket(name: str) -> float:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
 
 
-def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION,
-                   salt: str = "") -> tuple[list[LabelledImage], list[LabelledImage]]:
+def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION
+                   ) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """(train, validation): a group goes to validation when the hash of its name falls below the fraction;
     a big one only with its sub-groups whose hash does too.
 
     Adding data never moves an image from training into validation, so a model trained earlier is never
-    scored on its own training images when a new version is compared with it. A `salt` gives a second,
-    independent split (e.g. of the training side, for early stopping).
+    scored on its own training images when a new version is compared with it.
     """
     sizes = Counter(item.group for item in items)
     train, validation = [], []
     for item in items:
-        in_validation = _bucket(salt + item.group) < validation_fraction and (
-            sizes[item.group] <= SPLIT_GROUP_SIZE or _bucket(salt + item.subgroup) < validation_fraction)
+        in_validation = _bucket(item.group) < validation_fraction and (
+            sizes[item.group] <= SPLIT_GROUP_SIZE or _bucket(item.subgroup) < validation_fraction)
         (validation if in_validation else train).append(item)
     return train, validation
 

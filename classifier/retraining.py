@@ -3,7 +3,9 @@ on one validation set that holds every class.
 
 Training set: the training part of the base set (`classifier.base_set`: what the shipped model learnt from)
 and the training side of the human labels, each human label weighing HUMAN_LABEL_WEIGHT base images, so a
-few dozen labels adjust the shipped model's knowledge instead of replacing it. Validation set: the base
+few dozen labels adjust the shipped model's knowledge instead of replacing it. The head is fitted with the
+shipped model's own recipe (full-batch L-BFGS, origin-balanced weights), so nothing but the labels and the
+held-out origins tells the candidate from the shipped model. Validation set: the base
 set's held-out origins plus the held-out human labels. The active model is scored on the same images: on
 base images through the shipped model's out-of-fold probabilities when it is the model the base set was
 made for (it was trained on every base image), through its own head otherwise. Only the head is trained,
@@ -22,13 +24,15 @@ from torch import nn
 from classifier import LABELS
 from classifier.base_set import BASE_SET_FILE, BaseSet, BaseSetError, load_base_set
 from classifier.cache import StoreVectorCache
-from classifier.data import DatasetError, LabelledImage, split_by_group, summarise
+from classifier.data import VALIDATION_FRACTION, DatasetError, LabelledImage, split_by_group, summarise
 from classifier.evaluate import compute_metrics
 from classifier.features import FeatureExtractor
 from classifier.model import (
     ImageClassifier, LinearHead, ModelRecord, head_from_record, read_model_file,
 )
-from classifier.train import TrainOptions, feature_vectors, fit_temperature, new_version, train_head
+from classifier.train import (
+    feature_vectors, fit_linear_head, fit_temperature, new_version, origin_weights,
+)
 from classifier.versions import (
     DEFAULT_MODEL_DIR, PromotionDecision, compare_for_promotion, ensure_default_registered,
 )
@@ -41,8 +45,11 @@ log = logging.getLogger(__name__)
 HUMAN_LABEL_WEIGHT = 5.0
 # Below this many validation images of a class, its recall is noise: the candidate is not promoted.
 MIN_VALIDATION_PER_CLASS = 5
-# Share of the training side's groups set aside to choose the training epoch (early stopping).
-EARLY_STOPPING_FRACTION = 0.15
+# The shipped model's head recipe (classifier/default_model/MODEL_CARD.md), so a candidate trained on the base
+# set alone is the shipped model minus the held-out origins: classes weigh equally, each origin's images share
+# weight ~ sqrt(count), illustrations x5, L2 1e-2 on the conv columns and none on the pixel statistics.
+ILLUSTRATION_BOOST = 5.0
+HEAD_L2 = 1e-2
 DEFAULT_BASE_SET = DEFAULT_MODEL_DIR / BASE_SET_FILE
 
 
@@ -59,7 +66,6 @@ class Candidate:
     base_images: int  # base-set vectors used (training + validation)
     base_note: str  # why the base set was left out, "" when it was used
     validation: dict[str, dict[str, int]] = field(default_factory=dict)  # {"base"|"human": per label}
-    epochs: int = 0
 
 
 def shape_only_trunk(width: float) -> nn.Sequential:
@@ -69,8 +75,9 @@ def shape_only_trunk(width: float) -> nn.Sequential:
         return make_features(width)
 
 
-def build_candidate(store, config, labelled: Sequence[LabelledImage], options: TrainOptions, *,
-                    base_set_path: Path | None = DEFAULT_BASE_SET, source: str = "retrain") -> Candidate:
+def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
+                    validation_fraction: float = VALIDATION_FRACTION, base_set_path: Path | None = DEFAULT_BASE_SET,
+                    source: str = "retrain") -> Candidate:
     """Train a head on base vectors + human labels from the active model's features, score it and the active
     model on one validation set, and decide promotion (nothing is saved)."""
     from classifier.runtime import base_model, trunk_weights_loader
@@ -95,39 +102,30 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], options: T
 
     human, human_x = _human_vectors(store, config, labelled, key, trunk_model)
     base, base_note = _usable_base_set(base_set_path, key)
-    human_train, human_val = split_by_group(human, options.validation_fraction)
+    human_train, human_val = split_by_group(human, validation_fraction)
     position = {item.key: index for index, item in enumerate(human)}
     h_train = [position[item.key] for item in human_train]
     h_val = [position[item.key] for item in human_val]
-    b_train, b_val = base.split(options.validation_fraction) if base is not None else ([], [])
+    b_train, b_val = base.split() if base is not None else ([], [])
 
     labels = LABELS
-    # Every training row as (vector, label index, weight, group): base vectors first, then human labels.
-    base_items = base.items() if base is not None else []
-    rows = [(base.vectors[i], labels.index(base.labels[i]), 1.0, base_items[i]) for i in b_train]
-    rows += [(human_x[i], labels.index(human[i].label), HUMAN_LABEL_WEIGHT, human[i]) for i in h_train]
+    spec = record.feature_spec if record else full_model.spec
+    human_vector = dict(zip((item.key for item in human), human_x)) if human else {}
+
+    def fit(base_rows: list[int], human_rows: list[LabelledImage]) -> LinearHead:
+        return _fit_head(base, base_rows, human_rows, human_vector, len(spec.stats))
+
     val_x = torch.cat(([base.vectors[b_val]] if b_val else []) + ([human_x[h_val]] if h_val else []))
     val_y = torch.tensor([labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val],
                          dtype=torch.long)
-    if not rows or not len(val_y):
+    if not (b_train or h_train) or not len(val_y):
         raise DatasetError(f"cannot retrain: {len(h_train)} human labels and {len(b_train)} base images to train on, "
                            f"{len(val_y)} to validate on ({len(human)} labelled media in "
                            f"{len({i.group for i in human})} accounts{'; ' + base_note if base_note else ''})")
-    # Early stopping picks the epoch on groups of the training side, not on the validation set the
-    # promotion compares on: picked there, the candidate's scores would flatter it against the active model.
-    position_of = {id(row[3]): index for index, row in enumerate(rows)}
-    fit_items, stop_items = split_by_group([row[3] for row in rows], EARLY_STOPPING_FRACTION, salt="early-stopping:")
-    if not stop_items or not fit_items:
-        fit_items, stop_items = [row[3] for row in rows], []
-    fit = [rows[position_of[id(item)]] for item in fit_items]
-    stop = [rows[position_of[id(item)]] for item in stop_items]
-    train_x, train_y = torch.stack([row[0] for row in fit]), torch.tensor([row[1] for row in fit])
-    train_w = torch.tensor([row[2] for row in fit])
-    stop_x, stop_y = ((torch.stack([row[0] for row in stop]), torch.tensor([row[1] for row in stop])) if stop
-                      else (val_x, val_y))  # too few groups to set any aside: stop on the validation set
-    head, history = train_head(train_x, train_y, stop_x, stop_y, labels, options, sample_weight=train_w)
+    # The candidate as validated: trained without any validation image.
+    held_out_head = fit(b_train, human_train)
     with torch.no_grad():
-        val_logits = head(val_x)
+        val_logits = held_out_head(val_x)
     temperature = fit_temperature(val_logits, val_y)
     truth = [labels[t] for t in val_y.tolist()]
     metrics = compute_metrics(truth, [labels[p] for p in val_logits.argmax(1).tolist()], labels)
@@ -138,7 +136,8 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], options: T
 
     active_metrics = None
     if active_row is not None:
-        active_probabilities = _active_probabilities(record, val_x, base, b_val)
+        twin = _held_out_twin(store, record, base, b_train, human_train, fit)
+        active_probabilities = _active_probabilities(record, val_x, base, b_val, twin)
         active_metrics = compute_metrics(truth, [labels[p] for p in active_probabilities.argmax(1).tolist()], labels)
     short = {label: count for label, count in zip(labels, [truth.count(label) for label in labels])
              if count < MIN_VALIDATION_PER_CLASS}
@@ -149,28 +148,60 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], options: T
     else:
         decision = compare_for_promotion(metrics, active_metrics)
 
+    # What ships: the validated recipe refitted with the base set's validation origins too, as the shipped
+    # model was (without them, images like those origins' lose the feed: 2 of 14 illustrations in the new-user
+    # test). Held-out labels stay out, so the next retrain can still compare on them.
+    head = fit(b_train + b_val, human_train) if b_val else held_out_head
     trunk_source = record if record is not None else full_model
-    extractor = FeatureExtractor(shape_only_trunk(trunk_source.backbone_width),
-                                 record.feature_spec if record else full_model.spec)
-    model = ImageClassifier(extractor, head, labels=labels, temperature=temperature,
-                            backbone=trunk_source.backbone, backbone_width=trunk_source.backbone_width,
-                            backbone_delta=trunk_source.backbone_delta, metrics=metrics,
-                            parent=active_row["version"] if active_row else None)
-    human_train_items = [human[i] for i in h_train]
+    model = ImageClassifier(FeatureExtractor(shape_only_trunk(trunk_source.backbone_width), spec), head,
+                            labels=labels, temperature=temperature, backbone=trunk_source.backbone,
+                            backbone_width=trunk_source.backbone_width, backbone_delta=trunk_source.backbone_delta,
+                            metrics=metrics, parent=active_row["version"] if active_row else None)
     model.data_summary = {
-        "source": source, "mode": "head", "seed": options.seed, "epochs": len(history),
+        "source": source, "mode": "head", "recipe": {"fit": "lbfgs", "weighting": "class_origin",
+                                                     "illustration_boost": ILLUSTRATION_BOOST, "l2": HEAD_L2},
         "human_label_weight": HUMAN_LABEL_WEIGHT,
-        "train": {"human": summarise(human_train_items) if human_train_items else {"images": 0},
-                  "base": {"images": len(b_train), "per_label": _per_label([base.labels[i] for i in b_train])}
+        "train": {"human": summarise(human_train) if human_train else {"images": 0},
+                  "base": {"images": len(b_train) + len(b_val),
+                           "per_label": _per_label([base.labels[i] for i in b_train + b_val])}
                   if base is not None else {"images": 0}},
         "validation": validation,
-        "base_set": {"model_version": base.model_version, "images": len(base)} if base is not None
-        else {"unused": base_note},
+        "base_set": {"model_version": base.model_version, "images": len(base), "refit_on_validation": bool(b_val)}
+        if base is not None else {"unused": base_note},
     }
     model.version = new_version(model)
     return Candidate(model, metrics, active_metrics, active_row["version"] if active_row else None, decision,
-                     labelled=sum(isinstance(item.key, int) for item in human), base_images=len(b_train) + len(b_val), base_note=base_note,
-                     validation=validation, epochs=len(history))
+                     labelled=sum(isinstance(item.key, int) for item in human),
+                     base_images=len(b_train) + len(b_val), base_note=base_note, validation=validation)
+
+
+def _fit_head(base: BaseSet | None, base_rows: list[int], human_rows: Sequence[LabelledImage],
+              human_vector: dict, tail_columns: int) -> LinearHead:
+    """The shipped recipe on base rows + human labels (each weighing HUMAN_LABEL_WEIGHT base images)."""
+    x = torch.cat(([base.vectors[base_rows]] if base_rows else [])
+                  + ([torch.stack([human_vector[item.key] for item in human_rows])] if human_rows else []))
+    y = torch.tensor([LABELS.index(base.labels[i]) for i in base_rows] + [LABELS.index(item.label) for item in human_rows],
+                     dtype=torch.long)
+    groups = [base.groups[i] for i in base_rows] + [item.group for item in human_rows]
+    weights = origin_weights(y, groups, "class_origin", ILLUSTRATION_BOOST, len(LABELS))
+    weights[len(base_rows):] *= HUMAN_LABEL_WEIGHT
+    return fit_linear_head(x, y, weights / weights.mean(), l2=HEAD_L2, tail_columns=tail_columns, tail_l2=0.0,
+                           classes=len(LABELS))
+
+
+def _held_out_twin(store, record: ModelRecord, base: BaseSet | None, b_train: list[int],
+                   human_train: Sequence[LabelledImage], fit) -> LinearHead | None:
+    """For an active model a retrain refitted on the base set's validation origins: the same recipe on the
+    same data without them (the recipe is deterministic), so it is judged there on unseen images."""
+    trained_with = record.data_summary.get("base_set", {})
+    if base is None or not trained_with.get("refit_on_validation") or trained_with.get("model_version") != base.model_version:
+        return None
+    last_label_id = record.data_summary.get("last_label_id") or 0
+    newest = {row["media_id"]: row["newest"] for row in store.query(
+        "SELECT media_id, MAX(id) AS newest FROM labels WHERE revoked_at IS NULL GROUP BY media_id")}
+    # The labels it was trained on: those not changed since (a later correction is not what it saw).
+    seen = [item for item in human_train if newest.get(item.key, last_label_id + 1) <= last_label_id]
+    return fit(b_train, seen)
 
 
 def _per_label(labels: Sequence[str]) -> dict[str, int]:
@@ -226,12 +257,15 @@ def _usable_base_set(path: Path | None, key: str) -> tuple[BaseSet | None, str]:
 
 
 def _active_probabilities(record: ModelRecord | None, val_x: torch.Tensor, base: BaseSet | None,
-                          base_rows: list[int]) -> torch.Tensor:
-    """The active model's probabilities on the validation vectors (base rows first, then human ones)."""
+                          base_rows: list[int], twin: LinearHead | None) -> torch.Tensor:
+    """The active model's probabilities on the validation vectors (base rows first, then human ones): on base
+    rows the shipped model's held-out probabilities, or its retrained twin's, when it was trained on them."""
     head: LinearHead = head_from_record(record)
     with torch.no_grad():
         probabilities = torch.softmax(head(val_x) / record.temperature, dim=1)
-    if base is not None and base_rows and record.version == base.model_version:
-        # The shipped model saw every base image: its out-of-fold probabilities are what it does on unseen ones.
-        probabilities[: len(base_rows)] = base.shipped_probabilities[base_rows]
+        if base is not None and base_rows:
+            if record.version == base.model_version:
+                probabilities[: len(base_rows)] = base.shipped_probabilities[base_rows]
+            elif twin is not None:
+                probabilities[: len(base_rows)] = torch.softmax(twin(val_x[: len(base_rows)]) / record.temperature, 1)
     return probabilities

@@ -123,14 +123,11 @@ class EarlyStopping:
 # --- head training --------------------------------------------------------------------------------------
 
 
-def class_weights(targets: torch.Tensor, num_classes: int, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """`n / (classes * count)` per class (scikit-learn's "balanced"), counts weighted by `sample_weight`;
-    absent classes weigh 0."""
-    sample_weight = torch.ones(len(targets)) if sample_weight is None else sample_weight.float()
-    counts = torch.zeros(num_classes).index_add_(0, targets, sample_weight)
+def class_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`n / (classes * count)` per class (scikit-learn's "balanced"); absent classes weigh 0."""
+    counts = torch.bincount(targets, minlength=num_classes).float()
     present = int((counts > 0).sum())
-    weights = torch.where(counts > 0, float(sample_weight.sum()) / (present * counts.clamp_min(1e-12)),
-                          torch.zeros_like(counts))
+    weights = torch.where(counts > 0, len(targets) / (present * counts.clamp_min(1)), torch.zeros_like(counts))
     return weights
 
 
@@ -140,37 +137,26 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) 
 
 
 def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-               labels: Sequence[str], options: TrainOptions, sample_weight: torch.Tensor | None = None
-               ) -> tuple[LinearHead, list[dict]]:
-    """Adam on class-balanced cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
-    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one.
-
-    `sample_weight` (default 1 each) scales each training image, e.g. a human label above a base-set image;
-    classes are balanced on the weighted counts."""
+               labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
+    """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
+    validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one."""
     # The head's tensors are tiny: with more than one thread every op waits on a thread barrier, which on a
     # busy machine costs far more than the arithmetic.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_head(train_x, train_y, val_x, val_y, labels, options, sample_weight)
+        return _train_head(train_x, train_y, val_x, val_y, labels, options)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                labels: Sequence[str], options: TrainOptions, sample_weight: torch.Tensor | None
-                ) -> tuple[LinearHead, list[dict]]:
+                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     head = LinearHead(train_x.shape[1], len(labels))
     head.set_standardisation(train_x)
-    source_weight = torch.ones(len(train_y)) if sample_weight is None else sample_weight.float()
-    # Each image's weight: its class's balancing weight times its own; a batch's loss is their weighted mean.
-    weights = class_weights(train_y, len(labels), source_weight)[train_y] * source_weight
-
-    def loss_fn(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        losses = nn.functional.cross_entropy(logits, train_y[batch], reduction="none")
-        return (losses * weights[batch]).sum() / weights[batch].sum().clamp_min(1e-12)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)))
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     bar = tqdm(range(options.epochs), desc="train head", unit="epoch", disable=not options.progress, leave=False)
     stopper = EarlyStopping(head, options.patience, bar)
@@ -181,7 +167,7 @@ def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
         for start in range(0, len(order), options.batch_size):
             batch = order[start:start + options.batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(head(train_x[batch]), batch)
+            loss = loss_fn(head(train_x[batch]), train_y[batch])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(batch)
@@ -193,6 +179,60 @@ def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
     stopper.restore_best()
     history = stopper.history
     return head.eval(), history
+
+
+WEIGHTINGS = ("none", "class", "class_origin")
+
+
+def origin_weights(labels: torch.Tensor, groups: Sequence[str], weighting: str = "class_origin",
+                   illustration_boost: float = 1.0, classes: int = 3) -> torch.Tensor:
+    """Per-image weights, mean 1. "none": every image counts once; "class": classes weigh equally;
+    "class_origin": additionally each origin's images share weight ~ sqrt(count), so one game's 179 portraits
+    do not define "illustration". Illustration images then weigh `illustration_boost` times more: a missed
+    illustration costs more than a screenshot let through."""
+    from collections import Counter
+
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
+    weights = torch.ones(len(labels))
+    if weighting == "class_origin":
+        origin_counts = Counter(groups)
+        weights = torch.tensor([origin_counts[group] ** -0.5 for group in groups], dtype=torch.float32)
+    if weighting != "none":
+        for label in range(classes):
+            members = labels == label
+            if members.any():
+                weights[members] /= weights[members].sum()
+    weights[labels == 0] *= illustration_boost
+    return weights / weights.mean()
+
+
+def fit_linear_head(vectors: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, l2: float = 1e-2,
+                    tail_columns: int = 0, tail_l2: float = 0.0, iterations: int = 200, classes: int = 3
+                    ) -> LinearHead:
+    """Full-batch L-BFGS on weighted cross-entropy + L2 (the shipped model's recipe): deterministic, seconds.
+
+    The last `tail_columns` inputs (pixel statistics: a handful of columns after thousands of conv ones) get
+    their own L2 factor, so the penalty tuned for the conv columns does not silence them.
+    """
+    vectors = vectors.float()
+    head = LinearHead(vectors.shape[1], classes)
+    head.set_standardisation(vectors)
+    optimizer = torch.optim.LBFGS(head.linear.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
+    split = vectors.shape[1] - tail_columns
+    # Standardised once: only the linear layer is fitted, and each L-BFGS evaluation is then one matmul.
+    standardised = (vectors - head.feature_mean) / head.feature_scale
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        losses = nn.functional.cross_entropy(head.linear(standardised), labels, reduction="none")
+        squares = head.linear.weight.pow(2)
+        loss = (losses * weights).mean() + l2 * squares[:, :split].sum() + tail_l2 * squares[:, split:].sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return head.eval()
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:

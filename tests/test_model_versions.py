@@ -78,7 +78,7 @@ def small_base_set(count_per_label: int = 12, dim: int = 8, key: str = "k", vers
     vectors = torch.tensor(rng.normal(size=(len(labels), dim)), dtype=torch.float32)
     groups = [f"origin{index % 9}" for index in range(len(labels))]
     return BaseSet(vectors, labels, groups, [f"{group} path{index}" for index, group in enumerate(groups)], key,
-                   version, torch.full((len(labels), 3), 1 / 3))
+                   version, torch.full((len(labels), 3), 1 / 3), [group in ("origin0", "origin4") for group in groups])
 
 
 def test_base_set_round_trips_in_fp16(tmp_path):
@@ -88,8 +88,9 @@ def test_base_set_round_trips_in_fp16(tmp_path):
     assert loaded.labels == base.labels and loaded.groups == base.groups and loaded.subgroups == base.subgroups
     assert (loaded.feature_key, loaded.model_version) == ("k", "v")
     assert torch.allclose(loaded.vectors, base.vectors, atol=2e-3)  # fp16 on disk
-    train, validation = loaded.split(0.2)
-    assert sorted(train + validation) == list(range(len(base))) and validation
+    train, validation = loaded.split()
+    assert sorted(train + validation) == list(range(len(base))) and loaded.validation == base.validation
+    assert [index for index, held in enumerate(base.validation) if held] == validation
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -183,19 +184,18 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     not by its head (which always says photo), so a candidate that is not as good is refused."""
     from classifier.data import store_labelled
     from classifier.retraining import HUMAN_LABEL_WEIGHT, build_candidate
-    from classifier.train import TrainOptions
 
     model = labelled_store_with_vectors(store, media_per_label=4, accounts=12)
     rng = np.random.default_rng(1)
     plan = [index for index in range(len(LABELS)) for _ in range(60)]
-    groups = [f"base-origin-{n % 30}" for n in range(len(plan))]  # 8 of the 30 fall on the validation side
+    groups = [f"base-origin-{n % 30}" for n in range(len(plan))]
+    held = [int(group.rsplit("-", 1)[1]) < 8 for group in groups]  # 8 of the 30 origins: 16 images per class
     base = BaseSet(torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)), [LABELS[i] for i in plan],
-                   groups, groups, model.feature_key, "tiny-0", torch.eye(3)[plan])
+                   groups, groups, model.feature_key, "tiny-0", torch.eye(3)[plan], held)
     path = save_base_set(tmp_path / "base.npz", base)
 
-    candidate = build_candidate(store, retrain_settings(store), store_labelled(store), TrainOptions(progress=False),
-                                base_set_path=path)
-    _train, base_validation = base.split(0.2)
+    candidate = build_candidate(store, retrain_settings(store), store_labelled(store), base_set_path=path)
+    _train, base_validation = base.split()
     assert candidate.base_images == len(base) and candidate.base_note == ""
     assert sum(candidate.validation["base"].values()) == len(base_validation)
     assert all(count >= 5 for count in candidate.validation["base"].values())
@@ -208,5 +208,6 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     assert not candidate.decision.promote and candidate.decision.reason.startswith("worse than the active model")
     summary = candidate.model.data_summary
     assert summary["human_label_weight"] == HUMAN_LABEL_WEIGHT
-    assert summary["train"]["base"]["images"] == len(base) - len(base_validation)
+    # Validated without the held-out origins, shipped refitted with them (as the shipped model was trained).
+    assert summary["train"]["base"]["images"] == len(base) and summary["base_set"]["refit_on_validation"]
     assert candidate.model.parent == "tiny-0" and candidate.model.feature_key == model.feature_key
