@@ -9,6 +9,7 @@ base set, train on base + labels, score both models on one validation set, regis
 media from the cache) and prints the figures, phase by phase.
 
     python benchmarks/bench_retrain.py [--items 10000] [--weights /path/vgg16_features_imagenet.pth]
+"""
 from __future__ import annotations
 
 import argparse

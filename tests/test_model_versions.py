@@ -211,3 +211,44 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     # Validated without the held-out origins, shipped refitted with them (as the shipped model was trained).
     assert summary["train"]["base"]["images"] == len(base) and summary["base_set"]["refit_on_validation"]
     assert candidate.model.parent == "tiny-0" and candidate.model.feature_key == model.feature_key
+
+
+def test_a_retrained_active_model_is_judged_on_base_images_by_its_held_out_twin(store, tmp_path):
+    """A promoted retrain ships refitted on the base validation origins; the next retrain judges it there by
+    the same recipe on the same data without them. With no new label, that twin is the next candidate's own
+    held-out head."""
+    from classifier.data import store_labelled
+    from classifier.retraining import build_candidate
+    from classifier.versions import register_model
+
+    model = labelled_store_with_vectors(store, media_per_label=12, accounts=24)
+    rng = np.random.default_rng(2)
+    plan = [index for index in range(len(LABELS)) for _ in range(60)]
+    groups = [f"base-origin-{n % 30}" for n in range(len(plan))]
+    held = [int(group.rsplit("-", 1)[1]) < 8 for group in groups]
+    base = BaseSet(torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)), [LABELS[i] for i in plan],
+                   groups, groups, model.feature_key, "shipped-elsewhere", torch.full((len(plan), 3), 1 / 3), held)
+    path = save_base_set(tmp_path / "base.npz", base)
+    config = retrain_settings(store)
+
+    first = build_candidate(store, config, store_labelled(store), base_set_path=path)
+    assert first.decision.promote, first.decision.reason  # tiny-0 always says photo
+    first.model.data_summary["last_label_id"] = store.scalar("SELECT MAX(id) FROM labels")
+    register_model(store, first.model)
+    activate(store, first.model.version)
+
+    second = build_candidate(store, config, store_labelled(store), base_set_path=path)
+    assert second.active_version == first.model.version
+    assert second.metrics["confusion"] == first.metrics["confusion"]  # the recipe is deterministic
+    # On the base rows the active model is its twin, i.e. this candidate's held-out head: the two can differ
+    # only on the held-out labels, where the active model is its own head.
+    human_share = sum(second.validation["human"].values()) / sum(sum(counts.values()) for counts in second.validation.values())
+    assert abs(second.active_metrics["accuracy"] - second.metrics["accuracy"]) <= human_share
+    # Scored by its own (refitted) head instead, the active model would have seen these base images.
+    from classifier.model import head_from_record
+
+    _train, base_validation = base.split()
+    with torch.no_grad():
+        own = head_from_record(read_model_file(store.active_model()["path"]))(base.vectors[base_validation]).argmax(1)
+    truth = torch.tensor([LABELS.index(base.labels[i]) for i in base_validation])
+    assert (own == truth).float().mean() > second.active_metrics["accuracy"]
