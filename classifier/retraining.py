@@ -5,11 +5,14 @@ Training set: the training part of the base set (`classifier.base_set`: what the
 and the training side of the human labels, each human label weighing HUMAN_LABEL_WEIGHT base images, so a
 few dozen labels adjust the shipped model's knowledge instead of replacing it. The head is fitted with the
 shipped model's own recipe (full-batch L-BFGS, origin-balanced weights), so nothing but the labels and the
-held-out origins tells the candidate from the shipped model. Validation set: the base
-set's held-out origins plus the held-out human labels. The active model is scored on the same images: on
-base images through the shipped model's out-of-fold probabilities when it is the model the base set was
-made for (it was trained on every base image), through its own head otherwise. Only the head is trained,
-on cached vectors; the VGG16 trunk is loaded only for labelled media whose vectors are not cached yet.
+held-out origins tells the candidate from the shipped model.
+
+Validation set: the base set's held-out origins plus the held-out human labels. The active model is scored
+on the same images, never on ones it was trained on: on base images through the shipped model's held-out
+probabilities when it is the model the base set was made for, through its held-out twin when a retrain
+refitted it on them, through its own head otherwise. The head that ships is the validated recipe refitted
+with the base set's held-out origins. Only heads are trained, on cached vectors; the VGG16 trunk is loaded
+only for labelled media whose vectors are not cached yet.
 """
 from __future__ import annotations
 
@@ -112,8 +115,8 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
     spec = record.feature_spec if record else full_model.spec
     human_vector = dict(zip((item.key for item in human), human_x)) if human else {}
 
-    def fit(base_rows: list[int], human_rows: list[LabelledImage]) -> LinearHead:
-        return _fit_head(base, base_rows, human_rows, human_vector, len(spec.stats))
+    def fit(base_rows: list[int], human_rows: list[LabelledImage], start: LinearHead | None = None) -> LinearHead:
+        return _fit_head(base, base_rows, human_rows, human_vector, len(spec.stats), start)
 
     val_x = torch.cat(([base.vectors[b_val]] if b_val else []) + ([human_x[h_val]] if h_val else []))
     val_y = torch.tensor([labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val],
@@ -136,7 +139,7 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
 
     active_metrics = None
     if active_row is not None:
-        twin = _held_out_twin(store, record, base, b_train, human_train, fit)
+        twin = _held_out_twin(store, record, base, b_train, human_train, lambda rows, seen: fit(rows, seen, held_out_head))
         active_probabilities = _active_probabilities(record, val_x, base, b_val, twin)
         active_metrics = compute_metrics(truth, [labels[p] for p in active_probabilities.argmax(1).tolist()], labels)
     short = {label: count for label, count in zip(labels, [truth.count(label) for label in labels])
@@ -151,7 +154,11 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
     # What ships: the validated recipe refitted with the base set's validation origins too, as the shipped
     # model was (without them, images like those origins' lose the feed: 2 of 14 illustrations in the new-user
     # test). Held-out labels stay out, so the next retrain can still compare on them.
-    head = fit(b_train + b_val, human_train) if b_val else held_out_head
+    if not decision.promote:
+        head = held_out_head  # registered for the record only; never active
+    else:
+        head = fit(b_train + b_val, human_train, start=held_out_head) if b_val else held_out_head
+    shipped_rows = b_train + b_val if head is not held_out_head else b_train
     trunk_source = record if record is not None else full_model
     model = ImageClassifier(FeatureExtractor(shape_only_trunk(trunk_source.backbone_width), spec), head,
                             labels=labels, temperature=temperature, backbone=trunk_source.backbone,
@@ -162,11 +169,10 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
                                                      "illustration_boost": ILLUSTRATION_BOOST, "l2": HEAD_L2},
         "human_label_weight": HUMAN_LABEL_WEIGHT,
         "train": {"human": summarise(human_train) if human_train else {"images": 0},
-                  "base": {"images": len(b_train) + len(b_val),
-                           "per_label": _per_label([base.labels[i] for i in b_train + b_val])}
+                  "base": {"images": len(shipped_rows), "per_label": _per_label([base.labels[i] for i in shipped_rows])}
                   if base is not None else {"images": 0}},
         "validation": validation,
-        "base_set": {"model_version": base.model_version, "images": len(base), "refit_on_validation": bool(b_val)}
+        "base_set": {"model_version": base.model_version, "images": len(base), "refit_on_validation": head is not held_out_head}
         if base is not None else {"unused": base_note},
     }
     model.version = new_version(model)
@@ -176,7 +182,7 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
 
 
 def _fit_head(base: BaseSet | None, base_rows: list[int], human_rows: Sequence[LabelledImage],
-              human_vector: dict, tail_columns: int) -> LinearHead:
+              human_vector: dict, tail_columns: int, start: LinearHead | None) -> LinearHead:
     """The shipped recipe on base rows + human labels (each weighing HUMAN_LABEL_WEIGHT base images)."""
     x = torch.cat(([base.vectors[base_rows]] if base_rows else [])
                   + ([torch.stack([human_vector[item.key] for item in human_rows])] if human_rows else []))
@@ -186,7 +192,7 @@ def _fit_head(base: BaseSet | None, base_rows: list[int], human_rows: Sequence[L
     weights = origin_weights(y, groups, "class_origin", ILLUSTRATION_BOOST, len(LABELS))
     weights[len(base_rows):] *= HUMAN_LABEL_WEIGHT
     return fit_linear_head(x, y, weights / weights.mean(), l2=HEAD_L2, tail_columns=tail_columns, tail_l2=0.0,
-                           classes=len(LABELS))
+                           classes=len(LABELS), start=start)
 
 
 def _held_out_twin(store, record: ModelRecord, base: BaseSet | None, b_train: list[int],

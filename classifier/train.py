@@ -208,16 +208,25 @@ def origin_weights(labels: torch.Tensor, groups: Sequence[str], weighting: str =
 
 
 def fit_linear_head(vectors: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, l2: float = 1e-2,
-                    tail_columns: int = 0, tail_l2: float = 0.0, iterations: int = 200, classes: int = 3
-                    ) -> LinearHead:
+                    tail_columns: int = 0, tail_l2: float = 0.0, iterations: int = 200, classes: int = 3,
+                    start: LinearHead | None = None) -> LinearHead:
     """Full-batch L-BFGS on weighted cross-entropy + L2 (the shipped model's recipe): deterministic, seconds.
 
     The last `tail_columns` inputs (pixel statistics: a handful of columns after thousands of conv ones) get
-    their own L2 factor, so the penalty tuned for the conv columns does not silence them.
+    their own L2 factor, so the penalty tuned for the conv columns does not silence them. `start`: a head
+    fitted on nearly the same data; the fit starts from the same function (re-expressed for this data's
+    standardisation) and converges in a fraction of the steps.
     """
     vectors = vectors.float()
     head = LinearHead(vectors.shape[1], classes)
     head.set_standardisation(vectors)
+    if start is not None:
+        with torch.no_grad():
+            # w.(x - m0)/s0 + b  ==  (w * s1/s0).(x - m1)/s1 + b + w.(m1 - m0)/s0
+            ratio = head.feature_scale / start.feature_scale
+            shift = (head.feature_mean - start.feature_mean) / start.feature_scale
+            head.linear.weight.copy_(start.linear.weight * ratio)
+            head.linear.bias.copy_(start.linear.bias + start.linear.weight @ shift)
     optimizer = torch.optim.LBFGS(head.linear.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
     split = vectors.shape[1] - tail_columns
     # Standardised once: only the linear layer is fitted, and each L-BFGS evaluation is then one matmul.
