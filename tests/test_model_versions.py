@@ -208,8 +208,10 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     assert not candidate.decision.promote and candidate.decision.reason.startswith("worse than the active model")
     summary = candidate.model.data_summary
     assert summary["human_label_weight"] == HUMAN_LABEL_WEIGHT
-    # Validated without the held-out origins, shipped refitted with them (as the shipped model was trained).
-    assert summary["train"]["base"]["images"] == len(base) and summary["base_set"]["refit_on_validation"]
+    # Refused, so the registered head is the validated one (a promoted one is refitted with the held-out
+    # origins, as the shipped model was trained: see the twin test).
+    assert summary["train"]["base"]["images"] == len(base) - len(base_validation)
+    assert not summary["base_set"]["refit_on_validation"]
     assert candidate.model.parent == "tiny-0" and candidate.model.feature_key == model.feature_key
 
 
@@ -233,6 +235,8 @@ def test_a_retrained_active_model_is_judged_on_base_images_by_its_held_out_twin(
 
     first = build_candidate(store, config, store_labelled(store), base_set_path=path)
     assert first.decision.promote, first.decision.reason  # tiny-0 always says photo
+    assert first.model.data_summary["base_set"]["refit_on_validation"]
+    assert first.model.data_summary["train"]["base"]["images"] == len(base)
     first.model.data_summary["last_label_id"] = store.scalar("SELECT MAX(id) FROM labels")
     register_model(store, first.model)
     activate(store, first.model.version)
