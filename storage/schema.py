@@ -229,8 +229,13 @@ CREATE TABLE feed_posts (
 );
 """
 
+# Videos (issue 16): a video's length; `frames` holds its decoded frame count.
+VIDEO_V5 = """
+ALTER TABLE media ADD COLUMN duration_s REAL;
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4, VIDEO_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

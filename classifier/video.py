@@ -1,0 +1,231 @@
+"""Video decoding with PyAV (FFmpeg): which container some bytes are, a full decode under limits, sampled frames.
+
+Shared by ingest (validation) and everything that reads frames through `classifier.preprocess.load_rgb_frames`
+(classification, Grad-CAM, thumbnails, near-duplicate checks), so a video is seen the same way everywhere.
+The demuxer is always named from the sniffed magic bytes, never guessed by FFmpeg: a text playlist cannot
+reach FFmpeg's HLS demuxer, which would open the segment URLs it lists.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+from PIL import Image
+
+if TYPE_CHECKING:  # av is imported where a video is opened, so image-only commands start without FFmpeg
+    import av.container
+
+# Top-level boxes a QuickTime file may start with when it has no `ftyp` (files from old cameras and editors).
+QUICKTIME_FIRST_BOXES = (b"moov", b"mdat", b"wide", b"free", b"skip")
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska and WebM
+SNIFF_BYTES = 64
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    name: str  # as reject reasons name it
+    mime: str
+    ext: str
+    demuxer: str  # FFmpeg's input format
+
+
+MP4 = VideoFormat("MP4", "video/mp4", "mp4", "mp4")
+QUICKTIME = VideoFormat("QuickTime", "video/quicktime", "mov", "mov")
+WEBM = VideoFormat("WebM", "video/webm", "webm", "matroska")
+VIDEO_EXTS = {MP4.ext, QUICKTIME.ext, WEBM.ext}
+
+
+class VideoError(ValueError):
+    """Bytes that are not a video we can decode within the limits; the message is the human-readable reason."""
+
+
+class VideoLimits(Protocol):
+    """The bounds a decode stays within (`bot.config.VideoConfig` holds the configured ones)."""
+
+    max_seconds: float
+    max_frames: int
+    max_frame_pixels: int
+    max_total_pixels: int
+
+
+@dataclass(frozen=True)
+class DefaultVideoLimits:
+    max_seconds: float = 600.0
+    max_frames: int = 36_000  # ten minutes at 60 frames/s
+    max_frame_pixels: int = 3840 * 2160  # 4K UHD, either orientation
+    max_total_pixels: int = 10_000_000_000  # decoded pixels over the whole clip: a minute or two of CPU at most
+
+
+DEFAULT_LIMITS = DefaultVideoLimits()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    format: VideoFormat
+    width: int
+    height: int
+    frames: int  # decoded
+    duration_s: float
+    first_frame: Image.Image  # RGB
+
+
+def sniff_video(head: bytes) -> VideoFormat | None:
+    """The container of a file from its first bytes, or None when it is not one we read."""
+    box = head[4:8]
+    if box == b"ftyp":
+        return QUICKTIME if head[8:12] == b"qt  " else MP4
+    if box in QUICKTIME_FIRST_BOXES:
+        return QUICKTIME
+    if head.startswith(EBML_MAGIC):
+        return WEBM
+    return None
+
+
+def looks_like_hls(head: bytes) -> bool:
+    """An HLS playlist: the text a streaming URL (`.m3u8`) serves instead of a video file."""
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U")
+
+
+def head_of(source: str | Path | bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:SNIFF_BYTES])
+    with open(source, "rb") as file:
+        return file.read(SNIFF_BYTES)
+
+
+def is_video(source: str | Path | bytes) -> bool:
+    return sniff_video(head_of(source)) is not None
+
+
+def _open(source: str | Path | bytes, video_format: VideoFormat) -> "av.container.InputContainer":
+    import av
+
+    target = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    try:
+        return av.open(target, mode="r", format=video_format.demuxer)
+    except av.FFmpegError as error:
+        raise VideoError(f"corrupt or truncated {video_format.name} data: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    # PyAV appends the file name, which is '<none>' for bytes: keep FFmpeg's own words.
+    text = getattr(error, "strerror", None) or str(error)
+    return text.rstrip(".")
+
+
+def _declared_seconds(container, stream) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _check_frame_size(width: int, height: int, limits: VideoLimits, video_format: VideoFormat) -> None:
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{video_format.name} video stream has no frame size")
+    if width * height > limits.max_frame_pixels:
+        raise VideoError(f"decompression bomb: video frame {width}x{height} = {width * height} pixels, over the "
+                         f"limit of {limits.max_frame_pixels}")
+
+
+def _frames(container, stream, video_format: VideoFormat, limits: VideoLimits) -> Iterator:
+    """Decoded frames in order, each checked against the limits before it is handed on."""
+    import av
+
+    stream.thread_type = "AUTO"  # frame threads: several frames decode at once
+    count = total_pixels = 0
+    try:
+        for frame in container.decode(stream):
+            count += 1
+            _check_frame_size(frame.width, frame.height, limits, video_format)
+            total_pixels += frame.width * frame.height
+            if count > limits.max_frames:
+                raise VideoError(f"video has more than {limits.max_frames} frames (the limit)")
+            if total_pixels > limits.max_total_pixels:
+                raise VideoError(f"decompression bomb: more than {limits.max_total_pixels} decoded pixels "
+                                 f"after {count} frames")
+            if frame.time is not None and frame.time > limits.max_seconds:
+                raise VideoError(f"video runs longer than {limits.max_seconds:g} s (the limit)")
+            yield frame
+    except av.FFmpegError as error:
+        raise VideoError(f"truncated or corrupt {video_format.name} data after {count} frames: "
+                         f"{_reason(error)}") from None
+
+
+def _video_stream(container, video_format: VideoFormat, limits: VideoLimits):
+    if not container.streams.video:
+        raise VideoError(f"{video_format.name} file has no video stream")
+    stream = container.streams.video[0]
+    _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits, video_format)
+    declared_s = _declared_seconds(container, stream)
+    if declared_s is not None and declared_s > limits.max_seconds:
+        raise VideoError(f"video is {declared_s:.1f} s long, over the limit of {limits.max_seconds:g} s")
+    if stream.frames > limits.max_frames:
+        raise VideoError(f"video has {stream.frames} frames, over the limit of {limits.max_frames}")
+    declared_pixels = stream.frames * stream.codec_context.width * stream.codec_context.height
+    if declared_pixels > limits.max_total_pixels:
+        raise VideoError(f"decompression bomb: {stream.frames} frames of {stream.codec_context.width}x"
+                         f"{stream.codec_context.height} = {declared_pixels} pixels, over the limit of "
+                         f"{limits.max_total_pixels}")
+    return stream
+
+
+def probe_video(source: str | Path | bytes, limits: VideoLimits = DEFAULT_LIMITS) -> VideoInfo:
+    """Decode every frame under `limits` (checked on the header first, then frame by frame); VideoError if not."""
+    video_format = sniff_video(head_of(source))
+    if video_format is None:
+        raise VideoError("not an MP4, QuickTime or WebM file")
+    with _open(source, video_format) as container:
+        stream = _video_stream(container, video_format, limits)
+        first = None
+        count = 0
+        end_s = 0.0
+        for frame in _frames(container, stream, video_format, limits):
+            if first is None:
+                first = frame.to_image()
+            count += 1
+            if frame.time is not None:
+                end_s = max(end_s, frame.time)
+        if first is None:
+            raise VideoError(f"{video_format.name} file holds no decodable frame")
+        # The container's sample table says how many frames it stored: fewer decoded means data is missing.
+        if stream.frames and count < stream.frames:
+            raise VideoError(f"truncated {video_format.name} data: decoded {count} of the {stream.frames} frames "
+                             "the file declares")
+        rate = float(stream.average_rate or 0)
+        duration_s = _declared_seconds(container, stream) or (end_s + (1 / rate if rate else 0.0))
+        return VideoInfo(video_format, first.width, first.height, count, round(duration_s, 3), first)
+
+
+def sample_frames(source: str | Path | bytes, max_frames: int,
+                  limits: VideoLimits = DEFAULT_LIMITS) -> list[Image.Image]:
+    """Up to `max_frames` RGB frames spread evenly over the clip, first and last included (as for GIFs)."""
+    from classifier.preprocess import evenly_spaced
+
+    video_format = sniff_video(head_of(source))
+    if video_format is None:
+        raise VideoError("not an MP4, QuickTime or WebM file")
+    with _open(source, video_format) as container:
+        stream = _video_stream(container, video_format, limits)
+        total = stream.frames
+        if not total:  # WebM keeps no frame count: estimate it from the duration and the frame rate
+            seconds = _declared_seconds(container, stream) or 0.0
+            total = max(1, round(seconds * float(stream.average_rate or 0)))
+        wanted = set(evenly_spaced(total, max(1, max_frames)))
+        last_wanted = max(wanted)
+        picked: list[Image.Image] = []
+        last = last_index = None
+        for last_index, frame in enumerate(_frames(container, stream, video_format, limits)):
+            if last_index in wanted:
+                picked.append(frame.to_image())
+                if last_index == last_wanted:
+                    return picked
+            last = frame
+        if last is None:
+            raise VideoError(f"{video_format.name} file holds no decodable frame")
+        if last_index not in wanted:
+            picked.append(last.to_image())  # the estimate overshot: the clip's real last frame ends the sample
+        return picked
