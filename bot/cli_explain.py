@@ -32,10 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain", parents=parents, help="show where the classifier looked (Grad-CAM, Guided Grad-CAM, LIME)"
     )
-    parser.add_argument("media", metavar="PATH_OR_MEDIA_ID", help="an image file, or a media id / sha256 prefix")
+    parser.add_argument("media", metavar="PATH_OR_MEDIA_ID",
+                        help="an image or video file, or a media id / sha256 prefix")
     parser.add_argument("--method", choices=METHOD_NAMES, default="gradcam")
     parser.add_argument("--target", choices=LABELS, help="class to explain (default: the predicted one)")
-    parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media: .gif)")
+    parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media and videos: .gif or .mp4)")
     parser.add_argument("--samples", type=int, default=1000, help="LIME: perturbed samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="LIME: random seed of the samples (default 0)")
     parser.add_argument("--model", metavar="VERSION_OR_PATH", help="default: the active model")
@@ -73,15 +74,11 @@ def model_probabilities(model: nn.Module) -> Callable[[nn.Module, Sequence[torch
         from explain.media import media_probabilities
 
         return media_probabilities
-    import torch
-
-    from classifier.features import aggregate_views
     from explain.base import evaluating
 
     def calibrated(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
-        with torch.inference_mode(), evaluating(model):
-            vectors = torch.stack([aggregate_views(model.extractor(views)) for views in views_per_frame])
-            return model.probabilities_from_vectors(vectors).mean(0).tolist()
+        with evaluating(model):
+            return model.frame_probabilities(views_per_frame).mean(0).tolist()
 
     return calibrated
 
@@ -106,7 +103,7 @@ def explain_to_file(
     lime_seed: int,
     max_frames: int,
 ) -> Path:
-    """Render the explanation of `source` to `out` (suffix corrected to .gif for animated media); the path."""
+    """Render the explanation of `source` to `out` (suffix corrected to .gif/.mp4 for animated media); the path."""
     from explain import ExplainError
     from explain.media import explain_image
 

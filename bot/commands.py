@@ -43,7 +43,7 @@ REVIEW_CHOICES: tuple[tuple[str, str, str], ...] = (
 )
 REVIEW_ANSWERS = tuple(answer for _key, _text, answer in REVIEW_CHOICES)
 EXPLAIN_METHODS = ("gradcam", "guided-gradcam", "lime")  # explain.media.METHODS
-OVERLAY_EXTS = ("png", "gif")
+OVERLAY_EXTS = ("png", "gif", "mp4")
 DEFAULT_FEED_RULE = FeedConfig.rule  # the Discord feed channel shows what the web feed shows
 
 
@@ -132,7 +132,7 @@ class ReviewItem:
 
 
 def overlay_path(store: Store, overlay_sha256: str | None) -> Path | None:
-    """The stored overlay file (PNG for stills, GIF for animations) of a prediction, if it exists."""
+    """The stored overlay file (PNG for stills, GIF or MP4 for animations) of a prediction, if it exists."""
     if not overlay_sha256:
         return None
     for ext in OVERLAY_EXTS:

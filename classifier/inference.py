@@ -330,7 +330,7 @@ def _score(model: ImageClassifier, runner: FeatureRunner, items: list[_Decoded])
 
 # --- classifying the store's pending media --------------------------------------------------------------
 
-# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png", or "gif" if animated).
+# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png"; "gif" or "mp4" if animated).
 OverlayRenderer = Callable[[ImageClassifier, Any, Sequence[float]], tuple[bytes, str]]
 
 
@@ -344,7 +344,8 @@ def explain_overlay_renderer(max_frames: int = 4) -> OverlayRenderer | None:
     def render(model: ImageClassifier, source: Any, probabilities: Sequence[float]) -> tuple[bytes, str]:
         frames = load_rgb_frames(source, max_frames=max_frames)
         views = [image_views(frame, model.spec) for frame in frames]
-        encoded = gradcam_overlay(model, views, list(probabilities), model.labels)
+        per_frame = model.frame_probabilities(views).tolist() if len(frames) > 1 else None
+        encoded = gradcam_overlay(model, views, list(probabilities), model.labels, per_frame)
         return encoded.data, encoded.ext
 
     return render

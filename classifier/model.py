@@ -13,13 +13,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from classifier import LABELS
-from classifier.features import FeatureExtractor, FeatureSpec
+from classifier.features import FeatureExtractor, FeatureSpec, aggregate_views
 from classifier.vgg import make_features
 from classifier.weights import state_dict_sha256
 from storage.files import atomic_write
@@ -129,6 +129,15 @@ class ImageClassifier(nn.Module):
     def probabilities_from_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities from pooled feature vectors [N, D] -> [N, 3]."""
         return torch.softmax(self.head(vectors) / self.temperature, dim=1)
+
+    def frame_probabilities(self, views_per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Calibrated probabilities per frame [F, 3]: each frame's views aggregated as `classify` does.
+
+        Their mean over frames is the media's probabilities.
+        """
+        with torch.inference_mode():
+            vectors = torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame])
+            return self.probabilities_from_vectors(vectors)
 
 
 def new_classifier(

@@ -79,3 +79,17 @@ def many_frames_mp4(count: int, side: int = 16, fps: int = 1000) -> bytes:
 
 HLS_PLAYLIST = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nvideo0.ts\n"
                 b"#EXTINF:2.5,\nvideo1.ts\n#EXT-X-ENDLIST\n")
+
+
+def animation_frames(source: Path | bytes) -> tuple[str, list[Image.Image]]:
+    """(format, every frame as RGB) of an animated overlay: a GIF read by Pillow, an MP4 decoded by PyAV."""
+    data = source.read_bytes() if isinstance(source, Path) else source
+    if data[4:8] == b"ftyp":
+        with av.open(io.BytesIO(data), format="mp4") as container:
+            return "MP4", [frame.to_image() for frame in container.decode(video=0)]
+    with Image.open(io.BytesIO(data)) as image:
+        frames = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            frames.append(image.convert("RGB"))
+        return image.format, frames
