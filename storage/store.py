@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,36 @@ class StoreError(ValueError):
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+BUSY_TIMEOUT_S = 30
+
+
+def _connect_and_migrate(db_path: Path) -> sqlite3.Connection:
+    """Open the database in WAL mode and migrate it. Switching a new file to WAL can answer "database is
+    locked" at once, without the busy handler, while another process does the same (seen with 8 concurrent
+    first opens on a loaded machine), so the whole set-up is retried until the busy timeout; every step is
+    idempotent and each migration is its own transaction."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            migrate(conn)
+            return conn
+        except sqlite3.OperationalError as error:
+            conn.close()
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            conn.close()
+            raise
 
 
 class Store:
@@ -51,14 +82,7 @@ class Store:
             raise StoreError(f"cannot use data dir {data_dir}: {error.strerror or error}") from None
         db_path = data_dir / DB_FILENAME
         try:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
-            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA busy_timeout = 30000")
-            migrate(conn)
+            conn = _connect_and_migrate(db_path)
         except sqlite3.DatabaseError as error:
             raise StoreError(f"cannot open database {db_path}: {error}") from None
         except SchemaTooNewError as error:

@@ -9,19 +9,19 @@ import sys
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config
-from bot.ingest import ingest_source
+from bot.ingest.ingest import ingest_source
 from bot.sources.folder import FolderSource
 from bot.status import format_status, store_status
 from storage import Store, StoreError
 
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
-    "bot.cli_runner",
-    "bot.cli_chat",
-    "bot.cli_classifier",
-    "bot.cli_sources",
-    "bot.cli_feed",
-    "bot.cli_explain",
+    "bot.cli.run",
+    "bot.cli.chat",
+    "bot.cli.classifier",
+    "bot.cli.sources",
+    "bot.cli.feed",
+    "bot.cli.explain",
 )
 
 
@@ -128,10 +128,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    # `python -m bot.cli` runs this file as __main__, a second copy of the module; feature modules raise
-    # bot.cli.CommandError, so run bot.cli's own main for its `except CommandError` to catch them.
-    from bot.cli import main as package_main
-
-    sys.exit(package_main())
