@@ -53,10 +53,9 @@ def encode_video(frames: list[np.ndarray], fps: int = 12, container: str = "mp4"
     return path.read_bytes() if path is not None else target.getvalue()
 
 
-def panned_mp4(label: str = "illustration", index: int = 0, size: tuple[int, int] = (320, 240), frames: int = 24,
-               fps: int = 12) -> bytes:
-    """A short H.264 MP4 panning over a real dev-corpus picture."""
-    return encode_video(panned_frames(dev_picture(label, index), size, frames), fps=fps)
+def panned_mp4(picture: Image.Image, size: tuple[int, int] = (320, 240), frames: int = 24, fps: int = 12) -> bytes:
+    """A short H.264 MP4 panning over `picture`."""
+    return encode_video(panned_frames(picture, size, frames), fps=fps)
 
 
 def many_frames_mp4(count: int, side: int = 16, fps: int = 1000) -> bytes:

@@ -150,7 +150,8 @@ def post_to_json(post: Post) -> str:
 
 def post_from_json(text: str) -> Post:
     fields = json.loads(text)
-    fields["media"] = tuple(MediaRef(**ref) for ref in fields["media"])
+    fields["media"] = tuple(MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))})
+                            for ref in fields["media"])
     return Post(**fields)
 
 
