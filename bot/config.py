@@ -112,6 +112,10 @@ class BlueskySourceConfig:
     backfill_posts: int = 100
     page_size: int = 100
     media_hosts: tuple[str, ...] = ("cdn.bsky.app", "video.bsky.app", "video.cdn.bsky.app")
+    # Videos: the uploaded file from the author's PDS (com.atproto.sync.getBlob, found through the DID
+    # document); the AppView offers only an HLS stream. false: the thumbnail only.
+    video_files: bool = True
+    plc_directory: str = "https://plc.directory"
 
 
 @dataclass(frozen=True)
