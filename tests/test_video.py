@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -223,3 +224,58 @@ def test_frames_are_sampled_evenly_first_and_last_included():
     # Frames 0, 3, 6, 9 (as evenly_spaced picks GIF frames); H.264 and YUV shift flat greys by a level or two.
     assert np.allclose(sampled, [0, 75, 150, 225], atol=3)
     assert len(sample_frames(clip, 1)) == 1 and len(sample_frames(clip, 50)) == 10
+
+
+@pytest.mark.slow
+def test_a_crawl_of_x_mastodon_and_bluesky_over_http_stores_classifies_and_explains_videos(tmp_path, model_file):
+    from bot.ingest.crawl import crawl_once
+    from classifier.inference import classify_pending, explain_overlay_renderer
+    from tests.sources_support import FakeClock, LocalNetwork, crawl_config, http_for
+    from tests.test_sources_bluesky import PDS, build_world as build_bluesky
+    from tests.test_sources_mastodon import HOME, build_world as build_mastodon
+    from tests.test_sources_x import build_world as build_x
+
+    clock = FakeClock()
+    x, bluesky, mastodon = (build(clock)[0] for build in (build_x, build_bluesky, build_mastodon))
+    bluesky_clip = panned_mp4(imagegen.picture(50), frames=20)
+    bluesky.post("mika.bsky.social", "wip loop", bluesky.video("mika.bsky.social", bluesky_clip,
+                                                                  imagegen.jpeg(51)))
+    network = LocalNetwork()
+    try:
+        for fake in (x, bluesky, mastodon):
+            fake.install(network)
+        config = crawl_config(tmp_path, {
+            "x": {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5},
+            "bluesky": {"accounts": ["mika"], "page_size": 2},
+            "mastodon": {"instance": HOME, "page_size": 2, "accounts": ["artist"]},
+        }, ingest={"max_bytes": 300_000})
+        with Store.open(config.data_path) as store:
+            summary = crawl_once(store, config, http=network.route(http_for(clock)))
+            assert [run.error for run in summary.runs] == [None, None, None]
+            videos = store.query("SELECT id, source_url, frames FROM media WHERE mime = 'video/mp4' ORDER BY id")
+            hosts = sorted(urlsplit(row["source_url"]).hostname for row in videos)
+            # X: the GIF and the video; Mastodon: the gifv and the video; Bluesky: the blob from the PDS.
+            assert hosts == sorted(["video.twimg.com"] * 2 + [f"files.{HOME}"] * 2 + [urlsplit(PDS).hostname])
+
+            model = load_model(model_file, None)
+            result = classify_pending(store, model, borderline_confidence=0.99, max_frames=4,
+                                      overlay=explain_overlay_renderer(max_frames=4))
+            assert result.failed == 0 and result.classified == store.scalar(
+                "SELECT COUNT(*) FROM media WHERE status = 'ok'")
+            for video in videos:
+                stored = store.query_one("SELECT prob_illustration, prob_screenshot, prob_photo, borderline, "
+                                         "overlay_sha256 FROM predictions WHERE media_id = ?", (video["id"],))
+                frames = load_rgb_frames(store.media_path(video["id"]), max_frames=4)
+                assert len(frames) == 4 < video["frames"]  # several frames of each clip, spread over it
+                per_frame = model.frame_probabilities([image_views(frame, model.spec) for frame in frames])
+                probabilities = torch.tensor([stored["prob_illustration"], stored["prob_screenshot"],
+                                              stored["prob_photo"]])
+                assert torch.allclose(probabilities, per_frame.mean(0), atol=2e-3)
+                assert stored["borderline"] == 1  # nothing reaches a confidence of 0.99
+                overlay = next(path for ext in ("mp4", "gif") if (path := store.derived.path(
+                    stored["overlay_sha256"], ext)).exists())
+                kind, shown = animation_frames(overlay)
+                assert len(shown) == 4 and store.scalar(
+                    "SELECT COUNT(*) FROM review_queue WHERE media_id = ?", (video["id"],)) == 1
+    finally:
+        network.close()
