@@ -279,3 +279,40 @@ def test_a_crawl_of_x_mastodon_and_bluesky_over_http_stores_classifies_and_expla
                     "SELECT COUNT(*) FROM review_queue WHERE media_id = ?", (video["id"],)) == 1
     finally:
         network.close()
+
+
+def test_the_feed_shows_a_video_as_a_looping_muted_clip_with_its_first_frame_as_poster(store, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from tests.test_feed_fixtures import add_post, predict, with_client
+
+    clip = panned_mp4(imagegen.picture(60), frames=12)
+    media_id = add_post(store, 1, image=clip, alt="a <looping> fox")
+    predict(store, media_id, "illustration")
+    sha = store.media(media_id)["sha256"]
+
+    async def scenario(client):
+        page = await client.get("/")
+        assert "media-src 'self'" in page.headers["Content-Security-Policy"]
+        html = await page.text()
+        thumb = await client.get(f"/thumb/{sha}")
+        thumb_body = await thumb.read()
+        ranged = await client.get(f"/media/{sha}", headers={"Range": "bytes=0-99"})
+        ranged_body = await ranged.read()
+        atom = await (await client.get("/feed.atom")).text()
+        return html, thumb.status, thumb_body, ranged.status, ranged.headers["Content-Type"], ranged_body, atom
+
+    html, thumb_status, thumb_body, ranged_status, ranged_type, ranged_body, atom = with_client(tmp_path / "data",
+                                                                                                 scenario)
+    assert (f'<video src="/media/{sha}" poster="/thumb/{sha}" width="320" height="240" autoplay loop muted '
+            'playsinline preload="none" aria-label="a &lt;looping&gt; fox"></video>') in html
+    assert "<script" not in html
+    first_frame = load_rgb_frames(clip, max_frames=1)[0]
+    with Image.open(io.BytesIO(thumb_body)) as poster:
+        assert thumb_status == 200 and poster.size == (320, 240)
+        difference = np.abs(np.asarray(poster.convert("RGB"), np.float32) - np.asarray(first_frame, np.float32))
+        assert difference.mean() < 6
+    assert (ranged_status, ranged_type, ranged_body) == (206, "video/mp4", clip[:100])
+    assert "&lt;video src=" in atom and 'type="video/mp4"' in atom

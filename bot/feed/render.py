@@ -23,7 +23,7 @@ header h1 a { color: inherit; text-decoration: none; }
 nav a[aria-current] { font-weight: bold; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }
 .tile { margin: 0; display: flex; flex-direction: column; gap: .3rem; }
-.tile img { width: 100%; height: auto; aspect-ratio: 1 / 1; object-fit: contain; background: #8882; }
+.tile img, .tile video { width: 100%; height: auto; aspect-ratio: 1 / 1; object-fit: contain; background: #8882; }
 .tile figcaption { font-size: .85rem; overflow-wrap: anywhere; }
 .tile p { margin: .2rem 0 0; opacity: .8; }
 .pager { margin-top: 2rem; display: flex; gap: 1rem; }
@@ -94,10 +94,17 @@ def _tile(item: FeedItem, thumbnail_size: int) -> str:
         byline = (f'<a href="{_e(post_link)}" rel="noopener noreferrer nofollow">{name}</a>' if post_link
                   else name)
     text = shorten(credit.text if credit else None, 200)
+    if (item.mime or "").startswith("video/"):
+        # A looping muted clip plays by itself, as X shows a GIF; no script. The poster is its first frame.
+        shown = (f'<video src="/media/{item.sha256}" poster="/thumb/{item.sha256}" width="{width}" '
+                 f'height="{height}" autoplay loop muted playsinline preload="none" '
+                 f'aria-label="{_e(alt_text(item))}"></video>')
+    else:
+        shown = (f'<img src="/thumb/{item.sha256}" width="{width}" height="{height}" '
+                 f'alt="{_e(alt_text(item))}" loading="lazy" decoding="async">')
     return (
         f'<figure class="tile" id="m{item.media_id}">'
-        f'<a href="/media/{item.sha256}"><img src="/thumb/{item.sha256}" width="{width}" height="{height}" '
-        f'alt="{_e(alt_text(item))}" loading="lazy" decoding="async"></a>'
+        f'<a href="/media/{item.sha256}">{shown}</a>'
         f"<figcaption>{byline} \u00b7 {when}"
         + (f"<p>{_e(text)}</p>" if text else "")
         + "</figcaption></figure>"
@@ -136,7 +143,12 @@ def _x(value: object) -> str:
 def _entry_content(item: FeedItem, media_url: str) -> str:
     credit = item.credit
     post_link = safe_link(credit.post_url) if credit else None
-    image = f'<img src="{_e(media_url)}" alt="{_e(alt_text(item))}" width="{item.width}" height="{item.height}">'
+    if (item.mime or "").startswith("video/"):
+        poster = f"{media_url.rsplit('/media/', 1)[0]}/thumb/{item.sha256}"
+        image = (f'<video src="{_e(media_url)}" poster="{_e(poster)}" width="{item.width}" height="{item.height}" '
+                 f'controls loop muted playsinline>{_e(alt_text(item))}</video>')
+    else:
+        image = f'<img src="{_e(media_url)}" alt="{_e(alt_text(item))}" width="{item.width}" height="{item.height}">'
     parts = [f'<p><a href="{_e(post_link)}">{image}</a></p>' if post_link else f"<p>{image}</p>"]
     if credit and credit.text:
         parts.append(f"<p>{_e(credit.text)}</p>")
