@@ -135,7 +135,6 @@ def _frames(container, stream, video_format: VideoFormat, limits: VideoLimits) -
     """Decoded frames in order, each checked against the limits before it is handed on."""
     import av
 
-    stream.thread_type = "AUTO"  # frame threads: several frames decode at once
     count = total_pixels = 0
     try:
         for frame in container.decode(stream):
@@ -159,6 +158,7 @@ def _video_stream(container, video_format: VideoFormat, limits: VideoLimits):
     if not container.streams.video:
         raise VideoError(f"{video_format.name} file has no video stream")
     stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame threads: several frames decode at once
     _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits, video_format)
     declared_s = _declared_seconds(container, stream)
     if declared_s is not None and declared_s > limits.max_seconds:
@@ -202,7 +202,15 @@ def probe_video(source: str | Path | bytes, limits: VideoLimits = DEFAULT_LIMITS
 
 def sample_frames(source: str | Path | bytes, max_frames: int,
                   limits: VideoLimits = DEFAULT_LIMITS) -> list[Image.Image]:
-    """Up to `max_frames` RGB frames spread evenly over the clip, first and last included (as for GIFs)."""
+    """Up to `max_frames` RGB frames spread evenly over the clip, first and last included (as for GIFs).
+
+    The packets are listed first without decoding (cheap), which gives the exact frame count, every frame's
+    time and the keyframes. Each wanted frame is then decoded from the nearest keyframe before it when that
+    lies past what is already decoded (a seek), else by decoding on: a long clip costs a few GOPs, not
+    every frame.
+    """
+    from bisect import bisect_right
+
     from classifier.preprocess import evenly_spaced
 
     video_format = sniff_video(head_of(source))
@@ -210,22 +218,31 @@ def sample_frames(source: str | Path | bytes, max_frames: int,
         raise VideoError("not an MP4, QuickTime or WebM file")
     with _open(source, video_format) as container:
         stream = _video_stream(container, video_format, limits)
-        total = stream.frames
-        if not total:  # WebM keeps no frame count: estimate it from the duration and the frame rate
-            seconds = _declared_seconds(container, stream) or 0.0
-            total = max(1, round(seconds * float(stream.average_rate or 0)))
-        wanted = set(evenly_spaced(total, max(1, max_frames)))
-        last_wanted = max(wanted)
+        packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
+    if not packets:
+        raise VideoError(f"{video_format.name} file holds no frame")
+    positions = evenly_spaced(len(packets), max(1, max_frames))
+    with _open(source, video_format) as container:
+        stream = _video_stream(container, video_format, limits)
+        if any(pts is None for pts, _key in packets):  # no timestamps to seek by: decode in order
+            wanted = set(positions)
+            return [frame.to_image() for index, frame in enumerate(_frames(container, stream, video_format, limits))
+                    if index in wanted]
+        times = sorted(pts for pts, _key in packets)
+        keyframes = sorted(pts for pts, key in packets if key) or times[:1]
         picked: list[Image.Image] = []
-        last = last_index = None
-        for last_index, frame in enumerate(_frames(container, stream, video_format, limits)):
-            if last_index in wanted:
-                picked.append(frame.to_image())
-                if last_index == last_wanted:
-                    return picked
-            last = frame
-        if last is None:
+        decoded = None
+        position = None  # time of the last frame decoded
+        for target in (times[index] for index in positions):
+            keyframe = keyframes[max(0, bisect_right(keyframes, target) - 1)]
+            if decoded is None or position is None or keyframe > position:
+                container.seek(keyframe, stream=stream, backward=True)
+                decoded = _frames(container, stream, video_format, limits)
+            frame = next((frame for frame in decoded if frame.pts is not None and frame.pts >= target), None)
+            if frame is None:
+                break  # the data ends early: keep what was found
+            picked.append(frame.to_image())
+            position = frame.pts
+        if not picked:
             raise VideoError(f"{video_format.name} file holds no decodable frame")
-        if last_index not in wanted:
-            picked.append(last.to_image())  # the estimate overshot: the clip's real last frame ends the sample
         return picked
