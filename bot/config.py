@@ -198,9 +198,9 @@ class ClassifierConfig:
     precision: str = "auto"
     # torch intra-op threads (0 = torch's default: one per core).
     threads: int = 0
-    # Animated media: up to this many evenly spaced frames, probabilities averaged.
+    # Animated media and videos: up to this many evenly spaced frames, probabilities averaged.
     max_frames: int = 4
-    # Grad-CAM overlay PNG for borderline calls (needs explain/).
+    # Grad-CAM overlay (PNG; GIF or MP4 when animated) for borderline calls (needs explain/).
     overlays: bool = True
     progress: bool = True
 
