@@ -142,15 +142,18 @@ def test_explain_a_video_writes_an_animation_with_one_grad_cam_per_sampled_frame
 
 
 @pytest.fixture
-def video_inbox(tmp_path):
+def video_inbox(tmp_path: Path):
     """A folder of one good picture, one good clip and every kind of bad video, under one account."""
     inbox = tmp_path / "inbox" / "artist"
     good = {"still.png": imagegen.png(1), "clip.mp4": panned_mp4(imagegen.picture(2), frames=12)}
     for name, data in good.items():
         write(inbox / name, data)
     clip = good["clip.mp4"]
+    # Index first (as services stream them): a cut file still opens, its missing frames fail to decode.
+    streamable = encode_video(panned_frames(imagegen.picture(6), (320, 240), 24), path=tmp_path / "streamable.mp4")
     bad = {
         "corrupt.mp4": clip[:32] + bytes(range(256)) * 40,  # a real header, then noise
+        "cut_streamable.mp4": streamable[: len(streamable) * 2 // 3],
         "empty.mp4": b"",
         "stream.mp4": HLS_PLAYLIST,
         "long.mp4": panned_mp4(imagegen.picture(3), size=(64, 48), frames=240, fps=60),  # 4 s
@@ -178,6 +181,8 @@ def test_every_bad_video_is_rejected_with_its_reason_and_nothing_else_is_lost(st
                for row in store.query("SELECT source_url, reject_reason FROM media WHERE status = 'rejected'")}
     assert reasons.keys() == bad.keys()
     assert "corrupt or truncated MP4" in reasons["corrupt.mp4"]
+    # FFmpeg reads up to the cut without an error here: the frame count the file declares tells.
+    assert reasons["cut_streamable.mp4"] == "truncated MP4 data: decoded 13 of the 24 frames the file declares"
     assert reasons["empty.mp4"] == "empty file (0 bytes)"
     assert "HLS playlist" in reasons["stream.mp4"]
     assert reasons["long.mp4"] == "video is 4.0 s long, over the limit of 3 s"

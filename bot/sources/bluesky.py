@@ -64,6 +64,8 @@ def embed_media(embed: Mapping | None, video_file: Callable[[str], str | None] =
 def pds_endpoint(did_document: Mapping) -> str | None:
     """The https URL of the account's PDS, as its DID document names it (service `#atproto_pds`)."""
     for service in did_document.get("service") or []:
+        if not isinstance(service, Mapping):
+            continue
         endpoint = service.get("serviceEndpoint")
         if str(service.get("id", "")).endswith("#atproto_pds") and isinstance(endpoint, str) \
                 and urlsplit(endpoint).scheme == "https" and urlsplit(endpoint).hostname:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAME = "x"
 MEDIA_HOSTS = ("pbs.twimg.com", "video.twimg.com")  # photos and previews; the MP4s of GIFs and videos
-MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text", "variants", "duration_ms"]
+MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text", "variants"]
 TWEET_FIELDS = ["created_at", "attachments", "referenced_tweets", "author_id"]
 PHOTO_SIZES = ("orig", "4096x4096", "large")  # tried in this order
 MIN_VIDEO_SHORT_SIDE = 480  # the classifier looks at 224 px crops; a smaller clip is taken only if no larger fits
