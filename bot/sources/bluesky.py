@@ -20,8 +20,7 @@ from urllib.parse import quote, urlsplit
 from bot.config import BlueskySourceConfig
 from bot.ingest.fetch import Http, SourceError
 from bot.sources.records import MediaRef, Post
-from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
-                                 normalise_handle)
+from bot.sources.network import Account, AccountBatch, ListedAccountsSource, Targets, account_batch, normalise_handle
 
 log = logging.getLogger(__name__)
 
