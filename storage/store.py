@@ -5,7 +5,6 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,7 +43,7 @@ def _connect_and_migrate(db_path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
+            sqlite_utils.Database(conn).enable_wal()
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
@@ -303,16 +302,11 @@ class Store:
         if label not in LABELS:
             raise StoreError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
         self.media(media_id)
-        with self.transaction():
-            cursor = self.execute(
-                'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
-                (media_id, label, by, via, utc_now()),
-            )
-            # A human answer settles the review item.
-            self.execute(
-                "UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
-                (utc_now(), media_id),
-            )
+        # The review queue is settled by bot.review.record_label, which wraps this in its transaction.
+        cursor = self.execute(
+            'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
+            (media_id, label, by, via, utc_now()),
+        )
         return cursor.lastrowid
 
     def current_label(self, media_id: int) -> dict | None:

@@ -234,7 +234,9 @@ def test_frames_are_sampled_evenly_first_and_last_included():
 @pytest.mark.slow
 def test_a_crawl_of_x_mastodon_and_bluesky_over_http_stores_classifies_and_explains_videos(tmp_path, model_file):
     from bot.ingest.crawl import crawl_once
-    from classifier.inference import classify_pending, explain_overlay_renderer
+    from bot.app import overlay_renderer
+    from bot.classify import classify_pending
+    from bot.config import ClassifierConfig
     from tests.sources_support import FakeClock, LocalNetwork, crawl_config, http_for
     from tests.test_sources_bluesky import PDS, build_world as build_bluesky
     from tests.test_sources_mastodon import HOME, build_world as build_mastodon
@@ -264,7 +266,7 @@ def test_a_crawl_of_x_mastodon_and_bluesky_over_http_stores_classifies_and_expla
 
             model = load_model(model_file, None)
             result = classify_pending(store, model, borderline_confidence=0.99, max_frames=4,
-                                      overlay=explain_overlay_renderer(max_frames=4))
+                                      overlay=overlay_renderer(ClassifierConfig(max_frames=4)))
             assert result.failed == 0 and result.classified == store.scalar(
                 "SELECT COUNT(*) FROM media WHERE status = 'ok'")
             for video in videos:

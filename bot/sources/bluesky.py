@@ -14,6 +14,7 @@ is taken when that file is refused (over the byte limit) or the PDS cannot be fo
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
@@ -221,3 +222,18 @@ class BlueskySource(ListedAccountsSource):
 
     def fetch(self, ref: MediaRef) -> bytes:
         return self.http.download_first([ref.url, *ref.fallbacks], self.media_hosts(), self.max_bytes)
+
+
+BLUESKY_HANDLE = re.compile(r"^([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}$|^did:[a-z]+:[a-z0-9._:%\-]+$")
+
+
+def canonical_handle(handle: str, default_instance: str = "") -> str:
+    """A Bluesky handle (a bare name means name.bsky.social) or a DID, as the store keeps it."""
+    name = bluesky_handle(handle)
+    if not BLUESKY_HANDLE.match(name):
+        raise ValueError(f"Bluesky handle {handle!r} is not a domain name like artist.bsky.social "
+                         "or a DID like did:plc:...")
+    return name
+
+
+SOURCE_CLASS = BlueskySource
