@@ -84,7 +84,7 @@ def load_rgb_frames(source: str | Path | bytes, max_frames: int = 4) -> list[Ima
     from classifier.video import is_video, sample_frames
 
     if is_video(source):
-        return sample_frames(source, max_frames)
+        return sample_frames(source, lambda total: evenly_spaced(total, max_frames))
     with open_image(source) as image:
         frames = []
         for index in evenly_spaced(frame_count(image), max_frames):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from PIL import Image
 
@@ -201,9 +201,9 @@ def probe_video(source: str | Path | bytes, limits: VideoLimits = DEFAULT_LIMITS
         return VideoInfo(video_format, first.width, first.height, count, round(duration_s, 3), first)
 
 
-def sample_frames(source: str | Path | bytes, max_frames: int,
+def sample_frames(source: str | Path | bytes, choose: Callable[[int], list[int]],
                   limits: VideoLimits = DEFAULT_LIMITS) -> list[Image.Image]:
-    """Up to `max_frames` RGB frames spread evenly over the clip, first and last included (as for GIFs).
+    """RGB frames at the positions `choose(frame count)` picks, in order (load_rgb_frames spreads them evenly).
 
     The packets are listed first without decoding (cheap), which gives the exact frame count, every frame's
     time and the keyframes. Each wanted frame is then decoded from the nearest keyframe before it when that
@@ -211,8 +211,6 @@ def sample_frames(source: str | Path | bytes, max_frames: int,
     every frame.
     """
     from bisect import bisect_right
-
-    from classifier.preprocess import evenly_spaced
 
     video_format = sniff_video(head_of(source))
     if video_format is None:
@@ -222,7 +220,7 @@ def sample_frames(source: str | Path | bytes, max_frames: int,
         packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
     if not packets:
         raise VideoError(f"{video_format.name} file holds no frame")
-    positions = evenly_spaced(len(packets), max(1, max_frames))
+    positions = sorted(set(choose(len(packets))))
     with _open(source, video_format) as container:
         stream = _video_stream(container, video_format, limits)
         if any(pts is None for pts, _key in packets):  # no timestamps to seek by: decode in order
