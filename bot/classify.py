@@ -22,7 +22,8 @@ from storage import Store, utc_now
 
 log = logging.getLogger(__name__)
 
-# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png", or "gif" if animated).
+# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png"; "gif" or "mp4" when
+# animated).
 OverlayRenderer = Callable[[ImageClassifier, Any, Sequence[float]], tuple[bytes, str]]
 
 

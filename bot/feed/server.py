@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 # Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
@@ -195,6 +195,15 @@ def _blob_response(request: web.Request, path, etag: str, mime: str) -> web.Resp
     cached = _cached(request, etag, BLOB_CACHE_CONTROL)
     if cached is not None:
         return cached
+    if mime.startswith("video/"):
+        if not path.is_file():
+            log.error("stored file missing: %s", path)
+            raise web.HTTPNotFound(text="the stored file is missing")
+        # Players fetch videos in byte ranges (Safari will not play one otherwise): FileResponse answers them.
+        response = web.FileResponse(path, headers={"Content-Type": mime, "Content-Disposition": "inline"})
+        response.etag = etag
+        response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+        return response
     try:
         handle = path.open("rb")
     except FileNotFoundError:
