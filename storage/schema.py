@@ -229,8 +229,21 @@ CREATE TABLE feed_posts (
 );
 """
 
+# Issue 16: a video's length (`frames` holds its decoded frame count); Bluesky accounts are found by DID.
+VIDEO_AND_DIDS_V5 = """
+ALTER TABLE media ADD COLUMN duration_s REAL;
+CREATE INDEX accounts_external_id ON accounts(source, external_id);
+CREATE TABLE account_former_handles (
+    source TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    renamed_at TEXT NOT NULL,
+    PRIMARY KEY (source, handle)
+);
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4, VIDEO_AND_DIDS_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

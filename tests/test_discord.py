@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import discord
 import pytest
 
+from bot import review
 from bot.chat.commands import Permissions
 from bot.config import DiscordConfig, load_config, parse_config
 from bot.chat.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
@@ -136,6 +137,10 @@ def test_last_press_shows_the_empty_queue_without_buttons(chat, media_ids):
     run(ReviewButton(media_ids[1], "skip").callback(interaction(chat)))
     fake = interaction(chat)
     run(ReviewButton(media_ids[0], "photo").callback(fake))
+    _kind, content, _kwargs = only_call(fake)
+    assert f"Media {media_ids[1]} (1 waiting for review)" in content  # the skipped item comes back last
+    fake = interaction(chat)
+    run(ReviewButton(media_ids[1], "photo").callback(fake))
     _kind, content, kwargs = only_call(fake)
     assert content.endswith("The review queue is empty.") and kwargs["view"] is None and kwargs["attachments"] == []
 
@@ -259,7 +264,7 @@ class FakeChannel:
 def test_feed_posts_illustrations_in_batches_once_and_credits_authors(store, media_ids):
     store.execute("UPDATE review_queue SET state = 'done'")
     for media_id in media_ids[:2]:
-        store.add_label(media_id, "illustration", by="discord:1", via="discord")
+        review.record_label(store, media_id, "illustration", by="discord:1", via="discord")
     channel = FakeChannel(42)
     settings = DiscordConfig(feed_batch_size=2)
     assert run(post_feed_batch(store, channel, settings)) == 2

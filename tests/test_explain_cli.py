@@ -10,14 +10,15 @@ import torch
 from PIL import Image
 
 from bot.cli import main
-from bot.cli.explain import METHOD_NAMES, explain_to_file
+from bot.cli.explain import explain_to_file
 from classifier import build_vgg16
 from classifier.features import FeatureSpec
 from classifier.model import SCRATCH_BACKBONE, new_classifier, save_model
 from classifier.vgg import make_features
-from explain.media import METHODS
+from explain import METHOD_NAMES, METHODS, method_function
 from explain.overlay import DISPLAY_VIEW_SIDE, VIEW_GAP
 from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.videogen import animation_frames
 
 
 @pytest.fixture
@@ -70,8 +71,10 @@ def test_explains_a_file_with_each_method(tmp_path, config_file, model_file, cap
         assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_the_cli_offers_every_explanation_method():
-    assert METHOD_NAMES == tuple(METHODS)
+def test_every_registered_method_resolves_to_its_function():
+    for name in METHOD_NAMES:
+        assert callable(method_function(name)), name
+        assert set(METHODS[name].options) <= {"num_samples", "seed"}  # what the CLI flags can give
 
 
 def test_target_label_changes_what_is_explained(tmp_path, config_file, model_file):
@@ -85,15 +88,17 @@ def test_target_label_changes_what_is_explained(tmp_path, config_file, model_fil
 
 
 @pytest.mark.parametrize("name", ["anim.gif", "anim.png", "anim.webp"])  # GIF, APNG, animated WebP
-def test_animated_media_gives_an_animated_gif_even_if_out_says_png(tmp_path, config_file, model_file, capsys, name):
+def test_animated_media_gives_an_animation_even_if_out_says_png(tmp_path, config_file, model_file, capsys, name):
     frames = [picture(seed) for seed in range(3)]
     source = saved(frames[0], tmp_path / name, save_all=True, append_images=frames[1:], duration=100)
     out = tmp_path / "anim-explained.png"
     assert explain(str(source), "--out", str(out), config=config_file, model=model_file) == 0
-    written = out.with_suffix(".gif")
     assert not out.exists() and "suffix was changed" in capsys.readouterr().out
-    with Image.open(written) as overlay:
-        assert overlay.format == "GIF" and overlay.n_frames == 3 and overlay.width == THREE_VIEWS_WIDTH
+    [written] = [path for path in (out.with_suffix(".gif"), out.with_suffix(".mp4")) if path.exists()]
+    kind, shown = animation_frames(written)
+    assert kind == written.suffix[1:].upper() and len(shown) == 3
+    # An MP4's sides are padded to even numbers.
+    assert shown[0].width in (THREE_VIEWS_WIDTH, THREE_VIEWS_WIDTH + 1)
 
 
 def test_a_stored_media_id_is_explained_from_its_blob(tmp_path, config_file, model_file):

@@ -134,7 +134,7 @@ def labelled_store_with_vectors(store, media_per_label: int, accounts: int, seed
     vectors = cluster_vectors(rng, plan, model.extractor.dim)
     with store.transaction():
         account_ids = [store.upsert_account("folder", f"account{n:02d}") for n in range(accounts)]
-        for number, (label_index, vector) in enumerate(zip(plan, vectors)):
+        for number, vector in enumerate(vectors):
             media_id = store.insert_media(sha256=f"{number:064x}", phash="0" * 16, mime="image/jpeg", ext="jpg",
                                           width=64, height=64, frames=1, bytes=1000, status="ok")
             post_id, _ = store.upsert_post(account_ids[number % accounts], "folder", f"post{number}", None, None, None)

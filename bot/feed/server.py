@@ -8,16 +8,17 @@ import logging
 import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY
 
 from bot.config import Config, FeedConfig
 from bot.feed.queries import (
-    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, parse_cursor, parse_label, parse_limit, visible_media,
+    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, media_detail, parse_account, parse_cursor, parse_label,
+    parse_limit, visible_media,
 )
-from bot.feed.render import STYLESHEET, alt_text, atom_xml, gallery_html, safe_link
+from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, detail_html, gallery_html, safe_link
 from bot.feed.thumbnails import (
     Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
 )
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'; "
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 # Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
@@ -106,12 +107,13 @@ def _page_response(request: web.Request, body: bytes, content_type: str) -> web.
 
 
 async def _page(request: web.Request, default_limit: int) -> tuple[str, int, FeedPage]:
-    """The page a request's label, cursor and limit ask for: (label, limit, page)."""
+    """The page a request's label, cursor, limit and account ask for: (label, limit, page)."""
     settings = settings_of(request)
     label = parse_label(request.query.get("label"))
     cursor = parse_cursor(request.query.get("cursor"))
     limit = parse_limit(request.query.get("limit"), default_limit, settings.max_page_size)
-    page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit)
+    account = parse_account(request.query.get("account"))
+    page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit, account)
     return label, limit, page
 
 
@@ -119,7 +121,17 @@ async def gallery(request: web.Request) -> web.Response:
     settings = settings_of(request)
     label, limit, page = await _page(request, settings.page_size)
     document = gallery_html(page, settings.title, label, settings.thumbnail_size,
-                            limit if limit != settings.page_size else None)
+                            limit if limit != settings.page_size else None, request.query.get("account"))
+    return _page_response(request, document.encode("utf-8"), "text/html")
+
+
+async def media_page(request: web.Request) -> web.Response:
+    """`/m/<id>`: one media's page (full image, post, author, label and who decided, relabel link)."""
+    settings = settings_of(request)
+    item = await request.app[STORE].call(media_detail, settings.rule, int(request.match_info["media_id"]))
+    if item is None:
+        raise web.HTTPNotFound(text=f"no stored media {request.match_info['media_id']}")
+    document = detail_html(item, settings.title, review_on=bool(settings.review_token))
     return _page_response(request, document.encode("utf-8"), "text/html")
 
 
@@ -127,7 +139,7 @@ async def atom_feed(request: web.Request) -> web.Response:
     settings = settings_of(request)
     label, _limit, page = await _page(request, settings.atom_entries)
     root = base_url(request)
-    document = atom_xml(page, settings.title, label, root, root + request.path_qs)
+    document = atom_xml(page, settings.title, label, root, root + request.path_qs, request.query.get("account"))
     return _page_response(request, document, "application/atom+xml")
 
 
@@ -147,6 +159,7 @@ def item_json(item: FeedItem, root: str) -> dict:
         "alt_text": alt_text(item),
         "media_url": f"{root}/media/{item.sha256}",
         "thumbnail_url": f"{root}/thumb/{item.sha256}",
+        "page_url": f"{root}/m/{item.media_id}",
         "post": None if credit is None else {
             "source": credit.source, "handle": credit.handle, "display_name": credit.display_name,
             "author": credit.author, "url": credit.post_url, "link": safe_link(credit.post_url),
@@ -160,6 +173,7 @@ async def api_media(request: web.Request) -> web.Response:
     root = base_url(request)
     response = web.json_response({
         "label": label,
+        "account": request.query.get("account"),
         "rule": settings_of(request).rule,
         "items": [item_json(item, root) for item in page.items],
         "next_cursor": page.next_cursor,
@@ -181,6 +195,15 @@ def _blob_response(request: web.Request, path, etag: str, mime: str) -> web.Resp
     cached = _cached(request, etag, BLOB_CACHE_CONTROL)
     if cached is not None:
         return cached
+    if mime.startswith("video/"):
+        if not path.is_file():
+            log.error("stored file missing: %s", path)
+            raise web.HTTPNotFound(text="the stored file is missing")
+        # Players fetch videos in byte ranges (Safari will not play one otherwise): FileResponse answers them.
+        response = web.FileResponse(path, headers={"Content-Type": mime, "Content-Disposition": "inline"})
+        response.etag = etag
+        response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+        return response
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -264,7 +287,12 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers["Referrer-Policy"] = "no-referrer"
 
 
-def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.Application:
+# Adds routes to the feed app, e.g. the review page of bot.chat.web (which the feed must not import).
+Extension = Callable[[web.Application], None]
+
+
+def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
+               extensions: Sequence[Extension] = ()) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
     app = web.Application(middlewares=[_bad_requests])
     app[SETTINGS] = settings
@@ -280,17 +308,21 @@ def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.
     app.cleanup_ctx.append(store_context)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", gallery)
+    app.router.add_get(r"/m/{media_id:[0-9]{1,18}}", media_page)
     app.router.add_get("/feed.atom", atom_feed)
     app.router.add_get("/api/media", api_media)
     app.router.add_get("/media/{sha256}", media_file)
     app.router.add_get("/thumb/{sha256}", thumbnail_file)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/static/feed.css", stylesheet)
+    app.router.add_get(STYLESHEET_URL, stylesheet)
+    for extend in extensions:
+        extend(app)
     return app
 
 
 async def start_feed_server(config: Config, store_factory: Callable[[], Store] | None = None,
-                            host: str | None = None, port: int | None = None) -> web.AppRunner:
+                            host: str | None = None, port: int | None = None,
+                            extensions: Sequence[Extension] = ()) -> web.AppRunner:
     """Start serving inside the running loop; returns the runner (`await runner.cleanup()` stops it).
 
     `store_factory` must return a Store of its own (default: `Store.open(config.data_path)`): the app calls it
@@ -299,7 +331,7 @@ async def start_feed_server(config: Config, store_factory: Callable[[], Store] |
     `runner.addresses` holds the bound (host, port), which tells the port chosen when `port` is 0.
     """
     factory = store_factory or (lambda: Store.open(config.data_path))
-    runner = web.AppRunner(create_app(config.feed, factory))
+    runner = web.AppRunner(create_app(config.feed, factory, extensions))
     await runner.setup()
     site = web.TCPSite(runner, host or config.feed.host, config.feed.port if port is None else port)
     try:
@@ -316,9 +348,9 @@ def server_url(runner: web.AppRunner) -> str:
 
 
 async def serve_until_stopped(config: Config, host: str | None, port: int | None,
-                              on_started: Callable[[str], None] = print) -> None:
+                              on_started: Callable[[str], None] = print, extensions: Sequence[Extension] = ()) -> None:
     """Serve until SIGINT or SIGTERM (the `illustfeed serve` command)."""
-    runner = await start_feed_server(config, host=host, port=port)
+    runner = await start_feed_server(config, host=host, port=port, extensions=extensions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -24,9 +24,11 @@ from bot.config import Config, IngestConfig
 from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
 from bot.ingest.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
 from bot.sources.records import MediaRef, Post
+from bot.sources import NETWORKS
 from bot.sources.folder import FolderSource
 from bot.sources.network import Account, NetworkSource
 from storage import Store, utc_now
+from storage.store import STABLE_ACCOUNT_IDS
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ def post_to_json(post: Post) -> str:
 
 def post_from_json(text: str) -> Post:
     fields = json.loads(text)
-    fields["media"] = tuple(MediaRef(**ref) for ref in fields["media"])
+    fields["media"] = tuple(MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))})
+                            for ref in fields["media"])
     return Post(**fields)
 
 
@@ -244,8 +247,14 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
                          max_attempts: int) -> SourceRun | None:
     """Crawl one network source; None when it has nothing configured or followed."""
     rows = _account_rows(store, source.name)
+    by_id = {row["external_id"]: row for row in rows.values()
+             if row["external_id"] and source.name in STABLE_ACCOUNT_IDS}
+
+    def row_of(account: Account) -> dict:
+        """The stored state of an account: by its id where that outlives a renamed handle, else by handle."""
+        return by_id.get(account.external_id or "") or rows.get(account.handle) or {}
+
     followed = [handle for handle, row in rows.items() if row["followed"] and row["followed_via"]]
-    unfollowed = {handle for handle, row in rows.items() if not row["followed"]}
     if not source.has_work(followed):
         return None
     run = SourceRun(source.name, read_budget=budget.limit)
@@ -255,13 +264,15 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
             run.error = reason
             return run
         with _api_answer("while listing the accounts to crawl"):
-            targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
+            known_ids = {**store.former_handles(source.name),
+                         **{h: row["external_id"] for h, row in rows.items() if row["external_id"]}}
+            targets = source.targets(followed, known_ids)
         # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
         run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         run.problems += targets.problems
         # Accounts crawled longest ago go first, so a budget or rate limit that cuts a run short rotates.
-        accounts = sorted((account for account in targets.accounts if account.handle not in unfollowed),
-                          key=lambda account: (rows.get(account.handle) or {}).get("last_crawl_at") or "")
+        accounts = sorted((account for account in targets.accounts if row_of(account).get("followed", 1)),
+                          key=lambda account: row_of(account).get("last_crawl_at") or "")
         run.accounts = len(accounts)
         with store.transaction():  # remember resolved ids, so later runs skip the lookup (a paid read on X)
             for account in accounts:
@@ -271,7 +282,7 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         progress = tqdm(accounts, desc=f"crawl {source.name}", unit="account",
                         disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2)
         for index, account in enumerate(progress):
-            cursor = (rows.get(account.handle) or {}).get("cursor")
+            cursor = row_of(account).get("cursor")
             try:
                 with _api_answer(f"for @{account.handle}'s posts"):
                     batch = source.account_posts(account, cursor)
@@ -320,12 +331,26 @@ def crawl_folder(store: Store, config: Config) -> SourceRun | None:
     run = SourceRun("folder")
     root = Path(settings.path)
     if not root.is_dir():
+        if follows_network_accounts(store, config):
+            # The inbox is on by default; someone who follows network accounts need not create it.
+            log.debug("inbox folder %s does not exist; skipped", root)
+            return None
         run.problems.append(f"folder {root} does not exist (create it, or run `illustfeed init`)")
         return run
     source = FolderSource(root, max_bytes=config.ingest.max_bytes)
     run.ingest = ingest_source(store, source, config.ingest)
     run.accounts = len({account for account, _path in source.files()})
     return run
+
+
+def follows_network_accounts(store: Store, config: Config) -> bool:
+    """Whether any enabled network source has an account to crawl (in the config or followed by hand)."""
+    for network in NETWORKS.values():
+        section = network.settings(config.sources)
+        if section.enabled and (section.accounts or section.following_of or store.scalar(
+                "SELECT 1 FROM accounts WHERE source = ? AND followed = 1 LIMIT 1", (network.name,))):
+            return True
+    return False
 
 
 def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
@@ -335,21 +360,14 @@ def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
 
 def network_sources(store: Store, config: Config, http: Http) -> list[tuple[NetworkSource, ReadBudget]]:
     """Each enabled network source with its read meter."""
-    from bot.sources.bluesky import BlueskySource
-    from bot.sources.mastodon import MastodonSource
-    from bot.sources.x import XSource
-
     found: list[tuple[NetworkSource, ReadBudget]] = []
-    settings = config.sources
-    # Only X reads are paid; the others are counted (limit 0) for the summary.
-    for enabled, source_class, section, limit in (
-        (settings.x.enabled, XSource, settings.x, max(0, settings.x.daily_read_budget)),
-        (settings.bluesky.enabled, BlueskySource, settings.bluesky, 0),
-        (settings.mastodon.enabled, MastodonSource, settings.mastodon, 0),
-    ):
-        if enabled:
-            budget = ReadBudget(store, source_class.name, limit, http.clock)
-            found.append((source_class(section, http, config.ingest.max_bytes, meter=budget.spend), budget))
+    for network in NETWORKS.values():
+        section = network.settings(config.sources)
+        if section.enabled:
+            # Only paid reads have a daily budget; the others are counted (limit 0) for the summary.
+            limit = max(0, section.daily_read_budget) if network.paid_reads else 0
+            budget = ReadBudget(store, network.name, limit, http.clock)
+            found.append((network.source_class()(section, http, config.ingest.max_bytes, meter=budget.spend), budget))
     return found
 
 
