@@ -118,13 +118,14 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
     def fit(base_rows: list[int], human_rows: list[LabelledImage], start: LinearHead | None = None) -> LinearHead:
         return _fit_head(base, base_rows, human_rows, human_vector, len(spec.stats), start)
 
+    if not (b_train or human_train) or not (b_val or h_val):
+        raise DatasetError(f"cannot retrain: the training or validation split is empty: {len(h_train)} human labels "
+                           f"and {len(b_train)} base images to train on, {len(h_val) + len(b_val)} to validate on "
+                           f"({len(human)} labelled media in {len({i.group for i in human})} accounts"
+                           f"{'; ' + base_note if base_note else ''})")
     val_x = torch.cat(([base.vectors[b_val]] if b_val else []) + ([human_x[h_val]] if h_val else []))
     val_y = torch.tensor([labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val],
                          dtype=torch.long)
-    if not (b_train or h_train) or not len(val_y):
-        raise DatasetError(f"cannot retrain: {len(h_train)} human labels and {len(b_train)} base images to train on, "
-                           f"{len(val_y)} to validate on ({len(human)} labelled media in "
-                           f"{len({i.group for i in human})} accounts{'; ' + base_note if base_note else ''})")
     # The candidate as validated: trained without any validation image.
     held_out_head = fit(b_train, human_train)
     with torch.no_grad():

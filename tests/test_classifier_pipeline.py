@@ -324,7 +324,8 @@ def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
         assert store.scalar("SELECT COUNT(*) FROM features") == 3
     assert labels == list(LABELS)
     back = run_cli("model", "rollback", cwd=tmp_path, env=env)
-    assert back.returncode == 1 and "no model is active" in back.stderr and "Traceback" not in back.stderr
+    # The shipped default is the active model of a fresh store, and the root of every rollback chain.
+    assert back.returncode == 1 and "default-2 has no parent" in back.stderr and "Traceback" not in back.stderr
     missing = run_cli("eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"),
                       cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr

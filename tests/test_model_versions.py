@@ -256,3 +256,14 @@ def test_a_retrained_active_model_is_judged_on_base_images_by_its_held_out_twin(
         own = head_from_record(read_model_file(store.active_model()["path"]))(base.vectors[base_validation]).argmax(1)
     truth = torch.tensor([LABELS.index(base.labels[i]) for i in base_validation])
     assert (own == truth).float().mean() > second.active_metrics["accuracy"]
+
+
+def test_retrain_with_nothing_to_train_on_is_a_clear_error_and_changes_nothing(store):
+    from bot.retrain import run_retrain
+    from classifier.data import DatasetError
+    from tests.test_retrain import install_tiny_model
+
+    install_tiny_model(store, (0.0, 0.0, 0.3))  # its features are not the shipped base vectors' ones
+    with pytest.raises(DatasetError, match="split is empty: 0 human labels and 0 base images to train on"):
+        run_retrain(store, retrain_settings(store), force=True)
+    assert {row["version"]: row["active"] for row in list_models(store)} == {SHIPPED_VERSION: 0, "tiny-0": 1}
