@@ -1,8 +1,11 @@
 """The SQLite store: one database file plus blob folders under a data dir, and the queries every stage shares."""
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,10 +16,14 @@ import numpy as np
 import sqlite_utils
 
 from storage.blobs import BlobStore
-from storage.schema import SchemaTooNewError, migrate
+from storage.errors import LOCKED, READ_ONLY, StorageFault, data_dir_writable, storage_fault
+from storage.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
+
+log = logging.getLogger(__name__)
 
 DB_FILENAME = "illustfeed.db"
 LABELS = ("illustration", "screenshot", "photo")
+DEFAULT_BUSY_TIMEOUT_S = 30.0
 
 
 class StoreError(ValueError):
@@ -30,9 +37,13 @@ def utc_now() -> str:
 class Store:
     """One SQLite connection (WAL, foreign keys) and the blob stores of one data dir. One Store per thread."""
 
-    def __init__(self, data_dir: Path, conn: sqlite3.Connection):
+    def __init__(self, data_dir: Path, conn: sqlite3.Connection, *, read_only: bool = False,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
         self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / DB_FILENAME
         self.conn = conn
+        self.read_only = read_only
+        self.busy_timeout_s = busy_timeout_s
         self.db = sqlite_utils.Database(conn)
         self.blobs = BlobStore(self.data_dir / "media")
         self.derived = BlobStore(self.data_dir / "derived")
@@ -43,30 +54,90 @@ class Store:
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> "Store":
+    def open(cls, data_dir: str | Path, *, read_only: bool | None = False,
+             busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> "Store":
+        """Open (creating and migrating as needed) the store of a data dir.
+
+        `read_only`: False opens for writing; True opens the database read-only (it must exist and be
+        migrated); None picks read-only when the data dir or database cannot be written (a read-only mount),
+        so readers (status, serve, check) keep working there. Writers wait up to `busy_timeout_s` for another
+        process's write lock, then fail with a StorageFault saying so.
+        """
         data_dir = Path(data_dir)
+        db_path = data_dir / DB_FILENAME
+        if read_only is None:
+            read_only = db_path.is_file() and not (data_dir_writable(data_dir) and os.access(db_path, os.W_OK))
+        if read_only:
+            return cls._open_read_only(data_dir, db_path)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            fault = storage_fault(error)
+            if fault is not None:
+                raise fault from error
             raise StoreError(f"cannot use data dir {data_dir}: {error.strerror or error}") from None
-        db_path = data_dir / DB_FILENAME
+        conn = None
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
-            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             migrate(conn)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.Error, StorageFault) as error:
+            if conn is not None:
+                conn.close()
+            fault = storage_fault(error, db_path, busy_timeout_s=busy_timeout_s)
+            if fault is not None:
+                fault.where = fault.where or str(db_path)
+                if fault.kind == LOCKED:
+                    fault.busy_timeout_s = busy_timeout_s
+                raise fault from error
+            if not data_dir_writable(data_dir):  # "unable to open database file" in a folder it cannot write
+                raise StorageFault(READ_ONLY, db_path, "cannot create the database or its journal") from error
             raise StoreError(f"cannot open database {db_path}: {error}") from None
         except SchemaTooNewError as error:
+            conn.close()
             raise StoreError(f"{db_path}: {error}") from None
-        store = cls(data_dir, conn)
-        store.blobs.remove_stale_temp_files()
-        store.derived.remove_stale_temp_files()
+        store = cls(data_dir, conn, busy_timeout_s=busy_timeout_s)
+        try:
+            store.blobs.remove_stale_temp_files()
+            store.derived.remove_stale_temp_files()
+        except OSError as error:  # housekeeping only: the command itself reports a disk that cannot be written
+            log.warning("cannot remove stale temp files: %s", error)
         return store
+
+    @classmethod
+    def _open_read_only(cls, data_dir: Path, db_path: Path) -> "Store":
+        if not db_path.is_file():
+            raise StoreError(f"no database at {db_path}: run `illustfeed init` on a writable data dir first")
+        uri = f"file:{urllib.parse.quote(str(db_path.resolve()))}?mode=ro"
+        try:
+            try:
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA user_version").fetchone()
+            except sqlite3.OperationalError:
+                # A WAL database whose -wal/-shm files are gone (closed cleanly) cannot be opened read-only on
+                # a read-only mount; with no -wal file there is nothing uncommitted, so reading the file as
+                # immutable sees the whole database. (A -wal file present means it opens without this.)
+                if Path(f"{db_path}-wal").exists():
+                    raise
+                conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open database {db_path} read-only: {error}") from None
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(f"{db_path}: database schema version {version} is newer than this program's "
+                             f"{SCHEMA_VERSION}; upgrade illustfeed")
+        if version < SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(f"{db_path} is read-only and at schema version {version} of {SCHEMA_VERSION}: "
+                             "run `illustfeed init` once with the data dir writable to migrate it")
+        return cls(data_dir, conn, read_only=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -91,17 +162,30 @@ class Store:
                 finally:
                     self._transaction_depth -= 1
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                self._raise_as_fault(error)
             self._transaction_depth = 1
             try:
                 yield
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
                 self.conn.execute("COMMIT")
+            except BaseException as error:
+                # SQLite already rolled back after a full disk or I/O error; ROLLBACK again would fail with
+                # "cannot rollback - no transaction is active" and hide the cause.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self._raise_as_fault(error)
             finally:
                 self._transaction_depth = 0
+
+    def _raise_as_fault(self, error: BaseException) -> None:
+        """Re-raise `error`, as a StorageFault naming this store's database when it is a disk or lock fault."""
+        fault = storage_fault(error, self.db_path, busy_timeout_s=self.busy_timeout_s)
+        if fault is None or fault is error:
+            raise error
+        fault.where = fault.where or str(self.db_path)
+        raise fault from error
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
