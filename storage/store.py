@@ -5,6 +5,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,34 @@ class StoreError(ValueError):
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _connect_and_migrate(db_path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open the database in WAL mode and migrate it. Switching a new file to WAL can answer "database is
+    locked" at once, without the busy handler, while another process does the same (seen with 8 concurrent
+    first opens on a loaded machine), so the whole set-up is retried until the busy timeout; every step is
+    idempotent and each migration is its own transaction."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            migrate(conn)
+            return conn
+        except (sqlite3.OperationalError, StorageFault) as error:
+            conn.close()
+            fault = storage_fault(error)
+            if fault is None or fault.kind != LOCKED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            conn.close()
+            raise
 
 
 class Store:
@@ -76,30 +105,21 @@ class Store:
             if fault is not None:
                 raise fault from error
             raise StoreError(f"cannot use data dir {data_dir}: {error.strerror or error}") from None
-        conn = None
         try:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in `transaction`), never implicit.
-            conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            migrate(conn)
+            conn = _connect_and_migrate(db_path, busy_timeout_s)
         except (sqlite3.Error, StorageFault) as error:
-            if conn is not None:
-                conn.close()
             fault = storage_fault(error, db_path, busy_timeout_s=busy_timeout_s)
             if fault is not None:
                 fault.where = fault.where or str(db_path)
                 if fault.kind == LOCKED:
                     fault.busy_timeout_s = busy_timeout_s
+                if fault is error:
+                    raise
                 raise fault from error
             if not data_dir_writable(data_dir):  # "unable to open database file" in a folder it cannot write
                 raise StorageFault(READ_ONLY, db_path, "cannot create the database or its journal") from error
             raise StoreError(f"cannot open database {db_path}: {error}") from None
         except SchemaTooNewError as error:
-            conn.close()
             raise StoreError(f"{db_path}: {error}") from None
         store = cls(data_dir, conn, busy_timeout_s=busy_timeout_s)
         try:
