@@ -11,11 +11,14 @@ from bot.sources.base import FetchError, MediaRefused
 from bot.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
 from classifier.preprocess import load_rgb_frames
 from storage import Store, sha256_hex
+from storage.store import restorable_rejection
 
 log = logging.getLogger(__name__)
 
 # What happened to one media reference.
 NEW, DUPLICATE, NEAR_DUPLICATE, REJECTED, FAILED = "new", "duplicate", "near_duplicate", "rejected", "failed"
+# A known media whose stored file was missing or damaged, written again from the bytes just fetched.
+RESTORED = "restored"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class IngestSummary:
     media_new: int = 0
     duplicates: int = 0
     near_duplicates: int = 0
+    restored: int = 0  # known media whose missing or damaged file was written again
     rejected: int = 0
     failed: int = 0
     problems: list[str] = field(default_factory=list)  # "where: reason" for rejected and failed media
@@ -48,6 +52,8 @@ class IngestSummary:
                 self.duplicates += 1
             elif outcome.status == NEAR_DUPLICATE:
                 self.near_duplicates += 1
+            elif outcome.status == RESTORED:
+                self.restored += 1
             else:
                 self.rejected += outcome.status == REJECTED
                 self.failed += outcome.status == FAILED
@@ -56,7 +62,7 @@ class IngestSummary:
     def as_dict(self) -> dict:
         return {
             "posts": self.posts, "known_posts": self.known_posts, "new_posts": self.new_posts, "media_new": self.media_new,
-            "duplicates": self.duplicates, "near_duplicates": self.near_duplicates,
+            "duplicates": self.duplicates, "near_duplicates": self.near_duplicates, "restored": self.restored,
             "rejected": self.rejected, "failed": self.failed,
         }
 
@@ -104,6 +110,11 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
         return _Prepared(ref, DUPLICATE, sha256=digest)
     existing = store.media_by_sha256(digest)
     if existing is not None:
+        if existing["ext"] and (existing["status"] == "ok" or restorable_rejection(existing["reject_reason"])) \
+                and not store.blobs.intact(digest, existing["ext"], len(data)):
+            # Its file was deleted or damaged behind the store's back: these are the right bytes, store them.
+            store.blobs.put(data, existing["ext"])
+            return _Prepared(ref, RESTORED, sha256=digest, media_id=existing["id"])
         status = REJECTED if existing["status"] == "rejected" else DUPLICATE
         return _Prepared(ref, status, sha256=digest, media_id=existing["id"], reason=existing["reject_reason"])
     try:
@@ -154,6 +165,8 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], se
                                               reject_reason=item.reason, source_url=item.ref.url)
             if item.sha256 is not None and media_id is not None:
                 media_ids[item.sha256] = media_id
+            if item.status == RESTORED:
+                store.restore_media(media_id)
             if media_id is not None:
                 store.link_post_media(post_row_id, media_id, position, item.ref.alt, item.ref.url)
             outcomes.append(MediaOutcome(item.ref, item.status, media_id, item.reason))
@@ -166,11 +179,20 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], se
 
 
 def post_is_stored(store: Store, post: Post) -> bool:
-    """The post and a row for each of its media are stored (a media that failed to fetch is tried again)."""
-    linked = store.scalar(
-        "SELECT (SELECT COUNT(*) FROM post_media pm WHERE pm.post_id = p.id) FROM posts p"
+    """The post and a row for each of its media are stored, with their files intact.
+
+    A media that failed to fetch is tried again, and so is one whose file is missing, of the wrong size or
+    marked damaged by `illustfeed check`: fetching the post again is how its file comes back.
+    """
+    media = store.query(
+        "SELECT m.sha256, m.ext, m.bytes, m.status, EXISTS (SELECT 1 FROM damaged_media d WHERE d.media_id = m.id)"
+        " AS damaged FROM posts p JOIN post_media pm ON pm.post_id = p.id JOIN media m ON m.id = pm.media_id"
         " WHERE p.source = ? AND p.external_id = ?", (post.source, post.post_id))
-    return linked is not None and linked >= len(post.media)
+    if len(media) < len(post.media):
+        return False
+    return not any(row["damaged"] or (row["status"] == "ok" and not store.blobs.intact(row["sha256"], row["ext"],
+                                                                                      row["bytes"]))
+                   for row in media)
 
 
 def ingest_source(store: Store, source, settings: IngestConfig, progress: bool = False,

@@ -31,6 +31,15 @@ class StoreError(ValueError):
     """A request the store cannot satisfy (unknown media, bad label, ambiguous reference)."""
 
 
+# What classify writes when a stored file cannot be decoded: the only rejection a missing or damaged file
+# causes, so the only one that the right bytes, written again, undo.
+CLASSIFY_REJECT_PREFIX = "stored file cannot be decoded for classification:"
+
+
+def restorable_rejection(reject_reason: str | None) -> bool:
+    return (reject_reason or "").startswith(CLASSIFY_REJECT_PREFIX)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -295,6 +304,15 @@ class Store:
         if cursor.rowcount == 0:
             return self.scalar("SELECT id FROM media WHERE sha256 = ?", (fields["sha256"],))
         return cursor.lastrowid
+
+    def restore_media(self, media_id: int) -> None:
+        """A media's file was written again: it is no longer damaged, nor rejected because the file was bad."""
+        self.execute("DELETE FROM damaged_media WHERE media_id = ?", (media_id,))
+        self.execute("UPDATE media SET status = 'ok', reject_reason = NULL WHERE id = ? AND status = 'rejected'"
+                     " AND reject_reason LIKE ?", (media_id, CLASSIFY_REJECT_PREFIX + "%"))
+
+    def damaged_count(self) -> int:
+        return self.scalar("SELECT COUNT(*) FROM damaged_media")
 
     def media(self, media_id: int) -> dict:
         row = self.query_one("SELECT * FROM media WHERE id = ?", (media_id,))
