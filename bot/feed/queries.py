@@ -144,8 +144,8 @@ def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:
 
 def visible_media(store: Store, sha256: str) -> dict | None:
     """The stored media row for a sha256 when it can be served (status ok), else None."""
-    return store.query_one("SELECT id, sha256, ext, mime, width, height FROM media WHERE sha256 = ? AND status = 'ok'",
-                           (sha256,))
+    return store.query_one("SELECT id, sha256, ext, mime, width, height, bytes FROM media"
+                           " WHERE sha256 = ? AND status = 'ok'", (sha256,))
 
 
 def feed_counts(store: Store, rule: str) -> dict:
