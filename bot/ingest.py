@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -10,7 +11,7 @@ from bot.records import MediaRef, Post
 from bot.sources.base import FetchError, MediaRefused
 from bot.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
 from classifier.preprocess import load_rgb_frames
-from storage import Store, sha256_hex
+from storage import Store, StorageFault, sha256_hex
 from storage.store import restorable_rejection
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 NEW, DUPLICATE, NEAR_DUPLICATE, REJECTED, FAILED = "new", "duplicate", "near_duplicate", "rejected", "failed"
 # A known media whose stored file was missing or damaged, written again from the bytes just fetched.
 RESTORED = "restored"
+STORED = (NEW, DUPLICATE, NEAR_DUPLICATE, RESTORED)
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,26 @@ def ingest_source(store: Store, source, settings: IngestConfig, progress: bool =
     items = list(source.posts() if posts is None else posts)
     summary = IngestSummary()
     bar = tqdm(items, desc=f"import {source.name}", unit="post", disable=not progress or len(items) < 2)
-    for post in bar:
-        if post_is_stored(store, post):
-            summary.known_posts += 1
-            continue
-        is_new, outcomes = ingest_post(store, post, source.fetch, settings)
-        summary.add(post, is_new, outcomes)
-        bar.set_postfix(new=summary.media_new, rejected=summary.rejected, refresh=False)
+    images, stored = sum(len(post.media) for post in items), 0
+    try:
+        for post in bar:
+            if post_is_stored(store, post):
+                summary.known_posts += 1
+                stored += len(post.media)
+                continue
+            is_new, outcomes = ingest_post(store, post, source.fetch, settings)
+            summary.add(post, is_new, outcomes)
+            stored += sum(outcome.status in STORED for outcome in outcomes)
+            bar.set_postfix(new=summary.media_new, rejected=summary.rejected, refresh=False)
+    except (StorageFault, OSError, sqlite3.Error) as error:
+        fault = store.fault(error)
+        if fault is None:
+            raise
+        # Posts commit one by one, so everything counted here is stored for good.
+        fault.progress = f"{stored} of {images} images stored"
+        if fault is error:
+            raise
+        raise fault from error
+    finally:
+        bar.close()
     return summary

@@ -19,7 +19,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import Config
-from storage import Store
+from storage import Store, storage_fault
+from storage.errors import LOCKED, lock_holder_pid
 
 log = logging.getLogger("illustfeed.runner")
 
@@ -56,8 +57,8 @@ class StoppableStore(Store):
     stop: threading.Event
 
     @classmethod
-    def open_stoppable(cls, data_dir, stop: threading.Event) -> "StoppableStore":
-        store = cls.open(data_dir)
+    def open_stoppable(cls, data_dir, stop: threading.Event, busy_timeout_s: float = 30.0) -> "StoppableStore":
+        store = cls.open(data_dir, busy_timeout_s=busy_timeout_s)
         store.stop = stop
         return store
 
@@ -87,7 +88,8 @@ class JobContext:
     running_changed: threading.Condition = field(default_factory=threading.Condition)
 
     def open_store(self) -> StoppableStore:
-        return StoppableStore.open_stoppable(self.config.data_path, self.stop)
+        return StoppableStore.open_stoppable(self.config.data_path, self.stop,
+                                             self.config.storage.busy_timeout_seconds)
 
     def classifier(self, store: Store) -> tuple[Any, Any]:
         """The active (else shipped default) model and its feature runner, reloaded only when the active
@@ -126,8 +128,15 @@ def run_job(name: str, body: JobBody, context: JobContext) -> dict | None:
     except JobCancelled:
         log_event(f"{name}.cancelled", duration_s=time.monotonic() - started)
     except Exception as error:  # the edge of a job: record it, keep the process up, retry next time
-        log_event(f"{name}.failed", logging.ERROR, error=f"{type(error).__name__}: {error}",
-                  duration_s=time.monotonic() - started)
+        fault = storage_fault(error)
+        if fault is not None:  # a full, read-only or locked data dir: the sentence says it all, no traceback
+            if fault.kind == LOCKED and fault.holder_pid is None:
+                fault.holder_pid = lock_holder_pid(context.config.data_path)
+            log_event(f"{name}.failed", logging.ERROR, storage=fault.kind, error=str(fault),
+                      duration_s=time.monotonic() - started)
+        else:
+            log_event(f"{name}.failed", logging.ERROR, error=f"{type(error).__name__}: {error}",
+                      duration_s=time.monotonic() - started)
         log.debug("%s failed", name, exc_info=True)
     finally:
         with context.running_changed:

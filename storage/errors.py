@@ -70,7 +70,7 @@ class StorageFault(Exception):
             todo = ("remount it read-write or fix its permissions, then run the same command again; "
                     "status, serve and check still work read-only")
         else:
-            holder = f" (PID {self.holder_pid})" if self.holder_pid else ""
+            holder = f" (PID {self.holder_pid} holds the data dir's {LOCK_FILENAME})" if self.holder_pid else ""
             waited = f" for {self.busy_timeout_s:g} s" if self.busy_timeout_s else ""
             what = f"database locked by another process{holder}{waited}{step}:{where}{progress}"
             todo = ("wait for it to finish (or stop it) and run the same command again (nothing is lost); "
@@ -132,7 +132,8 @@ def lock_holder_pid(data_dir: str | Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else None
+            # This process's own lock (the runner's job meeting a writer elsewhere) names nobody else.
+            return int(text) if text.isdigit() and int(text) != os.getpid() else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

@@ -208,12 +208,17 @@ class Store:
             finally:
                 self._transaction_depth = 0
 
-    def _raise_as_fault(self, error: BaseException) -> None:
-        """Re-raise `error`, as a StorageFault naming this store's database when it is a disk or lock fault."""
+    def fault(self, error: BaseException) -> StorageFault | None:
+        """`error` as a StorageFault (SQLite's naming this store's database) when the disk or lock caused it."""
         fault = storage_fault(error, self.db_path, busy_timeout_s=self.busy_timeout_s)
+        if fault is not None:
+            fault.where = fault.where or str(self.db_path)
+        return fault
+
+    def _raise_as_fault(self, error: BaseException) -> None:
+        fault = self.fault(error)
         if fault is None or fault is error:
             raise error
-        fault.where = fault.where or str(self.db_path)
         raise fault from error
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
