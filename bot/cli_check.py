@@ -23,19 +23,33 @@ def overlay_maker(config: Config) -> OverlayMaker | None:
     models: dict[str, object] = {}
 
     def make(store: Store, media_id: int) -> tuple[bytes, str]:
-        from classifier.runtime import load_classifier
-
         prediction = store.query_one(
             "SELECT model_version, prob_illustration, prob_screenshot, prob_photo FROM predictions"
             " WHERE media_id = ? ORDER BY id DESC LIMIT 1", (media_id,))
         version = prediction["model_version"]
         if version not in models:
-            models[version] = load_classifier(store, config, version)
+            models[version] = _model_of_version(store, config, version)
         model = models[version]
         probabilities = [prediction[f"prob_{label}"] for label in model.labels]
         return render(model, store.media_path(media_id), probabilities)
 
     return make
+
+
+def _model_of_version(store: Store, config: Config, version: str):
+    """The model that made a prediction: a registered version, or the active/shipped one when it is that version.
+    Another model's map would explain a call it did not make, so none is drawn then."""
+    from classifier.model import ModelFileError
+    from classifier.runtime import load_classifier
+    from classifier.versions import ModelVersionError
+
+    try:
+        return load_classifier(store, config, version)
+    except (ModelVersionError, ModelFileError):
+        model = load_classifier(store, config)
+        if model.version != version:
+            raise ModelFileError(f"model version {version} that made the prediction is no longer available") from None
+        return model
 
 
 def thumbnail_maker(config: Config) -> ThumbnailMaker:

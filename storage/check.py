@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from storage.blobs import EXT_PATTERN, SHA256_PATTERN
+from storage.errors import StorageFault
 from storage.store import CLASSIFY_REJECT_PREFIX, Store, restorable_rejection, utc_now
 
 # Problem kinds.
@@ -309,7 +311,13 @@ def repair_store(store: Store, report: CheckReport, *, make_overlay: OverlayMake
         if not store.blobs.intact(*_blob_of(store, media_id)):
             actions.append(f"overlay of media {media_id} waits for its original to be restored")
             continue
-        regenerate_overlay(store, media_id, make_overlay)
+        try:
+            regenerate_overlay(store, media_id, make_overlay)
+        except (StorageFault, sqlite3.Error):
+            raise  # the disk: stop and say so
+        except Exception as error:  # the model or the image: this overlay stays missing, the others go on
+            actions.append(f"overlay of media {media_id} not made: {type(error).__name__}: {error}")
+            continue
         actions.append(f"made the overlay of media {media_id} again")
     return actions
 

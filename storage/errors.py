@@ -106,14 +106,35 @@ def storage_fault(error: BaseException, db_path: str | Path | None = None, *, bu
         kind = sqlite_kind(error)
         if kind is None:
             return None
+        if kind == IO_ERROR and _nearly_full(db_path):
+            kind = DISK_FULL  # SQLite says "disk I/O error" when it cannot grow its shared-memory file on a full disk
         return StorageFault(kind, db_path, str(error), during=during,
                             busy_timeout_s=busy_timeout_s if kind == LOCKED else None)
     if isinstance(error, OSError):
         kind = _os_kind(error)
         if kind is None:
             return None
+        if kind == IO_ERROR and _nearly_full(error.filename):
+            kind = DISK_FULL
         return StorageFault(kind, error.filename, error.strerror or str(error), during=during)
     return None
+
+
+# Below this much free space an I/O error is taken for what it almost surely is: a full disk.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def _nearly_full(path: str | Path | None) -> bool:
+    if path is None:
+        return False
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
 
 
 def lock_holder_pid(data_dir: str | Path) -> int | None:

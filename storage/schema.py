@@ -269,6 +269,11 @@ def migrate(conn: sqlite3.Connection) -> int:
     Each migration runs in a BEGIN IMMEDIATE transaction that re-reads the version, so two processes
     opening a new database at once cannot both apply it. `conn` must be in autocommit mode.
     """
+    # Up to date (every open but the first after an upgrade): no write lock needed, so a reader opening the
+    # store never waits behind another process's long write.
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current == SCHEMA_VERSION:
+        return current
     before = None
     while True:
         conn.execute("BEGIN IMMEDIATE")
