@@ -111,6 +111,19 @@ def fail_times(times: int, matches: Callable[[str], bool]) -> Callable[[str], bo
     return fail_when
 
 
+def fail_nth(n: int, matches: Callable[[str], bool]) -> Callable[[str], bool]:
+    """A `fail_when` that fails only the `n`-th matching statement."""
+    seen = [0]
+
+    def fail_when(sql: str) -> bool:
+        if matches(sql):
+            seen[0] += 1
+            return seen[0] == n
+        return False
+
+    return fail_when
+
+
 def integrity(db_path: Path) -> str:
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
