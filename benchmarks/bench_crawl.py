@@ -19,7 +19,7 @@ import responses
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import parse_config  # noqa: E402
-from bot.crawl import crawl_once  # noqa: E402
+from bot.ingest.crawl import crawl_once  # noqa: E402
 from bot.sources.x import XSource  # noqa: E402
 from storage import Store  # noqa: E402
 from tests.test_sources_x import FakeClock, FakeX, http_for, make_jpeg  # noqa: E402

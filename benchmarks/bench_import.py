@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import IngestConfig  # noqa: E402
-from bot.ingest import ingest_source  # noqa: E402
+from bot.ingest.ingest import ingest_source  # noqa: E402
 from bot.sources.folder import FolderSource  # noqa: E402
 from storage import Store  # noqa: E402
 from tests import imagegen  # noqa: E402

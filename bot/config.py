@@ -53,7 +53,7 @@ class FolderSourceConfig:
     path: str = "inbox"
 
 
-# --- network sources (bot/crawl.py, bot/fetch.py, bot/sources/x.py) ---
+# --- network sources (bot/ingest/crawl.py, bot/ingest/fetch.py, bot/sources/x.py) ---
 
 
 @dataclass(frozen=True)

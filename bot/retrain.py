@@ -194,7 +194,7 @@ def pending_review(store: Store) -> set[int]:
 def rescore(store: Store, config: Config) -> tuple[int, int, int]:
     """Score every media the new active model has not scored (cached vectors: no conv net for media seen
     before), then drop pending review items it is sure about. Returns (rescored, entered, left the queue)."""
-    from bot.runner import classify_with_config
+    from bot.run.runner import classify_with_config
     from classifier.runtime import load_classifier, make_runner
 
     before = pending_review(store)

@@ -116,7 +116,7 @@ CREATE VIEW latest_prediction AS
     SELECT * FROM predictions WHERE id IN (SELECT MAX(id) FROM predictions GROUP BY media_id);
 """
 
-# Network sources (bot/crawl.py): media downloads that failed and are retried on later runs, API reads per
+# Network sources (bot/ingest/crawl.py): media downloads that failed and are retried on later runs, API reads per
 # day (paid APIs have a daily budget), and how an account came to be followed (NULL: it only appeared as the
 # author of crawled or imported posts; 'command': `illustfeed follow` or chat).
 SOURCES_V2 = """

@@ -1,10 +1,10 @@
 """Test helpers for the chat tests: a real store with generated images, predictions and review-queue rows."""
 from __future__ import annotations
 
-from bot.commands import Actor
+from bot.chat.commands import Actor
 from bot.config import IngestConfig
-from bot.ingest import ingest_post
-from bot.records import MediaRef, Post
+from bot.ingest.ingest import ingest_post
+from bot.sources.records import MediaRef, Post
 from classifier.inference import decide
 from storage import LABELS, Store, utc_now
 from tests import imagegen
@@ -15,7 +15,7 @@ STRANGER = Actor(by="discord:303", via="discord", name="mallory", authorised=Fal
 
 
 def ingest_images(store: Store, seeds: list[int], account: str = "alice", source: str = "x") -> list[int]:
-    """One post per image through bot.ingest; returns the media ids in seed order."""
+    """One post per image through bot.ingest.ingest; returns the media ids in seed order."""
     media_ids = []
     for seed in seeds:
         url = f"https://example.test/{account}/{seed}.png"

@@ -11,7 +11,7 @@ import responses
 from PIL import Image
 
 from bot.config import Config, SourceHttpConfig, parse_config
-from bot.fetch import Http
+from bot.ingest.fetch import Http
 
 # Both the crawl config and `http_for` use these, so a test's Http behaves as `crawl_once` would build it.
 HTTP_SETTINGS = {"max_rate_limit_wait_s": 60.0, "max_retries": 2}

@@ -11,7 +11,7 @@ from classifier.model import (
     read_model_file,
     save_model,
 )
-from classifier.synthetic import tiny_base_model
+from tests.synthetic import tiny_base_model
 from classifier.vgg import make_features
 
 

@@ -10,7 +10,7 @@ from classifier.data import scan_folder
 from classifier.evaluate import evaluate_model
 from classifier.inference import FeatureRunner, classify_pending, run_classifier
 from classifier.model import ModelFileError, load_model, save_model
-from classifier.synthetic import generate, jpeg_bytes, tiny_base_model, write_dataset
+from tests.synthetic import generate, jpeg_bytes, tiny_base_model, write_dataset
 from classifier.train import TrainOptions, train_head, train_model
 from classifier.versions import (
     ModelVersionError,

@@ -13,7 +13,7 @@ from classifier.data import LabelledImage, scan_folder, split_by_group
 from classifier.evaluate import compute_metrics, format_report, save_confusion_png
 from classifier.inference import choose_precision, decide, quantize_trunk
 from classifier.preprocess import evenly_spaced, imagenet_eval_tensor
-from classifier.synthetic import tiny_base_model
+from tests.synthetic import tiny_base_model
 from classifier.train import class_weights, fit_temperature, random_resized_crop
 
 

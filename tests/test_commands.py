@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from bot import commands
-from bot.commands import Actor, Permissions
+from bot.chat import commands
+from bot.chat.commands import Actor, Permissions
 from storage import Store
 from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images, predict
 

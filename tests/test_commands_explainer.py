@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bot import commands
+from bot.chat import commands
 from bot.config import parse_config
 from classifier.features import FeatureSpec
 from classifier.model import SCRATCH_BACKBONE, new_classifier, save_model

@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def child(data_dir: str, block_after: int, ready_file: str) -> int:
     import responses
 
-    from bot.crawl import crawl_once
+    from bot.ingest.crawl import crawl_once
     from storage import Store
     from tests.sources_support import FakeClock, http_for
     from tests.test_sources_x import build_world, x_config

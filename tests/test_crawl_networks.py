@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import responses
 
-from bot.crawl import crawl_once
+from bot.ingest.crawl import crawl_once
 from storage import Store
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg
 from tests.test_sources_bluesky import build_world as build_bluesky

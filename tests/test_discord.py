@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import discord
 import pytest
 
-from bot.commands import Permissions
+from bot.chat.commands import Permissions
 from bot.config import DiscordConfig, load_config, parse_config
-from bot.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
+from bot.chat.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
                              post_feed_batch)
 from tests.chat_store import ingest_images, predict
 

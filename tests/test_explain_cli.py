@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bot.cli import main
-from bot.cli_explain import METHOD_NAMES, explain_to_file
+from bot.cli.explain import METHOD_NAMES, explain_to_file
 from classifier import build_vgg16
 from classifier.features import FeatureSpec
 from classifier.model import SCRATCH_BACKBONE, new_classifier, save_model

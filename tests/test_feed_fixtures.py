@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 
 from bot.config import FeedConfig, IngestConfig
 from bot.feed import create_app
-from bot.ingest import NEW, ingest_post
-from bot.records import MediaRef, Post
+from bot.ingest.ingest import NEW, ingest_post
+from bot.sources.records import MediaRef, Post
 from storage import Store
 from tests import imagegen
 
@@ -38,7 +38,7 @@ def make_image(index: int, size: tuple[int, int] = (320, 240), fmt: str = "PNG")
 def add_post(store: Store, index: int, account: str = "artist", text: str | None = None,
              display_name: str | None = None, alt: str | None = None, url: str | None = None,
              created_at: str | None = None, image: bytes | None = None) -> int:
-    """Ingest one post with one generated image through bot.ingest; returns the media id."""
+    """Ingest one post with one generated image through bot.ingest.ingest; returns the media id."""
     data = image if image is not None else make_image(index)
     ref = MediaRef(url=f"https://img.example.org/{index}.png", alt=alt)
     post = Post(source="x", account=account, post_id=f"p{index}", url=url or f"https://x.example.org/{account}/{index}",

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from bot.config import FeedConfig, IngestConfig
-from bot.ingest import ingest_post
-from bot.records import MediaRef, Post
+from bot.ingest.ingest import ingest_post
+from bot.sources.records import MediaRef, Post
 from tests import imagegen
 from tests.test_feed_fixtures import COLOURS, add_post, illustrations, make_image, predict, with_client
 

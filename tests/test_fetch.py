@@ -1,4 +1,4 @@
-"""bot/fetch.py: bounded downloads, host allow-list (redirects included), retries and rate-limit headers."""
+"""bot/ingest/fetch.py: bounded downloads, host allow-list (redirects included), retries and rate-limit headers."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import requests
 import responses
 
 from bot.config import SourceHttpConfig
-from bot.fetch import (ApiUnavailable, DownloadRefused, Http, RateLimited, SourceError, host_allowed,
+from bot.ingest.fetch import (ApiUnavailable, DownloadRefused, Http, RateLimited, SourceError, host_allowed,
                        rate_limit_reset_in)
 from bot.sources.base import FetchError
 from tests.sources_support import FakeClock, make_jpeg

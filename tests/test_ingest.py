@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from bot.config import IngestConfig
-from bot.ingest import ingest_source
+from bot.ingest.ingest import ingest_source
 from bot.sources.folder import FolderSource
-from bot.validate import InvalidImage, validate_image
+from bot.ingest.validate import InvalidImage, validate_image
 from tests import imagegen
 from tests.conftest import SHARED
 

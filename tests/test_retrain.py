@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bot.config import parse_config
-from bot.ingest import ingest_source
+from bot.ingest.ingest import ingest_source
 from bot.retrain import PROMOTED, REFUSED, SKIPPED, count_new_labels, run_retrain
 from bot.sources.folder import FolderSource
 from classifier import LABELS
@@ -48,7 +48,7 @@ def install_tiny_model(store, bias: tuple[float, float, float], version: str = "
 
 def write_generated_inbox(inbox, per_label: int, unlabelled: int, accounts: int = ACCOUNTS) -> dict[str, str]:
     """Generated images under inbox/<account>/; returns {file stem: true label} ("" = left unlabelled)."""
-    from classifier.synthetic import generate, jpeg_bytes
+    from tests.synthetic import generate, jpeg_bytes
 
     truth = {}
     plan = [(label, n) for label in LABELS for n in range(per_label)]

@@ -9,9 +9,9 @@ import threading
 import pytest
 
 from bot.config import load_config, parse_config
-from bot.lock import DataDirLock, DataDirLocked
+from bot.run.lock import DataDirLock, DataDirLocked
 from tests.conftest import cli_env
-from bot.scheduler import JobCancelled, JobContext, StoppableStore, build_scheduler, format_event, run_job
+from bot.run.scheduler import JobCancelled, JobContext, StoppableStore, build_scheduler, format_event, run_job
 
 
 def test_lock_refuses_a_second_holder_and_names_file_and_pid(tmp_path):
@@ -22,7 +22,7 @@ def test_lock_refuses_a_second_holder_and_names_file_and_pid(tmp_path):
         assert str((tmp_path / "illustfeed.lock").resolve()) in str(refused.value)
         assert f"PID {os.getpid()}" in str(refused.value)
         # Another process is refused too (flock is per open file, so this is the real case).
-        code = ("import sys; from bot.lock import DataDirLock, DataDirLocked\n"
+        code = ("import sys; from bot.run.lock import DataDirLock, DataDirLocked\n"
                 f"try: DataDirLock({str(tmp_path)!r}).acquire()\n"
                 "except DataDirLocked as e: print(e); sys.exit(3)\n")
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -35,7 +35,7 @@ def test_lock_refuses_a_second_holder_and_names_file_and_pid(tmp_path):
 
 
 def test_lock_dies_with_its_process(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", f"from bot.lock import DataDirLock; import time\n"
+    holder = subprocess.Popen([sys.executable, "-c", f"from bot.run.lock import DataDirLock; import time\n"
                                f"DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, env=cli_env())
     try:
@@ -129,7 +129,7 @@ def test_scheduler_sections_validate_and_default():
 
 def test_retrain_report_reaches_the_bot_from_a_job_thread(tmp_path):
     """The report callback runs on a job thread; the bot's coroutine runs on the loop, PNG bytes included."""
-    from bot.runner import Runner
+    from bot.run.runner import Runner
 
     class Bot:
         reports = []

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from bot.commands import Actor, request_retrain
+from bot.chat.commands import Actor, request_retrain
 from storage import Store
 from tests.conftest import cli_env
 from tests.test_retrain import install_tiny_model
@@ -82,7 +82,7 @@ def wait_for_feed(port: int, expected: set[str], runner: Process, timeout: float
 
 @pytest.fixture
 def bot_dir(tmp_path):
-    from classifier.synthetic import generate, jpeg_bytes
+    from tests.synthetic import generate, jpeg_bytes
 
     port = free_port()
     (tmp_path / "config.toml").write_text(f"""

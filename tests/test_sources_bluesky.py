@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import responses
 
-from bot.crawl import crawl_once
+from bot.ingest.crawl import crawl_once
 from storage import Store
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 

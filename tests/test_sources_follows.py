@@ -1,4 +1,4 @@
-"""bot/follows.py and the follow/unfollow/sources commands: hand-made follows kept in the accounts table."""
+"""bot/sources/follows.py and the follow/unfollow/sources commands: hand-made follows kept in the accounts table."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from bot.cli import main
 from bot.config import parse_config
-from bot.follows import FollowError, canonical_handle, follow, list_sources, unfollow
+from bot.sources.follows import FollowError, canonical_handle, follow, list_sources, unfollow
 from storage import Store
 
 

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import responses
 
-from bot.crawl import crawl_once
-from bot.follows import follow, unfollow
+from bot.ingest.crawl import crawl_once
+from bot.sources.follows import follow, unfollow
 from storage import Store
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import responses
 
-from bot.crawl import crawl_once
+from bot.ingest.crawl import crawl_once
 from storage import Store
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
 
@@ -460,8 +460,8 @@ def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world
 
 
 def test_videos_and_gifs_are_never_downloaded_as_mp4(world, tmp_path):
-    from bot.fetch import DownloadRefused
-    from bot.records import MediaRef
+    from bot.ingest.fetch import DownloadRefused
+    from bot.sources.records import MediaRef
     from bot.sources.x import XSource
 
     x, images, clock = world

@@ -115,7 +115,7 @@ def test_a_migration_cut_by_a_full_disk_is_named_and_the_next_start_resumes_it(t
 
 HOLDER = """
 import sqlite3, sys
-from bot.lock import DataDirLock
+from bot.run.lock import DataDirLock
 lock = DataDirLock(sys.argv[1]).acquire()
 conn = sqlite3.connect(sys.argv[1] + "/illustfeed.db", isolation_level=None)
 conn.execute("BEGIN EXCLUSIVE")

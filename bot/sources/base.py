@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-from bot.records import MediaRef, Post
+from bot.sources.records import MediaRef, Post
 
 
 class FetchError(Exception):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from bot.config import BlueskySourceConfig
-from bot.fetch import Http, SourceError
-from bot.records import MediaRef, Post
+from bot.ingest.fetch import Http, SourceError
+from bot.sources.records import MediaRef, Post
 from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
                                  normalise_handle)
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from bot.records import MediaRef, Post
+from bot.sources.records import MediaRef, Post
 from bot.sources.base import FetchError, MediaRefused
 
 SOURCE_NAME = "folder"

@@ -14,8 +14,8 @@ from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from bot.config import MastodonSourceConfig
-from bot.fetch import Http, JsonReply, SourceError
-from bot.records import MediaRef, Post
+from bot.ingest.fetch import Http, JsonReply, SourceError
+from bot.sources.records import MediaRef, Post
 from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, normalise_handle,
                                  numeric_id_key)
 

@@ -1,6 +1,6 @@
 """What a social-network source offers the crawl: its accounts, one account's new posts with a cursor, media bytes.
 
-A network source never touches the store. The crawl (bot/crawl.py) hands it the cursor and the account ids
+A network source never touches the store. The crawl (bot/ingest/crawl.py) hands it the cursor and the account ids
 it knows, ingests the posts it returns, and only then saves the returned cursor, so a crash re-reads rather
 than skips.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
-from bot.records import MediaRef, Post
+from bot.sources.records import MediaRef, Post
 
 if TYPE_CHECKING:
-    from bot.fetch import Http
+    from bot.ingest.fetch import Http
 
 Item = TypeVar("Item")  # one post as a network's API returns it
 

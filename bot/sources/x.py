@@ -1,7 +1,7 @@
 """X (Twitter) source: media posted by followed accounts, read with tweepy's API v2 client, newest since `since_id`.
 
 Reads are paid, so every API request passes the crawl's daily budget (`meter`) and the shared retry and
-rate-limit policy of bot/fetch.py. Photos are fetched at original size (`name=orig`, falling back to
+rate-limit policy of bot/ingest/fetch.py. Photos are fetched at original size (`name=orig`, falling back to
 `4096x4096` then `large`); animated GIFs and videos contribute their preview image only. Their mp4 variants
 are neither requested nor downloadable (video.twimg.com is not an allowed host): decoding video frames would
 need an mp4 decoder this project does not ship, and no setting pretends otherwise.
@@ -16,8 +16,8 @@ import requests
 import tweepy
 
 from bot.config import XSourceConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
-from bot.records import MediaRef, Post
+from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
+from bot.sources.records import MediaRef, Post
 from bot.sources.base import FetchError
 from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
                                  normalise_handle, numeric_id_key)

@@ -1,4 +1,4 @@
-"""`illustfeed crawl|follow|unfollow|sources`: thin shells over bot.crawl and bot.follows."""
+"""`illustfeed crawl|follow|unfollow|sources`: thin shells over bot.ingest.crawl and bot.sources.follows."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import json
 
 from bot.cli import CommandError
 from bot.config import Config
-from bot.crawl import crawl_once
-from bot.follows import NETWORK_SOURCES, FollowError, follow, list_sources, unfollow
+from bot.ingest.crawl import crawl_once
+from bot.sources.follows import NETWORK_SOURCES, FollowError, follow, list_sources, unfollow
 from storage import Store
 
 

@@ -1,6 +1,6 @@
 """Chat commands without a transport: plain functions over the store that return `Reply` objects.
 
-The Discord adapter (`bot/discord_bot.py`) and the terminal (`bot/cli_chat.py`) both call these and only
+The Discord adapter (`bot/chat/discord_bot.py`) and the terminal (`bot/cli/chat.py`) both call these and only
 render the replies, so every behaviour here is testable on a real store without Discord.
 
 Conventions shared with the classifier and the runner:
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bot import follows
+from bot.sources import follows
 from bot.config import Config, FeedConfig
 from bot.feed.queries import RULE_COLUMNS, credits_for
-from bot.follows import FollowError
+from bot.sources.follows import FollowError
 from bot.status import store_status
 from storage import LABELS, Store, StoreError, utc_now
 from storage.store import DB_FILENAME
@@ -328,7 +328,7 @@ class ActiveModelExplainer:
         return Path(row[0]) if row else default_model_file()
 
     def __call__(self, image_path: Path, method: str) -> tuple[bytes, str]:
-        from bot.cli_explain import model_frame_views, model_probabilities
+        from bot.cli.explain import model_frame_views, model_probabilities
         from classifier.runtime import load_classifier
         from explain.media import explain_image
 
@@ -451,7 +451,7 @@ def finish_retrain_request(store: Store, request_id: int, result: str) -> None:
 
 def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool = True,
            mastodon_instance: str = "") -> Reply:
-    """`/follow source handle` (and `/unfollow` with followed=False), through bot.follows."""
+    """`/follow source handle` (and `/unfollow` with followed=False), through bot.sources.follows."""
     if not actor.authorised:
         return refusal(NOT_ALLOWED)
     change = follows.follow if followed else follows.unfollow

@@ -1,6 +1,6 @@
-"""Discord transport: slash commands, persistent review buttons and the feed channel over `bot.commands`.
+"""Discord transport: slash commands, persistent review buttons and the feed channel over `bot.chat.commands`.
 
-This module only translates: an interaction becomes an `Actor` and a call into `bot.commands`, and the
+This module only translates: an interaction becomes an `Actor` and a call into `bot.chat.commands`, and the
 `Reply` becomes message content, files and buttons. Buttons are `DynamicItem`s whose custom id carries the
 media id and the answer (`illustfeed:label:<media_id>:<answer>`), so they keep working after a restart.
 """
@@ -16,10 +16,10 @@ from typing import Any, Callable, Literal
 import discord
 from discord import app_commands
 
-from bot import commands
-from bot.commands import Actor, Explainer, Permissions, Reply
+from bot.chat import commands
+from bot.chat.commands import Actor, Explainer, Permissions, Reply
 from bot.config import Config, DiscordConfig
-from bot.follows import NETWORK_SOURCES
+from bot.sources.follows import NETWORK_SOURCES
 from storage import LABELS, Store, StoreError
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from typing import Callable
 from tqdm import tqdm
 
 from bot.config import Config, IngestConfig
-from bot.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
-from bot.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
-from bot.records import MediaRef, Post
+from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
+from bot.ingest.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
+from bot.sources.records import MediaRef, Post
 from bot.sources.folder import FolderSource
 from bot.sources.network import Account, NetworkSource
 from storage import Store, utc_now

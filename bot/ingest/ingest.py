@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from bot.config import IngestConfig
-from bot.records import MediaRef, Post
+from bot.sources.records import MediaRef, Post
 from bot.sources.base import FetchError, MediaRefused
-from bot.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
+from bot.ingest.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
 from classifier.preprocess import load_rgb_frames
 from storage import Store, StorageFault, sha256_hex
 from storage.store import restorable_rejection

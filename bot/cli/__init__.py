@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from bot.config import Config, ConfigError, load_config
-from bot.ingest import ingest_source
+from bot.ingest.ingest import ingest_source
 from bot.sources.folder import FolderSource
 from bot.status import format_status, store_status
 from storage import Store, StoreError, storage_fault
@@ -19,13 +19,13 @@ from storage.store import DB_FILENAME
 
 # Modules with `register(subparsers)`; each adds its subcommands. One line per feature.
 COMMAND_MODULES: tuple[str, ...] = (
-    "bot.cli_runner",
-    "bot.cli_chat",
-    "bot.cli_classifier",
-    "bot.cli_sources",
-    "bot.cli_feed",
-    "bot.cli_explain",
-    "bot.cli_check",
+    "bot.cli.run",
+    "bot.cli.chat",
+    "bot.cli.classifier",
+    "bot.cli.sources",
+    "bot.cli.feed",
+    "bot.cli.explain",
+    "bot.cli.check",
 )
 
 
@@ -160,10 +160,3 @@ def describe_error(error: Exception, config: Config) -> tuple[str, int]:
     return (f"unexpected error: {type(error).__name__}: {error} (run the command again with --debug for the "
             "traceback)"), EXIT_BUG
 
-
-if __name__ == "__main__":
-    # `python -m bot.cli` runs this file as __main__, a second copy of the module; feature modules raise
-    # bot.cli.CommandError, so run bot.cli's own main for its `except CommandError` to catch them.
-    from bot.cli import main as package_main
-
-    sys.exit(package_main())

@@ -9,8 +9,8 @@ import webbrowser
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
-from bot import commands
-from bot.commands import ActiveModelExplainer, Actor, Reply
+from bot.chat import commands
+from bot.chat.commands import ActiveModelExplainer, Actor, Reply
 from bot.cli import CommandError
 from bot.config import Config
 from storage import LABELS, Store
@@ -111,7 +111,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     import aiohttp
     import discord
 
-    from bot.discord_bot import run_bot
+    from bot.chat.discord_bot import run_bot
 
     if not config.discord.token:
         raise CommandError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "

@@ -5,13 +5,13 @@ import argparse
 import json
 import sys
 
-from bot.cli_classifier import _classifier_errors_as_command_errors
+from bot.cli.classifier import _classifier_errors_as_command_errors
 from bot.config import Config
-from bot.lock import DataDirLocked
+from bot.run.lock import DataDirLocked
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from bot.runner import run
+    from bot.run.runner import run
 
     try:
         return run(config, announce=lambda text: print(f"illustfeed: {text}", flush=True))

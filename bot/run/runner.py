@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from bot.config import Config, redacted
-from bot.lock import DataDirLock
-from bot.scheduler import (
+from bot.run.lock import DataDirLock
+from bot.run.scheduler import (
     CRAWL_JOB, FOLDER_JOB, RETRAIN_JOB, JobContext, build_scheduler, log_event, run_soon, without_folder,
 )
 from storage import Store
@@ -29,7 +29,7 @@ def _ingest_fields(totals: dict) -> dict:
 
 def folder_job(store: Store, context: JobContext) -> dict:
     """Import what is new in the inbox folder, then classify it."""
-    from bot.crawl import CrawlSummary, crawl_folder
+    from bot.ingest.crawl import CrawlSummary, crawl_folder
 
     with context.ingest_lock:
         run = crawl_folder(store, context.config)
@@ -42,7 +42,7 @@ def folder_job(store: Store, context: JobContext) -> dict:
 
 def crawl_job(store: Store, context: JobContext) -> dict:
     """Crawl every enabled network source once, then classify what came in."""
-    from bot.crawl import crawl_once
+    from bot.ingest.crawl import crawl_once
 
     with context.ingest_lock:
         summary = crawl_once(store, without_folder(context.config))
@@ -86,7 +86,7 @@ def classify_new(store: Store, context: JobContext) -> dict:
 
 def wake_for_retrain_request(store: Store, context: JobContext) -> None:
     """A retrain asked for by another process (the terminal chat) starts at the next poll."""
-    from bot.commands import pending_retrain_request
+    from bot.chat.commands import pending_retrain_request
 
     if context.wake_retrain is not None and pending_retrain_request(store) is not None:
         context.wake_retrain()
@@ -94,7 +94,7 @@ def wake_for_retrain_request(store: Store, context: JobContext) -> None:
 
 def retrain_job(store: Store, context: JobContext) -> dict:
     """The nightly retrain, or one asked for with /retrain (which trains whatever the number of new labels)."""
-    from bot.commands import claim_retrain_request, finish_retrain_request
+    from bot.chat.commands import claim_retrain_request, finish_retrain_request
     from bot.retrain import run_retrain
 
     request = claim_retrain_request(store)
@@ -183,8 +183,8 @@ class Runner:
         settings = self.config.discord
         if not settings.token:
             return
-        from bot.commands import ActiveModelExplainer
-        from bot.discord_bot import create_bot
+        from bot.chat.commands import ActiveModelExplainer
+        from bot.chat.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
         self.bot = create_bot(settings, Store.open(self.config.data_path), explainer=ActiveModelExplainer(self.config),
