@@ -39,6 +39,7 @@ DAMAGED_KINDS = (MISSING_FILE, WRONG_SIZE, WRONG_HASH)
 # Files younger than this may belong to a write in progress (blob first, row second; temp file, then rename).
 DEFAULT_GRACE_S = 300.0
 HASH_CHUNK = 1 << 20
+OVERLAY_EXTS = ("png", "gif")  # a still's overlay, an animation's
 
 
 @dataclass(frozen=True)
@@ -200,10 +201,23 @@ def check_store(store: Store, *, read_data: bool = False, expect_overlays: bool 
     return report
 
 
+def missing_overlays(store: Store, model_version: str | None = None) -> list[int]:
+    """Media queued for review whose borderline prediction (by `model_version`, if given) has no overlay file:
+    one never made (a full disk when classify ran) or one deleted since."""
+    missing = []
+    for row in _overlay_candidates(store):
+        if not row["borderline"] or (model_version is not None and row["model_version"] != model_version):
+            continue
+        digest = row["overlay_sha256"]
+        if digest is None or not any(store.derived.exists(digest, ext) for ext in OVERLAY_EXTS):
+            missing.append(row["media_id"])
+    return missing
+
+
 def _overlay_candidates(store: Store) -> list[dict]:
     """Pending review items and their latest prediction (which decided the borderline call)."""
     return store.query(
-        "SELECT q.media_id, m.sha256, p.id AS prediction_id, p.overlay_sha256, p.borderline FROM review_queue q"
+        "SELECT q.media_id, m.sha256, p.model_version, p.overlay_sha256, p.borderline FROM review_queue q"
         " JOIN media m ON m.id = q.media_id AND m.status = 'ok'"
         " JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE media_id = q.media_id)"
         " WHERE q.state = 'pending' ORDER BY q.media_id")

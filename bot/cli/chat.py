@@ -11,7 +11,7 @@ from typing import Iterator, TextIO
 
 from bot.chat import commands
 from bot.chat.commands import ActiveModelExplainer, Actor, Reply
-from bot.cli import CommandError
+from bot.cli import CommandError, open_store
 from bot.config import Config
 from storage import LABELS, Store
 
@@ -91,14 +91,14 @@ def review_loop(store: Store, actor: Actor, open_overlay: bool = False) -> int:
 
 
 def cmd_review(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         answered = review_loop(store, terminal_actor(args.by), open_overlay=args.open)
     print(f"{answered} answers recorded.")
     return 0
 
 
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         reply = commands.label(store, terminal_actor(args.by), args.media, args.label)
     if not reply.ok:
         print(f"illustfeed: error: {reply.text}", file=sys.stderr)
@@ -116,7 +116,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     if not config.discord.token:
         raise CommandError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
                            "or [discord] token in the config file")
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         try:
             asyncio.run(run_bot(config.discord, store, explainer=ActiveModelExplainer(config), config=config))
         except discord.LoginFailure as error:

@@ -161,7 +161,7 @@ class Runner:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # Migrate the schema once, before any thread opens the database.
-        await asyncio.to_thread(lambda: Store.open(self.config.data_path).close())
+        await asyncio.to_thread(lambda: Store.open(self.config.data_path, busy_timeout_s=self.config.storage.busy_timeout_seconds).close())
         if self.config.sources.folder.enabled:
             Path(self.config.sources.folder.path).mkdir(parents=True, exist_ok=True)
 
@@ -187,7 +187,7 @@ class Runner:
         from bot.chat.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
-        self.bot = create_bot(settings, Store.open(self.config.data_path), explainer=ActiveModelExplainer(self.config),
+        self.bot = create_bot(settings, Store.open(self.config.data_path, busy_timeout_s=self.config.storage.busy_timeout_seconds), explainer=ActiveModelExplainer(self.config),
                               on_retrain_requested=self.wake_retrain, config=self.config)
         self.loop = loop
         self.context.report = self.report_to_discord
