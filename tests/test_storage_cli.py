@@ -4,6 +4,7 @@ run again completes with one blob per row."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,34 @@ def test_a_read_only_data_dir_still_serves_reads_and_writers_get_the_sentence(tm
         assert health["ok"] and health["storage"] == "read-only" and health["media"] == 4
         assert status == 200 and body == original  # no thumbnail can be stored: the original stands in
     assert_one_blob_per_row(tmp_path / "data", 4)
+
+
+def test_a_runner_job_meeting_a_locked_database_logs_one_line_and_the_next_run_stores(tmp_path, caplog):
+    import logging
+
+    from bot.config import parse_config
+    from bot.ingest.crawl import crawl_folder
+    from bot.run.scheduler import JobContext, run_job
+
+    make_inbox(tmp_path, 3)
+    context = JobContext(parse_config({"data_dir": str(tmp_path / "data"), "storage": {"busy_timeout_seconds": 0.3},
+                                       "ingest": {"progress": False},
+                                       "sources": {"folder": {"path": str(tmp_path / "inbox")}}}, environ={}))
+
+    def folder_import(store, context):
+        return {"new": crawl_folder(store, context.config).ingest.media_new}
+
+    Store.open(tmp_path / "data").close()
+    holder = sqlite3.connect(tmp_path / "data/illustfeed.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.INFO, logger="illustfeed.runner"):
+        assert run_job("folder", folder_import, context) is None
+    holder.execute("ROLLBACK")
+    holder.close()
+    failed = [record for record in caplog.records if record.getMessage().startswith("event=folder.failed")]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert failed[0].getMessage().startswith(
+        f'event=folder.failed storage=locked error="database locked by another process for 0.3 s: '
+        f"{tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; wait for it")
+    assert run_job("folder", folder_import, context) == {"new": 3}  # the next tick
+    assert_one_blob_per_row(tmp_path / "data", 3)
