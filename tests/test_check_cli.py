@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.feed.server import server_url, start_feed_server
 from bot.config import load_config
+from bot.feed.server import server_url, start_feed_server
 from classifier.features import FeatureSpec
 from classifier.model import SCRATCH_BACKBONE, new_classifier
 from classifier.versions import register_model
 from classifier.vgg import make_features
 from storage import Store
-from storage.errors import EXIT_DAMAGED
+from storage.errors import EXIT_DAMAGED, EXIT_DISK_FULL
+from tests.storage_faults import fail_nth, inject_sqlite_fault, integrity
 from tests.test_storage_cli import assert_one_blob_per_row, make_inbox, run
 
 
@@ -177,3 +178,25 @@ def test_server_never_serves_bytes_of_the_wrong_size_and_healthz_says_what_is_wr
     assert answers["intact"][0] == 200 and answers["intact thumb"][0] == 200
     status, health = answers["health after"]
     assert status == 200 and health["ok"] and health["storage"] == "damaged 2"  # what the server met, recorded
+
+
+@pytest.mark.slow
+def test_classify_cut_by_a_full_disk_says_so_and_the_same_command_completes(tmp_path, capsys, monkeypatch):
+    config = write_config(tmp_path)
+    data_dir = tmp_path / "data"
+    assert run(capsys, config, "import", str(make_inbox(tmp_path, 3)))[0] == 0
+    version = register_tiny_model(data_dir)
+    inject_sqlite_fault(monkeypatch, fail_nth(1, lambda sql: sql == "COMMIT"))  # the first batch of results
+    code, _out, err = run(capsys, config, "classify", "--model", version)
+    assert code == EXIT_DISK_FULL
+    assert err == (f"illustfeed: disk full writing {data_dir / 'illustfeed.db'}; free space and run the same "
+                   "command again (nothing is lost)\n")
+    monkeypatch.undo()
+    with Store.open(data_dir, read_only=True) as store:
+        assert store.scalar("SELECT COUNT(*) FROM predictions") == 0
+        assert store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'") == 3
+    assert integrity(data_dir / "illustfeed.db") == "ok"
+    code, out, err = run(capsys, config, "classify", "--model", version, "--json")
+    assert code == 0, err
+    assert json.loads(out)["classified"] == 3 and json.loads(out)["overlays"] == 3
+    assert run(capsys, config, "check")[0] == 0  # the overlays rendered before the failed commit are referenced now
