@@ -200,3 +200,33 @@ def test_classify_cut_by_a_full_disk_says_so_and_the_same_command_completes(tmp_
     assert code == 0, err
     assert json.loads(out)["classified"] == 3 and json.loads(out)["overlays"] == 3
     assert run(capsys, config, "check")[0] == 0  # the overlays rendered before the failed commit are referenced now
+
+
+def test_thumbnails_fall_back_to_the_original_when_the_derived_folder_cannot_be_written(tmp_path, capsys):
+    import asyncio
+
+    import aiohttp
+
+    from tests.storage_faults import read_only_view
+
+    config = write_config(tmp_path)
+    data_dir = tmp_path / "data"
+    assert run(capsys, config, "import", str(make_inbox(tmp_path, 1)))[0] == 0
+    blob, sha = blob_of(data_dir, 1)
+    (data_dir / "derived").mkdir()
+    with read_only_view(data_dir / "derived", data_dir / "derived"):
+
+        async def scenario():
+            runner = await start_feed_server(load_config(config), host="127.0.0.1", port=0)
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"{server_url(runner)}/thumb/{sha}") as response:
+                        thumb = (response.status, response.headers.get("Cache-Control"), await response.read())
+                    async with session.get(server_url(runner) + "/healthz") as response:
+                        return thumb, await response.json()
+            finally:
+                await runner.cleanup()
+
+        (status, cache, body), health = asyncio.run(scenario())
+    assert status == 200 and body == blob.read_bytes() and cache == "no-cache"
+    assert health["storage"] == "read-only" and health["ok"]

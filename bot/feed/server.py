@@ -295,7 +295,8 @@ def storage_health(store: Store) -> str:
     damaged = store.damaged_count()
     if damaged:
         return f"damaged {damaged}"
-    if store.read_only or not data_dir_writable(store.data_dir):
+    derived = store.derived.root
+    if store.read_only or not data_dir_writable(store.data_dir) or (derived.is_dir() and not data_dir_writable(derived)):
         return "read-only"
     return "ok"
 
