@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(BIN)/illustfeed run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -200,6 +200,7 @@ class FeedConfig:
     title: str = "illustfeed"
     thumbnail_size: int = 480
     thumbnail_format: str = "webp"
+    review_token: str = field(default="", repr=False)  # secret; env ILLUSTFEED_FEED_REVIEW_TOKEN
 
     def __post_init__(self) -> None:
         if self.rule not in FEED_RULES:
@@ -368,7 +369,8 @@ ENV_KEYS: dict[str, str] = {
     "ILLUSTFEED_X_ACCESS_TOKEN": "sources.x.access_token",
     "ILLUSTFEED_X_ACCESS_TOKEN_SECRET": "sources.x.access_token_secret",
     "ILLUSTFEED_MASTODON_ACCESS_TOKEN": "sources.mastodon.access_token",
-    "ILLUSTFEED_FEED_HOST": "feed.host",  # a container binds 0.0.0.0 so its published port reaches the server
+    "ILLUSTFEED_FEED_HOST": "feed.host",
+    "ILLUSTFEED_FEED_REVIEW_TOKEN": "feed.review_token",  # a container binds 0.0.0.0 so its published port reaches the server
 }
 
 

@@ -8,7 +8,6 @@ borderline calls enter it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -18,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bot import app, review
 from bot.config import Config
-from storage import Store
+from storage import Store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,44 @@ class RetrainOutcome:
             lines.append(f"Re-scored {self.rescored} media: {self.queue_added} entered the review queue, "
                          f"{self.queue_removed} left it.")
         return "\n".join(lines)
+
+
+# --- retrain requests (`/retrain` in chat, taken by the runner's retrain job) ---------------------------
+# A row with `started_at` NULL is pending. The runner claims every pending request before training and
+# records the outcome on them after it.
+
+
+def pending_request(store: Store) -> dict | None:
+    return store.query_one("SELECT * FROM retrain_requests WHERE started_at IS NULL ORDER BY id LIMIT 1")
+
+
+def request(store: Store, by: str, via: str) -> tuple[int | None, dict | None]:
+    """Queue a retrain request: (new request id, None), or (None, the pending request it joins)."""
+    with store.transaction():
+        pending = pending_request(store)
+        if pending is not None:
+            return None, pending
+        return store.execute("INSERT INTO retrain_requests (requested_by, via, requested_at) VALUES (?, ?, ?)",
+                             (by, via, utc_now())).lastrowid, None
+
+
+def claim_request(store: Store) -> dict | None:
+    """For the runner: mark every pending request started and return the oldest, or None."""
+    with store.transaction():
+        pending = pending_request(store)
+        if pending is not None:
+            store.execute("UPDATE retrain_requests SET started_at = ? WHERE started_at IS NULL", (utc_now(),))
+    return pending
+
+
+def finish_request(store: Store, request_id: int, result: str) -> None:
+    """For the runner: record the outcome ("promoted v7: ...", "failed: ...") of the requests it claimed."""
+    store.execute("UPDATE retrain_requests SET finished_at = ?, result = ? "
+                  "WHERE started_at IS NOT NULL AND finished_at IS NULL AND id >= ?",
+                  (utc_now(), result, request_id))
+
+
+# --- the retrain ----------------------------------------------------------------------------------------
 
 
 def last_trained_label_id(store: Store) -> int | None:
@@ -187,23 +225,13 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
     return outcome
 
 
-def pending_review(store: Store) -> set[int]:
-    return {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
-
-
 def rescore(store: Store, config: Config) -> tuple[int, int, int]:
     """Score every media the new active model has not scored (cached vectors: no conv net for media seen
     before), then drop pending review items it is sure about. Returns (rescored, entered, left the queue)."""
-    from bot.run.runner import classify_with_config
-    from classifier.runtime import load_classifier, make_runner
-
-    before = pending_review(store)
-    model = load_classifier(store, config)
-    summary = classify_with_config(store, config, model, make_runner(model, config.classifier))
+    before = review.pending_ids(store)
+    model = app.load_model(store, config)
+    summary = app.classify(store, config, model)
     with store.transaction():
-        store.execute(
-            "DELETE FROM review_queue WHERE state = 'pending' AND media_id IN "
-            "(SELECT media_id FROM latest_prediction WHERE model_version = ? AND borderline = 0)",
-            (model.version,))
-    after = pending_review(store)
+        review.drop_settled(store, model.version)
+    after = review.pending_ids(store)
     return summary.classified, len(after - before), len(before - after)

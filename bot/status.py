@@ -1,6 +1,7 @@
 """The store at a glance: counts by final label, queue, labels, the active model and damaged media."""
 from __future__ import annotations
 
+from bot import review
 from storage import Store
 
 
@@ -23,7 +24,8 @@ def store_status(store: Store) -> dict:
         "rejected_total": store.scalar("SELECT COUNT(*) FROM media WHERE status = 'rejected'"),
         "by_label": by_label,
         "undecided": unlabelled,
-        "review_pending": store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'pending'"),
+        "review_pending": review.pending_count(store),
+        "review_skipped": store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'skipped'"),
         "labels_total": store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL"),
         "active_model": active["version"] if active else None,
         "damaged": store.damaged_count(),
@@ -37,7 +39,8 @@ def format_status(status: dict) -> str:
         f"media: {status['media_total']} stored, {status['rejected_total']} rejected, "
         f"{status['posts_total']} posts from {status['accounts_total']} accounts",
         f"final labels: {labels}; undecided {status['undecided']}",
-        f"review queue: {status['review_pending']} pending; human labels: {status['labels_total']}",
+        f"review queue: {status['review_pending']} waiting ({status['review_skipped']} skipped); "
+        f"human labels: {status['labels_total']}",
         f"active model: {status['active_model'] or 'none'}",
     ] + ([f"damaged: {status['damaged']} media whose stored file is missing or wrong (see `illustfeed check`; "
           "importing or crawling the originals again restores them)"] if status["damaged"] else [])

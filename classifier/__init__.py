@@ -5,10 +5,10 @@ from typing import Any
 
 LABELS: tuple[str, ...] = ("illustration", "screenshot", "photo")
 
-__all__ = ["LABELS", "build_vgg16", "classify_pending", "load_model", "save_model"]
+__all__ = ["LABELS", "build_vgg16", "load_model", "run_classifier", "save_model"]
 
 # Public name -> module that defines it.
-_LAZY = {"build_vgg16": "classifier.vgg", "classify_pending": "classifier.inference",
+_LAZY = {"build_vgg16": "classifier.vgg", "run_classifier": "classifier.inference",
          "load_model": "classifier.model", "save_model": "classifier.model"}
 
 

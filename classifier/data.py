@@ -55,7 +55,7 @@ def scan_folder(root: str | Path, labels: Sequence[str] = LABELS) -> list[Labell
             origin = origins.get(relative, relative)
             items.append(LabelledImage(path, path, label, origin.split(" ")[0], origin))
     if not items:
-        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{l}/' for l in labels)}")
+        raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{label}/' for label in labels)}")
     return items
 
 

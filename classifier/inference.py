@@ -9,12 +9,13 @@ bf16 autocast is used only on CPUs with native bf16 (avx512_bf16 / AMX); emulate
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
+import math
 import queue
 import threading
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
@@ -54,7 +55,8 @@ def cpu_has_vnni(flags: set[str] | None = None) -> bool:
 
 
 def choose_precision(requested: str, flags: set[str] | None = None) -> str:
-    """`auto` -> bf16 with native bf16, else int8 with VNNI, else fp32; bf16 without hardware -> fp32."""
+    """The precision to start from: `auto` -> bf16 with native bf16, else int8 with VNNI, else fp32 (the
+    runner then measures every candidate, see `auto_candidates`); bf16 without hardware -> fp32."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {PRECISIONS}")
     flags = cpu_flags() if flags is None else flags
@@ -66,6 +68,14 @@ def choose_precision(requested: str, flags: set[str] | None = None) -> str:
         log.warning("precision bf16 requested but this CPU has no avx512_bf16/amx_bf16; using fp32")
         return "fp32"
     return requested
+
+
+def auto_candidates(flags: set[str] | None = None) -> tuple[str, ...]:
+    """What `auto` tries beside fp32 on this CPU. Which is fastest depends on the chip (on one AMX machine int8
+    ran at 11.2 img/s and bf16 at 6-7), so the runner times them rather than trusting the flags."""
+    flags = cpu_flags() if flags is None else flags
+    return tuple(name for name, supported in (("int8", cpu_has_vnni(flags)), ("bf16", cpu_has_native_bf16(flags)))
+                 if supported)
 
 
 # --- decisions ------------------------------------------------------------------------------------------
@@ -81,6 +91,12 @@ class Decision:
     priority: float  # review order: higher = more uncertain = reviewed first
 
 
+def _below(value: float) -> str:
+    """`value` to 3 decimals, rounded down: a value under a threshold never prints as the threshold itself
+    ("margin 0.1496 < 0.15" reads "0.149 < 0.15", not the false "0.150 < 0.15")."""
+    return f"{math.floor(value * 1000) / 1000:.3f}"
+
+
 def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence: float, min_margin: float) -> Decision:
     """Label, confidence and margin; borderline when confidence < min_confidence or margin < min_margin."""
     ranked = sorted(range(len(labels)), key=lambda i: probabilities[i], reverse=True)
@@ -88,9 +104,9 @@ def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence
     margin = confidence - float(probabilities[ranked[1]])
     reasons = []
     if confidence < min_confidence:
-        reasons.append(f"confidence {confidence:.3f} < {min_confidence:g}")
+        reasons.append(f"confidence {_below(confidence)} < {min_confidence:g}")
     if margin < min_margin:
-        reasons.append(f"margin {margin:.3f} < {min_margin:g} ({labels[ranked[0]]} vs {labels[ranked[1]]})")
+        reasons.append(f"margin {_below(margin)} < {min_margin:g} ({labels[ranked[0]]} vs {labels[ranked[1]]})")
     return Decision(
         label=labels[ranked[0]],
         confidence=confidence,
@@ -168,39 +184,64 @@ class FeatureRunner:
         self.model = model.eval()
         self.requested_precision = precision
         self.precision = choose_precision(precision)
+        self.candidates = auto_candidates() if precision == "auto" else (
+            () if self.precision == "fp32" else (self.precision,))
         self.channels_last = channels_last
         self.freeze = freeze
         self.agreement: float | None = None
+        self.seconds_per_batch: dict[str, float] = {}  # what `auto` measured on the first batch
         self._extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def _prepare(self, batch: torch.Tensor) -> None:
-        """Build the optimised extractor, calibrating (int8) and checking agreement on the first batch."""
-        reference = copy.deepcopy(self.model.extractor).eval()
-        fp32 = self._finish(reference, batch)
-        if self.precision == "fp32":
-            self._extractor = fp32
-            return
-        if self.precision == "int8":
-            candidate_module = copy.deepcopy(self.model.extractor).eval()
-            candidate_module.features = quantize_trunk(candidate_module.features, _tapped_layers(self.model), batch)
-            candidate = self._finish(candidate_module, batch)
-        else:
-            # Autocast does not reach into a frozen TorchScript graph, so bf16 runs the eager module.
-            eager = copy.deepcopy(self.model.extractor).eval()
-            if self.channels_last:
-                eager = eager.to(memory_format=torch.channels_last)
-            candidate = self._bf16(eager)
+        """Build the optimised extractor on the first batch: each candidate precision is built (int8 is
+        calibrated on this batch) and kept only if its labels agree with fp32; with several left (`auto`),
+        each is timed on the batch and the fastest wins."""
+        fp32 = self._finish(copy.deepcopy(self.model.extractor).eval(), batch)
         with torch.inference_mode():
             expected = self.model.head(fp32(self._layout(batch))).argmax(1)
-            got = self.model.head(candidate(self._layout(batch))).argmax(1)
-        self.agreement = float((expected == got).float().mean())
-        if self.agreement < MIN_PRECISION_AGREEMENT:
-            log.warning("%s labels agree with fp32 on %.1f%% of the check batch only; using fp32",
-                        self.precision, 100 * self.agreement)
-            self.precision = "fp32"
-            self._extractor = fp32
+        usable: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"fp32": fp32}
+        agreements: dict[str, float] = {}
+        for precision in self.candidates:
+            candidate = self._build(precision, batch)
+            with torch.inference_mode():
+                got = self.model.head(candidate(self._layout(batch))).argmax(1)
+            agreements[precision] = float((expected == got).float().mean())
+            if agreements[precision] >= MIN_PRECISION_AGREEMENT:
+                usable[precision] = candidate
+            else:
+                log.warning("%s labels agree with fp32 on %.1f%% of the check batch only; not using it",
+                            precision, 100 * agreements[precision])
+        if self.requested_precision == "auto" and len(usable) > 1:
+            self.seconds_per_batch = {name: self._time(extractor, batch) for name, extractor in usable.items()}
+            chosen = min(self.seconds_per_batch, key=self.seconds_per_batch.get)
+            log.info("precision auto: %s", ", ".join(f"{name} {seconds:.2f} s/batch"
+                                                    for name, seconds in self.seconds_per_batch.items()))
         else:
-            self._extractor = candidate
+            chosen = next((name for name in self.candidates if name in usable), "fp32")
+        self.precision = chosen
+        # fp32 after every candidate was refused: report how close the best one came.
+        self.agreement = agreements.get(chosen, max(agreements.values(), default=None))
+        self._extractor = usable[chosen]
+
+    def _build(self, precision: str, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        if precision == "int8":
+            module = copy.deepcopy(self.model.extractor).eval()
+            module.features = quantize_trunk(module.features, _tapped_layers(self.model), batch)
+            return self._finish(module, batch)
+        # Autocast does not reach into a frozen TorchScript graph, so bf16 runs the eager module.
+        eager = copy.deepcopy(self.model.extractor).eval()
+        if self.channels_last:
+            eager = eager.to(memory_format=torch.channels_last)
+        return self._bf16(eager)
+
+    def _time(self, extractor: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> float:
+        """Seconds for one pass over `batch`, after one warm-up pass (oneDNN picks kernels on the first)."""
+        x = self._layout(batch)
+        with torch.inference_mode():
+            extractor(x)
+            started = time.perf_counter()
+            extractor(x)
+        return time.perf_counter() - started
 
     @staticmethod
     def _bf16(extractor: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -324,206 +365,5 @@ def _score(model: ImageClassifier, runner: FeatureRunner, items: list[_Decoded])
         ])
         start += len(item.views)
         with torch.inference_mode():
-            probabilities = model.probabilities_from_vectors(frame_vectors).mean(0)
+            probabilities = model.media_probabilities(frame_vectors)
         yield ImageResult(item.key, probabilities.tolist(), frame_vectors.mean(0), item.frames)
-
-
-# --- classifying the store's pending media --------------------------------------------------------------
-
-# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png", or "gif" if animated).
-OverlayRenderer = Callable[[ImageClassifier, Any, Sequence[float]], tuple[bytes, str]]
-
-
-def explain_overlay_renderer(max_frames: int = 4) -> OverlayRenderer | None:
-    """The Grad-CAM overlay of `explain/` (issue 5), or None where that package is not installed."""
-    try:
-        from explain.media import gradcam_overlay
-    except ImportError:
-        return None
-
-    def render(model: ImageClassifier, source: Any, probabilities: Sequence[float]) -> tuple[bytes, str]:
-        frames = load_rgb_frames(source, max_frames=max_frames)
-        views = [image_views(frame, model.spec) for frame in frames]
-        encoded = gradcam_overlay(model, views, list(probabilities), model.labels)
-        return encoded.data, encoded.ext
-
-    return render
-
-
-@dataclass
-class ClassifySummary:
-    model_version: str
-    classified: int = 0
-    from_cached_features: int = 0
-    borderline: int = 0
-    queued_for_review: int = 0
-    overlays: int = 0
-    overlays_restored: int = 0  # missing overlays of queued borderline calls made again
-    failed: int = 0
-    problems: list[str] = field(default_factory=list)
-    precision: str = ""
-
-    def as_dict(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "problems"}
-
-
-def pending_media(store, model_version: str, limit: int | None = None) -> list[dict]:
-    """Stored media (status ok) without a prediction from `model_version`, oldest first."""
-    sql = ("SELECT m.id, m.sha256, m.ext FROM media m WHERE m.status = 'ok' AND NOT EXISTS "
-           "(SELECT 1 FROM predictions p WHERE p.media_id = m.id AND p.model_version = ?) ORDER BY m.id")
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    return store.query(sql, (model_version,))
-
-
-def classify_pending(
-    store,
-    model: ImageClassifier,
-    *,
-    runner: FeatureRunner | None = None,
-    borderline_confidence: float = 0.6,
-    borderline_margin: float = 0.15,
-    batch_size: int = 16,
-    max_frames: int = 4,
-    overlay: OverlayRenderer | None = None,
-    limit: int | None = None,
-    progress: bool = False,
-) -> ClassifySummary:
-    """Predict every pending media with `model`; store predictions, feature vectors and review items.
-
-    Media whose vector for this model's trunk is cached skip the conv net. Each batch of results is written
-    in one transaction (prediction + vector + review row together), so an interruption loses at most
-    the batch in flight, and a rerun picks up where it stopped.
-    """
-    from tqdm import tqdm
-
-    from classifier.cache import StoreVectorCache
-
-    summary = ClassifySummary(model.version)
-    rows = pending_media(store, model.version, limit)
-    if not rows:
-        if overlay is not None:
-            restore_missing_overlays(store, model, overlay, summary)
-        return summary
-    cache = StoreVectorCache(store, model.feature_key)
-    cached = cache.get([row["id"] for row in rows])
-    bar = tqdm(total=len(rows), desc=f"classify {model.version}", unit="img", disable=not progress)
-
-    def from_cache() -> Iterator[ImageResult]:
-        ids = list(cached)
-        for start in range(0, len(ids), 256):
-            chunk = ids[start:start + 256]
-            with torch.inference_mode():
-                probabilities = model.probabilities_from_vectors(torch.stack([cached[i] for i in chunk]))
-            for media_id, probs in zip(chunk, probabilities.tolist()):
-                yield ImageResult(media_id, probs, cached[media_id], 0)
-
-    to_run = [(row["id"], store.blobs.path(row["sha256"], row["ext"])) for row in rows if row["id"] not in cached]
-    sources = dict(to_run)
-    if to_run:
-        runner = runner or FeatureRunner(model)
-    computed = run_classifier(model, to_run, runner=runner, batch_size=batch_size, max_frames=max_frames) if to_run else iter(())
-    summary.from_cached_features = len(cached)
-    chunk: list[ImageResult] = []
-    for result in itertools.chain(from_cache(), computed):
-        chunk.append(result)
-        if len(chunk) >= batch_size:
-            _store_results(store, model, chunk, cached, sources, summary, borderline_confidence,
-                           borderline_margin, overlay)
-            bar.update(len(chunk))
-            chunk = []
-    if chunk:
-        _store_results(store, model, chunk, cached, sources, summary, borderline_confidence, borderline_margin, overlay)
-        bar.update(len(chunk))
-    bar.close()
-    if overlay is not None:
-        restore_missing_overlays(store, model, overlay, summary)
-    summary.precision = runner.precision if runner is not None else "cached"
-    return summary
-
-
-def restore_missing_overlays(store, model: ImageClassifier, overlay: OverlayRenderer, summary: ClassifySummary) -> None:
-    """Render again the overlays of this model's queued borderline calls that have none (a full disk when they
-    were classified, a file deleted since), so review shows them once there is room."""
-    from storage.check import missing_overlays, regenerate_overlay
-
-    def make(store, media_id: int) -> tuple[bytes, str]:
-        prediction = store.query_one("SELECT prob_illustration, prob_screenshot, prob_photo FROM predictions"
-                                     " WHERE media_id = ? AND model_version = ?", (media_id, model.version))
-        return overlay(model, _media_source(store, media_id), [prediction[f"prob_{label}"] for label in model.labels])
-
-    for media_id in missing_overlays(store, model.version):
-        try:
-            regenerate_overlay(store, media_id, make)
-        except Exception as error:  # as at classification: an explanation is a nicety
-            log.warning("overlay for media %s failed again: %s", media_id, error)
-            summary.problems.append(f"media {media_id}: overlay failed: {error}")
-            continue
-        summary.overlays_restored += 1
-
-
-def _store_results(store, model: ImageClassifier, results: list[ImageResult], cached: dict, sources: dict,
-                   summary: ClassifySummary, borderline_confidence: float, borderline_margin: float,
-                   overlay: OverlayRenderer | None) -> None:
-    from datetime import datetime, timezone
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    decided = []
-    for result in results:
-        if result.error is not None:
-            summary.failed += 1
-            summary.problems.append(f"media {result.key}: {result.error}")
-            log.warning("media %s could not be classified: %s", result.key, result.error)
-            # Ingest decoded it once, so its stored file is missing or damaged: record that on the row instead
-            # of decoding it again on every poll.
-            store.execute("UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
-                          (f"stored file cannot be decoded for classification: {result.error}", result.key))
-            continue
-        decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin)
-        overlay_sha256 = None
-        # Overlays serve the review queue; a media a human already labelled never enters it.
-        if decision.borderline and overlay is not None and store.current_label(result.key) is None:
-            # Rendered before the transaction: Grad-CAM takes a forward+backward pass, the write lock should not wait on it.
-            try:
-                data, ext = overlay(model, sources.get(result.key) or _media_source(store, result.key),
-                                    result.probabilities)
-                overlay_sha256 = store.derived.put(data, ext)
-                summary.overlays += 1
-            except Exception as error:  # an explanation is a nicety; the prediction must still be stored
-                log.warning("overlay for media %s failed: %s", result.key, error)
-                summary.problems.append(f"media {result.key}: overlay failed: {error}")
-        decided.append((result, decision, overlay_sha256))
-    new_vectors = {result.key: result.vector for result, _, _ in decided if result.key not in cached}
-    with store.transaction():
-        for result, decision, overlay_sha256 in decided:
-            probs = dict(zip(model.labels, result.probabilities))
-            store.execute(
-                "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot, prob_photo,"
-                " label, confidence, margin, borderline, overlay_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (media_id, model_version) DO NOTHING",
-                (result.key, model.version, probs["illustration"], probs["screenshot"], probs["photo"],
-                 decision.label, decision.confidence, decision.margin, int(decision.borderline),
-                 overlay_sha256, now),
-            )
-            summary.classified += 1
-            if not decision.borderline:
-                continue
-            summary.borderline += 1
-            if store.current_label(result.key):
-                continue  # a human already answered; nothing to review
-            cursor = store.execute(
-                "INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (media_id) DO UPDATE SET"
-                " reason = excluded.reason, priority = excluded.priority, updated_at = excluded.updated_at"
-                " WHERE review_queue.state = 'pending'",
-                (result.key, f"{model.version}: {decision.reason}", decision.priority, now, now),
-            )
-            summary.queued_for_review += cursor.rowcount
-        if new_vectors:
-            from classifier.cache import StoreVectorCache
-
-            StoreVectorCache(store, model.feature_key).put(new_vectors)
-
-
-def _media_source(store, media_id: int) -> Path:
-    return store.media_path(media_id)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from classifier import LABELS
-from classifier.features import FeatureExtractor, FeatureSpec
+from classifier.features import FeatureExtractor, FeatureSpec, aggregate_views, image_views
 from classifier.vgg import make_features
 from classifier.weights import state_dict_sha256
 from storage.files import atomic_write
@@ -129,6 +129,23 @@ class ImageClassifier(nn.Module):
     def probabilities_from_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities from pooled feature vectors [N, D] -> [N, 3]."""
         return torch.softmax(self.head(vectors) / self.temperature, dim=1)
+
+    # The scoring rule of a whole media item, shared by batch inference and the explanations' panel:
+    # each frame's views are pooled into one vector, each frame is scored, the frames are averaged.
+
+    def frame_views(self, frame) -> torch.Tensor:
+        """The views [V, 3, S, S] this model takes of one RGB frame (its FeatureSpec's framing)."""
+        return image_views(frame, self.spec)
+
+    def media_probabilities(self, frame_vectors: torch.Tensor) -> torch.Tensor:
+        """One media's probabilities [3] from its frames' pooled vectors [F, D]."""
+        return self.probabilities_from_vectors(frame_vectors).mean(0)
+
+    def probabilities_of_views(self, views_per_frame) -> list[float]:
+        """One media's probabilities from its frames' views, run through the eager trunk."""
+        with torch.inference_mode():
+            vectors = torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame])
+            return self.media_probabilities(vectors).tolist()
 
 
 def new_classifier(

@@ -6,7 +6,6 @@ calls on a file or a stored blob.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,11 @@ from torch import nn
 
 from classifier import LABELS
 from classifier.preprocess import ImageModeError, imagenet_eval_tensor, load_rgb_frames
+from explain import METHODS, method_function
 from explain.base import ExplainError, evaluating
-from explain.gradcam import grad_cam
-from explain.guided import guided_grad_cam
-from explain.lime import lime
-from explain.overlay import Call, EncodedImage, Explanation, compose, encode, paint
+from explain.overlay import Call, EncodedImage, compose, encode, paint
 
 DEFAULT_MAX_FRAMES = 4  # as many frames as the classifier averages over
-
-
-@dataclass(frozen=True)
-class Method:
-    title: str  # as the panel names it
-    explain: Callable[..., Explanation]  # (model, image [1,3,H,W], target, **options)
-
-
-METHODS: dict[str, Method] = {
-    "gradcam": Method("Grad-CAM", grad_cam),
-    "guided-gradcam": Method("Guided Grad-CAM", guided_grad_cam),
-    "lime": Method("LIME", lime),
-}
 
 
 class UnreadableImageError(ExplainError):
@@ -70,12 +54,13 @@ def explain_frames(
     if not 0 <= explained < len(labels):
         raise ExplainError(f"target class {explained} is outside the {len(labels)} labels")
     chosen = METHODS[method]
+    compute = method_function(method)
     call = Call(method=chosen.title, labels=labels, probabilities=probabilities, target=explained)
     rendered = []
     for views in views_per_frame:
         views = views.reshape(-1, *views.shape[-3:])
         painted = [
-            paint(view, chosen.explain(model, view[None], explained, **(method_options or {}))) for view in views
+            paint(view, compute(model, view[None], explained, **(method_options or {}))) for view in views
         ]
         rendered.append(compose(painted, call))
     return encode(rendered)
@@ -122,20 +107,31 @@ def explain_image(
     source: bytes | Path,
     method: str = "gradcam",
     target: int | None = None,
-    labels: Sequence[str] = LABELS,
+    labels: Sequence[str] | None = None,
     method_options: Mapping[str, Any] | None = None,
-    frame_views: Callable[[Image.Image], torch.Tensor] = eval_crop_views,
-    probabilities_of: Callable[[nn.Module, Sequence[torch.Tensor]], Sequence[float]] = media_probabilities,
+    frame_views: Callable[[Image.Image], torch.Tensor] | None = None,
+    probabilities_of: Callable[[nn.Module, Sequence[torch.Tensor]], Sequence[float]] | None = None,
     max_frames: int = DEFAULT_MAX_FRAMES,
 ) -> EncodedImage:
     """Decode a file or blob, run its frames' views and render the explanation (PNG, or GIF if animated).
 
     `frame_views` frames one RGB frame into the views the model takes, [V, 3, S, S]; `probabilities_of`
-    gives the media's probabilities from the model and those views (shown in the panel).
+    gives the media's probabilities from the model and those views (shown in the panel). By default both
+    come from the model when it is the product classifier (its own framing and scoring rule, so the panel
+    shows what `classify` stores), else the ImageNet eval crop and averaged softmax.
     """
+    labels = tuple(labels or getattr(model, "labels", LABELS))
+    frame_views = frame_views or getattr(model, "frame_views", eval_crop_views)
+    if probabilities_of is None:
+        probabilities_of = _model_scoring_rule if hasattr(model, "probabilities_of_views") else media_probabilities
     frames = decode_frames(source, max_frames=max_frames)
     views_per_frame = [frame_views(frame) for frame in frames]
     probabilities = probabilities_of(model, views_per_frame)
     if len(probabilities) != len(labels):
         raise ExplainError(f"the model gives {len(probabilities)} classes but there are {len(labels)} labels")
     return explain_frames(model, views_per_frame, probabilities, labels, method, target, method_options)
+
+
+def _model_scoring_rule(model: nn.Module, views_per_frame: Sequence[torch.Tensor]) -> list[float]:
+    with evaluating(model):
+        return model.probabilities_of_views(views_per_frame)

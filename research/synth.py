@@ -105,7 +105,7 @@ def phone_post(content: Image.Image, rng: random.Random) -> Image.Image:
     draw.text((64, 50), words(rng, 1).title(), fill=colours["fg"], font=font(26))
     draw.line((0, 96, width, 96), fill=colours["muted"])
     y = 110
-    for post in range(rng.randint(1, 2)):
+    for _post in range(rng.randint(1, 2)):
         avatar = tuple(rng.randint(40, 220) for _ in range(3))
         draw.ellipse((16, y, 72, y + 56), fill=avatar)
         draw.text((84, y + 4), words(rng, 2).title(), fill=colours["fg"], font=font(20))

@@ -7,7 +7,6 @@ numbers estimate how the model does on a new source, not on near-duplicates of i
 """
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 

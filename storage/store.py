@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,7 +54,7 @@ def _connect_and_migrate(db_path: Path, busy_timeout_s: float) -> sqlite3.Connec
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
+            sqlite_utils.Database(conn).enable_wal()
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
@@ -360,16 +359,11 @@ class Store:
         if label not in LABELS:
             raise StoreError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
         self.media(media_id)
-        with self.transaction():
-            cursor = self.execute(
-                'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
-                (media_id, label, by, via, utc_now()),
-            )
-            # A human answer settles the review item.
-            self.execute(
-                "UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
-                (utc_now(), media_id),
-            )
+        # The review queue is settled by bot.review.record_label, which wraps this in its transaction.
+        cursor = self.execute(
+            'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
+            (media_id, label, by, via, utc_now()),
+        )
         return cursor.lastrowid
 
     def current_label(self, media_id: int) -> dict | None:

@@ -5,10 +5,12 @@ import time
 import pytest
 import torch
 
+from bot import review
 from classifier import LABELS
 from classifier.data import scan_folder
 from classifier.evaluate import evaluate_model
-from classifier.inference import FeatureRunner, classify_pending, run_classifier
+from bot.classify import classify_pending
+from classifier.inference import FeatureRunner, run_classifier
 from classifier.model import ModelFileError, load_model, save_model
 from tests.synthetic import generate, jpeg_bytes, tiny_base_model, write_dataset
 from classifier.train import TrainOptions, train_head, train_model
@@ -140,7 +142,7 @@ def test_new_head_on_cached_features_never_needs_the_images_again(trained, store
 def test_human_labelled_media_is_not_queued_and_undecodable_media_is_reported(trained, store):
     model = trained["model"]
     labelled = add_media(store, jpeg_bytes(generate("screenshot", 901)))
-    store.add_label(labelled, "screenshot", by="tester", via="test")
+    review.record_label(store, labelled, "screenshot", by="tester", via="test")
     broken = add_media(store, b"\xff\xd8\xff\xe0 not really a jpeg", "jpg")
     summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
                                borderline_confidence=1.1, borderline_margin=0.0)
@@ -349,11 +351,11 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
                 with store.transaction():
                     post_id, _ = store.upsert_post(account, "folder", f"{label}-{account_number}-{n}", None, None, None)
                     store.link_post_media(post_id, media_id, 0, None, None)
-                store.add_label(media_id, LABELS[(label_index + 1) % 3], by="tester", via="test")  # a slip...
-                store.add_label(media_id, label, by="tester", via="test")  # ...corrected: the latest counts
+                review.record_label(store, media_id, LABELS[(label_index + 1) % 3], by="tester", via="test")  # a slip...
+                review.record_label(store, media_id, label, by="tester", via="test")  # ...corrected: the latest counts
     items = store_labelled(store)
     assert len(items) == 48
-    assert {item.group for item in items} == {f"folder:{l}-{a}" for l in LABELS for a in range(4)}
+    assert {item.group for item in items} == {f"folder:{label}-{a}" for label in LABELS for a in range(4)}
     assert all(store.current_label(item.key)["label"] == item.label for item in items)
 
     config = parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}})
@@ -372,9 +374,10 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
 def test_borderline_call_stores_the_explain_packages_grad_cam_png(trained, store):
     from PIL import Image
 
-    from classifier.inference import explain_overlay_renderer
+    from bot.app import overlay_renderer
+    from bot.config import ClassifierConfig
 
-    renderer = explain_overlay_renderer()
+    renderer = overlay_renderer(ClassifierConfig())
     assert renderer is not None, "explain.media.gradcam_overlay is on main"
     model = trained["model"]
     media_id = add_media(store, jpeg_bytes(generate("illustration", 970)))

@@ -11,7 +11,7 @@ from PIL import Image
 from classifier import LABELS
 from classifier.data import LabelledImage, scan_folder, split_by_group
 from classifier.evaluate import compute_metrics, format_report, save_confusion_png
-from classifier.inference import choose_precision, decide, quantize_trunk
+from classifier.inference import FeatureRunner, auto_candidates, choose_precision, decide, quantize_trunk
 from classifier.preprocess import evenly_spaced, imagenet_eval_tensor
 from tests.synthetic import tiny_base_model
 from classifier.train import class_weights, fit_temperature, random_resized_crop
@@ -69,6 +69,41 @@ def test_precision_choice_follows_cpu_flags():
     assert choose_precision("int8", set()) == "int8"
     with pytest.raises(ValueError, match="fp16"):
         choose_precision("fp16")
+
+
+def test_a_reason_never_rounds_into_a_false_statement():
+    decision = decide([0.4252, 0.2756, 0.2992], ["illustration", "screenshot", "photo"], 0.6, 0.15)
+    # margin 0.126 rounded would be fine; the case that lied was a margin just under the threshold:
+    close = decide([0.5748, 0.4252, 0.0], ["illustration", "screenshot", "photo"], 0.5, 0.15)
+    assert close.margin < 0.15 and "margin 0.149 < 0.15" in close.reason
+    assert "confidence 0.425 < 0.6" in decision.reason
+
+
+def test_auto_tries_every_precision_the_cpu_offers():
+    assert auto_candidates({"avx512f", "avx512_vnni"}) == ("int8",)
+    assert auto_candidates({"avx512_bf16", "avx512_vnni"}) == ("int8", "bf16")
+    assert auto_candidates({"avx2"}) == ()
+
+
+@pytest.mark.slow
+def test_auto_precision_measures_the_candidates_and_keeps_the_fastest_that_agrees(monkeypatch):
+    import classifier.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(inference, "MIN_PRECISION_AGREEMENT", 0.0)  # a random tiny model: labels may differ
+    model = tiny_base_model()
+    torch.manual_seed(2)
+    runner = FeatureRunner(model, precision="auto")
+    vectors = runner(torch.randn(8, 3, 64, 64))
+    assert vectors.shape[0] == 8
+    assert set(runner.seconds_per_batch) == {"fp32", "int8", "bf16"}
+    assert runner.precision == min(runner.seconds_per_batch, key=runner.seconds_per_batch.get)
+
+
+def test_an_explicit_precision_is_not_timed():
+    runner = FeatureRunner(tiny_base_model(), precision="fp32")
+    runner(torch.randn(2, 3, 64, 64))
+    assert runner.precision == "fp32" and runner.seconds_per_batch == {}
 
 
 @pytest.mark.slow
@@ -186,7 +221,7 @@ def test_reduced_precision_is_checked_against_fp32_before_use():
     model = tiny_base_model()
     batch = torch.randn(4, 3, 64, 64)
     runner = FeatureRunner(model, precision="fp32")
-    runner.precision = "bf16"  # forced: this CPU may lack native bf16, the check must run anyway
+    runner.candidates = ("bf16",)  # forced: this CPU may lack native bf16, the check must run anyway
     vectors = runner(batch)
     assert vectors.dtype == torch.float32 and vectors.shape == (4, model.extractor.dim)
     assert runner.agreement is not None

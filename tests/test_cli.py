@@ -1,6 +1,7 @@
 """The command line: config errors, init/import/status/label end to end in a subprocess."""
 import json
 
+from bot.cli import main
 from tests import imagegen
 from tests.conftest import run_cli
 
@@ -140,3 +141,11 @@ def test_redacted_config_hides_secrets():
     config = parse_config({}, environ={"ILLUSTFEED_DISCORD_TOKEN": "tok-123", "ILLUSTFEED_X_BEARER_TOKEN": "xb-456"})
     text = repr(redacted(config))
     assert "tok-123" not in text and "xb-456" not in text and "***" in text
+
+
+def test_bench_needs_a_labelled_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ILLUSTFEED_BENCH_DATA", raising=False)
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    assert main(["bench", "--config", str(config)]) == 1
+    assert "give --data DIR" in capsys.readouterr().err

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
+from bot import retrain, review
 from bot.chat import commands
+from bot.feed import channel as feed_channel
 from bot.chat.commands import Actor, Permissions
 from storage import Store
 from tests.chat_store import REVIEWER, SECOND_REVIEWER, STRANGER, ingest_images, predict
@@ -36,7 +38,7 @@ def test_review_shows_most_uncertain_first_with_image_overlay_probabilities_and_
     assert reply.ok and reply.item.media_id == queued[1]
     assert reply.item.pending == 3
     assert "illustration 30%  screenshot 40%  photo 30%" in reply.text
-    assert f"https://x.example/alice/status/2" in reply.text and "Alice (@alice on x)" in reply.text
+    assert "https://x.example/alice/status/2" in reply.text and "Alice (@alice on x)" in reply.text
     image, overlay = reply.attachments
     assert image.path == store.media_path(queued[1]) and image.path.is_file()
     assert overlay.path.suffix == ".png" and overlay.path.parent.is_relative_to(store.data_dir / "derived")
@@ -63,10 +65,15 @@ def test_empty_queue(store):
     assert reply.ok and reply.text == "The review queue is empty." and reply.item is None
 
 
-def test_skip_leaves_no_label_and_removes_the_item_from_the_queue(store, queued):
+def test_skip_leaves_no_label_and_sets_the_item_behind_the_others(store, queued):
     reply = commands.review_answer(store, REVIEWER, queued[1], "skip")
     assert reply.text.startswith(f"Media {queued[1]} skipped.") and reply.item.media_id == queued[2]
+    assert reply.item.pending == 3  # still waiting
     assert queue_state(store, queued[1]) == "skipped" and labels_rows(store, queued[1]) == []
+    reply = commands.review_answer(store, REVIEWER, queued[2], "photo")
+    reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "photo")
+    assert reply.item.media_id == queued[1]  # back once the rest is answered
+    assert commands.stats_data(store)["review_pending"] == 1
 
 
 def test_label_records_who_when_and_via_and_a_correction_adds_history(store, queued):
@@ -195,7 +202,7 @@ def test_undo_falls_back_to_the_previous_label(store, queued):
 def test_why_returns_the_stored_overlay_and_says_fresh_is_unavailable(store, queued):
     reply = commands.why(store, str(queued[0]))
     assert reply.ok and "stored Grad-CAM overlay" in reply.text and "unavailable" in reply.text
-    assert reply.attachments[0].path == commands.review_item(store, queued[0]).overlay_path
+    assert reply.attachments[0].path == review.review_item(store, queued[0]).overlay_path
     assert not commands.why(store, str(queued[0]), "smoothgrad").ok
 
 
@@ -218,7 +225,7 @@ def test_why_reports_a_failing_explainer_and_falls_back(store, queued):
 
     reply = commands.why(store, str(queued[0]), explainer=broken)
     assert "fresh gradcam explanation failed: no active model" in reply.text
-    assert reply.attachments[0].path == commands.review_item(store, queued[0]).overlay_path
+    assert reply.attachments[0].path == review.review_item(store, queued[0]).overlay_path
 
 
 def test_why_without_any_overlay(store, queued):
@@ -249,9 +256,9 @@ def test_retrain_request_is_queued_once_claimed_and_finished(store):
     second = commands.request_retrain(store, SECOND_REVIEWER, notify=lambda: woken.append(2))
     assert "Retrain queued (request 1)" in first.text and "already queued (request 1 by discord:101" in second.text
     assert woken == [1] and "A retrain is queued." in commands.stats(store).text
-    claimed = commands.claim_retrain_request(store)
-    assert claimed["id"] == 1 and commands.claim_retrain_request(store) is None
-    commands.finish_retrain_request(store, claimed["id"], "new model m2")
+    claimed = retrain.claim_request(store)
+    assert claimed["id"] == 1 and retrain.claim_request(store) is None
+    retrain.finish_request(store, claimed["id"], "new model m2")
     row = store.query_one("SELECT * FROM retrain_requests WHERE id = 1")
     assert row["result"] == "new model m2" and row["finished_at"]
     assert "Retrain queued (request 2)" in commands.request_retrain(store, REVIEWER).text
@@ -289,25 +296,25 @@ def test_follow_refuses_unknown_sources_and_bad_handles(store):
 def test_feed_batch_posts_each_illustration_once_in_order(store, queued):
     # queued[3] is a confident illustration; queued[0] becomes one by a human label; queued[2] stays photo.
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
     assert [item.media_id for item in batch.items] == [queued[0], queued[3]]
     assert batch.text.startswith("1. by Alice (@alice on x) - https://x.example/alice/status/1")
-    commands.mark_feed_posted(store, "discord:1", [item.media_id for item in batch.items], "555")
-    assert commands.feed_batch(store, "discord:1", 10, 10**9).items == []
-    assert len(commands.feed_batch(store, "discord:2", 10, 10**9).items) == 2  # another channel
-    assert len(commands.feed_batch(store, "discord:2", 1, 10**9).items) == 1
+    feed_channel.mark_feed_posted(store, "discord:1", [item.media_id for item in batch.items], "555")
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9).items == []
+    assert len(feed_channel.feed_batch(store, "discord:2", 10, 10**9).items) == 2  # another channel
+    assert len(feed_channel.feed_batch(store, "discord:2", 1, 10**9).items) == 1
 
 
 def test_feed_batch_links_images_over_the_attachment_budget(store, queued):
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
     first_size = store.media(queued[0])["bytes"]
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=first_size)
     assert [i.media_id for i in batch.attached] == [queued[0]] and [i.media_id for i in batch.linked] == [queued[3]]
 
 
 def test_feed_batch_links_an_image_whose_file_is_missing(store, queued):
     store.media_path(queued[3]).unlink()
-    batch = commands.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
+    batch = feed_channel.feed_batch(store, "discord:1", limit=10, max_attachment_bytes=10**9)
     assert [i.media_id for i in batch.linked] == [queued[3]] and batch.attached == []
 
 
@@ -319,11 +326,11 @@ def test_a_missing_image_file_leaves_it_out_of_the_reply(store, queued):
 
 
 def test_a_new_feed_channel_skips_the_backlog_once(store, queued):
-    assert commands.skip_feed_backlog(store, "discord:1") == 1  # queued[3], the confident illustration
-    assert commands.feed_batch(store, "discord:1", 10, 10**9).items == []
+    assert feed_channel.skip_feed_backlog(store, "discord:1") == 1  # queued[3], the confident illustration
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9).items == []
     commands.label(store, REVIEWER, str(queued[0]), "illustration")
-    assert commands.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
-    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
+    assert feed_channel.skip_feed_backlog(store, "discord:1") == 0  # the channel has started: new items stay
+    assert [i.media_id for i in feed_channel.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[0]]
     assert store.query("SELECT media_id, message_id FROM feed_posts") == [{"media_id": queued[3], "message_id": None}]
 
 
@@ -335,17 +342,18 @@ def test_queue_order_follows_the_classifiers_priority_then_age(store):
                       "VALUES (?, 'test', ?, 'pending', ?, ?)", (media_id, priority, created, created))
     order = []
     reply = commands.next_review(store)
-    while reply.item is not None:
+    for _ in range(4):
         order.append(reply.item.media_id)
         assert reply.item.probabilities is None and "Not classified yet." in reply.text
         reply = commands.review_answer(store, REVIEWER, reply.item.media_id, "skip")
-    assert order == [media_ids[2], media_ids[1], media_ids[0]]
+    # Skipped items come back in the order they were skipped, after every pending one.
+    assert order == [media_ids[2], media_ids[1], media_ids[0], media_ids[2]]
 
 
 def test_feed_batch_follows_the_web_feeds_rule(store, queued):
     # queued[3] is a confident illustration (no human label): human_only leaves it out, the default keeps it.
-    assert [i.media_id for i in commands.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[3]]
-    assert commands.feed_batch(store, "discord:1", 10, 10**9, rule="human_only").items == []
+    assert [i.media_id for i in feed_channel.feed_batch(store, "discord:1", 10, 10**9).items] == [queued[3]]
+    assert feed_channel.feed_batch(store, "discord:1", 10, 10**9, rule="human_only").items == []
     # any_prediction trusts borderline calls too: queued[0] is a borderline illustration call.
-    any_items = commands.feed_batch(store, "discord:1", 10, 10**9, rule="any_prediction").items
+    any_items = feed_channel.feed_batch(store, "discord:1", 10, 10**9, rule="any_prediction").items
     assert [i.media_id for i in any_items] == [queued[0], queued[3]]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bot.app import ActiveModelExplainer
 from bot.chat import commands
 from bot.config import parse_config
 from classifier.features import FeatureSpec
@@ -35,7 +36,7 @@ def activate(store: Store, version: str, path) -> None:
 def test_fresh_overlays_come_from_the_active_model_and_follow_a_new_one(tmp_path):
     torch.set_num_threads(1)
     config = parse_config({"data_dir": str(tmp_path / "data")})
-    explainer = commands.ActiveModelExplainer(config)
+    explainer = ActiveModelExplainer(config)
     with Store.open(config.data_path) as store:
         (media_id,) = ingest_images(store, [31])
         activate(store, "chat-1", saved_model(tmp_path / "one.pt", seed=1))

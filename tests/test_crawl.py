@@ -32,8 +32,14 @@ def test_crawl_once_command_imports_the_inbox_and_reports(tmp_path, capsys):
         assert store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'") == 2
 
 
-def test_crawl_names_missing_x_credentials_and_a_missing_inbox(tmp_path, capsys):
+def test_crawl_names_missing_x_credentials_and_not_the_unused_default_inbox(tmp_path, capsys):
     config = write_config(tmp_path, '[sources.x]\naccounts = ["alice"]\n')
     assert main(["crawl", "--once", "--config", config]) == 1  # a source could not run
     text = capsys.readouterr().out
-    assert "does not exist" in text and "ILLUSTFEED_X_BEARER_TOKEN" in text
+    # Someone following network accounts never created the inbox: no warning about it on every crawl.
+    assert "ILLUSTFEED_X_BEARER_TOKEN" in text and "does not exist" not in text
+
+
+def test_a_missing_inbox_is_named_when_nothing_else_is_followed(tmp_path, capsys):
+    assert main(["crawl", "--once", "--config", write_config(tmp_path)]) == 0
+    assert f"folder {tmp_path / 'inbox'} does not exist" in capsys.readouterr().out

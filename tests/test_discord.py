@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import discord
 import pytest
 
+from bot import review
 from bot.chat.commands import Permissions
 from bot.config import DiscordConfig, load_config, parse_config
 from bot.chat.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
@@ -259,7 +260,7 @@ class FakeChannel:
 def test_feed_posts_illustrations_in_batches_once_and_credits_authors(store, media_ids):
     store.execute("UPDATE review_queue SET state = 'done'")
     for media_id in media_ids[:2]:
-        store.add_label(media_id, "illustration", by="discord:1", via="discord")
+        review.record_label(store, media_id, "illustration", by="discord:1", via="discord")
     channel = FakeChannel(42)
     settings = DiscordConfig(feed_batch_size=2)
     assert run(post_feed_batch(store, channel, settings)) == 2

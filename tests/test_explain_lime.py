@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from classifier.preprocess import normalize
-from explain import lime
+from explain.lime import lime
 from explain.superpixels import boundaries, slic
 from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 

@@ -9,6 +9,7 @@ import feedparser
 import pytest
 from PIL import Image
 
+from bot import review
 from bot.config import FeedConfig, IngestConfig
 from bot.ingest.ingest import ingest_post
 from bot.sources.records import MediaRef, Post
@@ -79,15 +80,15 @@ def test_feed_rules_let_the_latest_human_label_win(store, data_dir):
     model_only, = illustrations(store, 1)
     overruled = add_post(store, 1)
     predict(store, overruled, "illustration")
-    store.add_label(overruled, "photo", by="owner", via="cli")
+    review.record_label(store, overruled, "photo", by="owner", via="cli")
     rescued = add_post(store, 2)
     predict(store, rescued, "screenshot")
-    store.add_label(rescued, "illustration", by="owner", via="cli")
+    review.record_label(store, rescued, "illustration", by="owner", via="cli")
     unsure = add_post(store, 3)
     predict(store, unsure, "illustration", borderline=True)
     revoked = add_post(store, 4)
     predict(store, revoked, "screenshot")
-    label_id = store.add_label(revoked, "illustration", by="owner", via="cli")
+    label_id, _previous = review.record_label(store, revoked, "illustration", by="owner", via="cli")
     store.execute("UPDATE labels SET revoked_at = datetime('now') WHERE id = ?", (label_id,))
     retrained = add_post(store, 5)
     predict(store, retrained, "illustration", version="v1")
@@ -106,7 +107,7 @@ def test_feed_rules_let_the_latest_human_label_win(store, data_dir):
 def test_label_filter_selects_other_final_labels(store, data_dir):
     illustrations(store, 2)
     photo = add_post(store, 10)
-    store.add_label(photo, "photo", by="owner", via="cli")
+    review.record_label(store, photo, "photo", by="owner", via="cli")
     screenshots = [add_post(store, 11), add_post(store, 12)]
     for media_id in screenshots:
         predict(store, media_id, "screenshot")

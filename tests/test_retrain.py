@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from bot import review
 from bot.config import parse_config
 from bot.ingest.ingest import ingest_source
 from bot.retrain import PROMOTED, REFUSED, SKIPPED, count_new_labels, run_retrain
@@ -87,7 +88,7 @@ def queue_matches_latest_predictions(store) -> None:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """A store of generated media classified by an unsure tiny model, with every labelled one labelled."""
-    from classifier.inference import classify_pending
+    from bot.classify import classify_pending
     from classifier.runtime import make_runner
     from storage import Store
 
@@ -104,7 +105,7 @@ def generated(tmp_path_factory):
     ids = media_by_stem(store)
     for stem, label in truth.items():
         if label:
-            store.add_label(ids[stem], label, by="test", via="cli")
+            review.record_label(store, ids[stem], label, by="test", via="cli")
     from classifier.data import split_by_group, store_labelled
 
     _train, validation = split_by_group(store_labelled(store))
@@ -165,7 +166,7 @@ def test_retrain_refuses_a_model_that_is_worse(generated):
     flipped = [item.key for item in train_side if item.label == "illustration"]
     assert flipped
     for media_id in flipped:
-        store.add_label(media_id, "photo", by="test", via="cli")
+        review.record_label(store, media_id, "photo", by="test", via="cli")
     assert count_new_labels(store) == len(flipped)
 
     outcome = run_retrain(store, config, force=True)

@@ -33,20 +33,22 @@ def test_terminal_review_session(tmp_path):
         child.expect_exact(f"Media {third} (2 waiting for review)")
         child.send("k")
         child.expect_exact(f"Media {third} skipped.")
-        child.expect_exact(f"Media {first} (1 waiting for review)")
+        child.expect_exact(f"Media {first} (2 waiting for review)")  # the skipped one still waits, behind
         child.send("u")
         child.expect_exact(f"Undid your illustration on media {second}. It has no label now and is back in the "
                            "review queue.")
-        child.expect_exact(f"Media {second} (2 waiting for review)")
+        child.expect_exact(f"Media {second} (3 waiting for review)")
         child.send("P")
         child.expect_exact(f"Media {second} labelled photo.")
         child.send("s")
+        child.expect_exact(f"Media {third} (1 waiting for review)")  # skipped items come back after the rest
+        child.send("p")
         child.expect_exact("The review queue is empty.")
         child.expect_exact("[u]ndo [q]uit > ")
         child.send("i")
         child.expect_exact("unknown key 'i'")
         child.send("q")
-        child.expect_exact("4 answers recorded.")  # i, k, p, s (the undo does not count back)
+        child.expect_exact("5 answers recorded.")  # i, k, p, s, p (the undo does not count back)
         child.expect(pexpect.EOF)
     finally:
         child.close()
@@ -57,8 +59,9 @@ def test_terminal_review_session(tmp_path):
             {"media_id": second, "label": "illustration", "by": "tester", "via": "cli", "revoked": 1},
             {"media_id": second, "label": "photo", "by": "tester", "via": "cli", "revoked": 0},
             {"media_id": first, "label": "screenshot", "by": "tester", "via": "cli", "revoked": 0},
+            {"media_id": third, "label": "photo", "by": "tester", "via": "cli", "revoked": 0},
         ]
-        assert store.scalar("SELECT state FROM review_queue WHERE media_id = ?", (third,)) == "skipped"
+        assert store.scalar("SELECT state FROM review_queue WHERE media_id = ?", (third,)) == "done"
 
 
 def test_label_command_uses_the_layer(tmp_path):

@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from storage import SCHEMA_VERSION, BlobError, SchemaTooNewError, Store, StoreError
+from storage import SCHEMA_VERSION, BlobError, Store, StoreError
 from storage.blobs import BlobStore, sha256_hex
 
 

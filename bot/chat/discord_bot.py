@@ -19,7 +19,8 @@ from discord import app_commands
 from bot.chat import commands
 from bot.chat.commands import Actor, Explainer, Permissions, Reply
 from bot.config import Config, DiscordConfig
-from bot.sources.follows import NETWORK_SOURCES
+from bot.feed import channel as feed_channel
+from bot.sources import HANDLE_HELP, NETWORK_NAMES
 from storage import LABELS, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -177,17 +178,11 @@ class ChatAdapter:
 # Literal of a tuple is the Literal of its items: Discord shows them as the option's choices.
 Label = Literal[LABELS]
 Method = Literal[commands.EXPLAIN_METHODS]
-Source = Literal[NETWORK_SOURCES]
+Source = Literal[NETWORK_NAMES]
 
 
 # Commands that take no options: the slash command name is also the ChatAdapter method.
-COMMANDS_WITHOUT_OPTIONS = {
-    "review": "Show the most uncertain image waiting for review",
-    "undo": "Revoke your latest label",
-    "stats": "Counts by label, review queue, labels since the model, metrics",
-    "retrain": "Queue a retrain now",
-    "sources": "Followed accounts, last crawl and errors",
-}
+COMMANDS_WITHOUT_OPTIONS = ("review", "undo", "stats", "retrain", "sources")
 
 
 def _forward(method: Callable[[discord.Interaction], Any]) -> Callable[[discord.Interaction], Any]:
@@ -199,31 +194,33 @@ def _forward(method: Callable[[discord.Interaction], Any]) -> Callable[[discord.
 
 def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.CommandTree:
     """The slash commands; each one hands its interaction to `chat`."""
+    described = commands.CHAT_COMMANDS
     tree = app_commands.CommandTree(client)
-    for name, description in COMMANDS_WITHOUT_OPTIONS.items():
-        tree.add_command(app_commands.Command(name=name, description=description,
+    for name in COMMANDS_WITHOUT_OPTIONS:
+        tree.add_command(app_commands.Command(name=name, description=described[name],
                                               callback=_forward(getattr(chat, name))))
 
-    @tree.command(name="label", description="Label an image")
+    @tree.command(name="label", description=described["label"])
     @app_commands.describe(media="media id or sha256 prefix", label="what the image is")
     async def label(interaction: discord.Interaction, media: str, label: Label) -> None:
         await chat.label(interaction, media, label)
 
-    @tree.command(name="why", description="Show where the classifier looked")
+    @tree.command(name="why", description=described["why"])
     @app_commands.describe(media="media id or sha256 prefix", method="explanation method")
     async def why(interaction: discord.Interaction, media: str, method: Method = "gradcam") -> None:
         await chat.why(interaction, media, method)
 
-    for name, followed, description in (
-            ("follow", True, "Crawl an account from now on"),
-            ("unfollow", False, "Stop crawling an account (its stored posts stay)")):
-        tree.add_command(app_commands.Command(name=name, description=description,
+    for name, followed in (("follow", True), ("unfollow", False)):
+        tree.add_command(app_commands.Command(name=name, description=described[name],
                                               callback=_follow_callback(chat, followed)))
+    missing = set(described) - {command.name for command in tree.get_commands()}
+    if missing:  # a command registered in bot.chat.commands without its Discord wiring
+        raise RuntimeError(f"chat commands without a slash command: {', '.join(sorted(missing))}")
     return tree
 
 
 def _follow_callback(chat: ChatAdapter, followed: bool) -> Callable[..., Any]:
-    @app_commands.describe(source="network", handle="x: name; bluesky: name.bsky.social; mastodon: @user@instance")
+    @app_commands.describe(source="network", handle=HANDLE_HELP)
     async def callback(interaction: discord.Interaction, source: Source, handle: str) -> None:
         await chat.follow(interaction, source, handle, followed)
     return callback
@@ -270,7 +267,7 @@ class IllustfeedBot(discord.Client):
     async def feed_loop(self) -> None:
         await self.wait_until_ready()
         if not self.settings.feed_post_backlog:
-            skipped = commands.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id),
+            skipped = feed_channel.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id),
                                                  self.chat.config.feed.rule)
             if skipped:
                 log.info("feed channel %s starts after %d stored illustrations (feed_post_backlog = false)",
@@ -294,11 +291,11 @@ class IllustfeedBot(discord.Client):
 
 
 async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settings: DiscordConfig,
-                          rule: str = commands.DEFAULT_FEED_RULE) -> int:
+                          rule: str = feed_channel.DEFAULT_FEED_RULE) -> int:
     """Post one message with the next unposted illustrations; returns how many it carried. One message per
     interval stays far below Discord's per-channel rate limit (5 messages / 5 s)."""
     key = feed_channel_key(channel.id)
-    batch = commands.feed_batch(store, key, settings.feed_batch_size, settings.feed_max_attachment_bytes, rule)
+    batch = feed_channel.feed_batch(store, key, settings.feed_batch_size, settings.feed_max_attachment_bytes, rule)
     if not batch.items:
         return 0
     files = [discord.File(item.image_path, filename=f"illustfeed-{item.media_id}{item.image_path.suffix}",
@@ -306,7 +303,7 @@ async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settin
     # Link previews of every post would bury the images.
     message = await channel.send(batch.text[:MESSAGE_LIMIT], files=files, suppress_embeds=True,
                                  allowed_mentions=discord.AllowedMentions.none())
-    commands.mark_feed_posted(store, key, [item.media_id for item in batch.items], str(message.id))
+    feed_channel.mark_feed_posted(store, key, [item.media_id for item in batch.items], str(message.id))
     return len(batch.items)
 
 

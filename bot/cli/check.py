@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Callable
 
+from bot import app
 from bot.cli import open_store
 from bot.config import Config
 from storage import Store
@@ -15,9 +16,7 @@ from storage.errors import EXIT_DAMAGED
 
 def overlay_maker(config: Config) -> OverlayMaker | None:
     """Renders a media's overlay for its latest prediction with the model version that made it (loaded once)."""
-    from classifier.inference import explain_overlay_renderer
-
-    render = explain_overlay_renderer(config.classifier.max_frames) if config.classifier.overlays else None
+    render = app.overlay_renderer(config.classifier)
     if render is None:
         return None
     models: dict[str, object] = {}
@@ -40,13 +39,12 @@ def _model_of_version(store: Store, config: Config, version: str):
     """The model that made a prediction: a registered version, or the active/shipped one when it is that version.
     Another model's map would explain a call it did not make, so none is drawn then."""
     from classifier.model import ModelFileError
-    from classifier.runtime import load_classifier
     from classifier.versions import ModelVersionError
 
     try:
-        return load_classifier(store, config, version)
+        return app.load_model(store, config, version)
     except (ModelVersionError, ModelFileError):
-        model = load_classifier(store, config)
+        model = app.load_model(store, config)
         if model.version != version:
             raise ModelFileError(f"model version {version} that made the prediction is no longer available") from None
         return model

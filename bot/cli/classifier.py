@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from bot import app
 from bot.cli import CommandError, open_store
 from bot.config import Config
+
+
+# Where `illustfeed bench` takes its images when --data is not given (a labelled folder of the user's).
+BENCH_DATA_ENV = "ILLUSTFEED_BENCH_DATA"
 
 
 def _classifier_errors_as_command_errors(handler):
@@ -26,27 +32,16 @@ def _classifier_errors_as_command_errors(handler):
 
 
 def cmd_classify(args: argparse.Namespace, config: Config) -> int:
-    from classifier.inference import classify_pending, explain_overlay_renderer
-    from classifier.runtime import load_classifier, make_runner
-
     settings = config.classifier
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
-        overlay = explain_overlay_renderer(settings.max_frames) if settings.overlays else None
-        summary = classify_pending(
-            store, model, runner=make_runner(model, settings),
-            borderline_confidence=settings.borderline_confidence, borderline_margin=settings.borderline_margin,
-            batch_size=settings.batch_size, max_frames=settings.max_frames, overlay=overlay, limit=args.limit,
-            progress=settings.progress and not args.json,
-        )
+        model = app.load_model(store, config, args.model)
+        summary = app.classify(store, config, model, limit=args.limit, progress=settings.progress and not args.json)
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
         print(f"model {summary.model_version} ({summary.precision}): {summary.classified} classified "
               f"({summary.from_cached_features} from cached features), {summary.borderline} borderline, "
               f"{summary.queued_for_review} queued for review, {summary.overlays} overlays, {summary.failed} failed")
-        if settings.overlays and overlay is None:
-            print("  (no overlays: the explain package is not installed)")
         for problem in summary.problems:
             print(f"  {problem}")
     return 1 if summary.failed and not summary.classified else 0
@@ -89,12 +84,10 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     from classifier.data import scan_folder
     from classifier.evaluate import evaluate_model, format_report, save_confusion_png
-    from classifier.runtime import load_classifier, make_runner
-
     items = scan_folder(args.data)
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
-    metrics, _ = evaluate_model(model, items, runner=make_runner(model, config.classifier),
+        model = app.load_model(store, config, args.model)
+    metrics, _ = evaluate_model(model, items, runner=app.make_runner(model, config.classifier),
                                 batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     skipped = metrics.pop("skipped")
     png = Path(args.png) if args.png else config.data_path / "reports" / f"confusion-{model.version}.png"
@@ -144,13 +137,17 @@ def cmd_model(args: argparse.Namespace, config: Config) -> int:
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     from classifier.bench import benchmark
     from classifier.data import scan_folder
-    from classifier.runtime import apply_threads, load_classifier
+    from classifier.runtime import apply_threads
 
+    data = args.data or os.environ.get(BENCH_DATA_ENV)
+    if not data:
+        raise CommandError(f"bench: give --data DIR (a labelled folder: DIR/illustration, DIR/screenshot, "
+                           f"DIR/photo) or set {BENCH_DATA_ENV}")
     apply_threads(config.classifier)
-    sources = [item.source for item in scan_folder(args.data)]
+    sources = [item.source for item in scan_folder(data)]
     sources = sources[:: max(1, len(sources) // args.limit)][: args.limit]
     with open_store(config) as store:
-        model = load_classifier(store, config, args.model)
+        model = app.load_model(store, config, args.model)
     result = benchmark(model, sources, precision=args.precision or config.classifier.precision,
                        batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     if args.json:
@@ -194,18 +191,9 @@ def register(subparsers) -> None:
     model.set_defaults(handler=_classifier_errors_as_command_errors(cmd_model))
 
     bench = subparsers.add_parser("bench", help="naive vs optimised classification speed on the same images")
-    bench.add_argument("--data", metavar="DIR", default=str(_default_bench_data()),
-                       help="labelled folder to take images from (default: the shared dev corpus)")
+    bench.add_argument("--data", metavar="DIR", help=f"labelled folder to take images from (default: ${BENCH_DATA_ENV})")
     bench.add_argument("--limit", type=int, default=64, help="number of images")
     bench.add_argument("--model", metavar="VERSION_OR_PATH")
     bench.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), help="default: from config")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_classifier_errors_as_command_errors(cmd_bench))
-
-
-def _default_bench_data() -> Path:
-    import os
-
-    shared = os.environ.get("ILLUSTFEED_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "corpus" / "dev"

@@ -7,7 +7,8 @@ import json
 from bot.cli import CommandError, open_store
 from bot.config import Config
 from bot.ingest.crawl import crawl_once
-from bot.sources.follows import NETWORK_SOURCES, FollowError, follow, list_sources, unfollow
+from bot.sources import HANDLE_HELP, NETWORK_NAMES
+from bot.sources.follows import FollowError, follow, list_sources, unfollow
 
 
 def cmd_crawl(args: argparse.Namespace, config: Config) -> int:
@@ -58,8 +59,8 @@ def register(subparsers) -> None:
     for name, help_text in (("follow", "crawl this account from now on (in addition to the config lists)"),
                             ("unfollow", "stop crawling this account, even if a config list names it")):
         command = subparsers.add_parser(name, help=help_text)
-        command.add_argument("source", choices=NETWORK_SOURCES)
-        command.add_argument("handle", help="x: name; bluesky: name.bsky.social; mastodon: @user@instance")
+        command.add_argument("source", choices=NETWORK_NAMES)
+        command.add_argument("handle", help=HANDLE_HELP)
         command.set_defaults(handler=cmd_follow)
     sources = subparsers.add_parser("sources", help="what each source crawls")
     sources.add_argument("--json", action="store_true", help="one JSON array")

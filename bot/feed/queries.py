@@ -142,6 +142,15 @@ def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:
     }
 
 
+def media_origin(store: Store, media_id: int) -> tuple[str | None, str | None]:
+    """(author as "Name (@handle on source)", post url) of the first post that carried the media."""
+    credit = credits_for(store, [media_id]).get(media_id)
+    if credit is None:
+        return None, None
+    handle = f"@{credit.handle} on {credit.source}"
+    return (f"{credit.display_name} ({handle})" if credit.display_name else handle), credit.post_url
+
+
 def visible_media(store: Store, sha256: str) -> dict | None:
     """The stored media row for a sha256 when it can be served (status ok), else None."""
     return store.query_one("SELECT id, sha256, ext, mime, width, height, bytes FROM media"

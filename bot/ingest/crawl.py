@@ -25,6 +25,7 @@ from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Htt
 from bot.ingest.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
 from bot.sources.base import FetchError
 from bot.sources.records import MediaRef, Post
+from bot.sources import NETWORKS
 from bot.sources.folder import FolderSource
 from bot.sources.network import Account, NetworkSource
 from storage import Store, sha256_hex, utc_now
@@ -350,12 +351,26 @@ def crawl_folder(store: Store, config: Config) -> SourceRun | None:
     run = SourceRun("folder")
     root = Path(settings.path)
     if not root.is_dir():
+        if follows_network_accounts(store, config):
+            # The inbox is on by default; someone who follows network accounts need not create it.
+            log.debug("inbox folder %s does not exist; skipped", root)
+            return None
         run.problems.append(f"folder {root} does not exist (create it, or run `illustfeed init`)")
         return run
     source = FolderSource(root, max_bytes=config.ingest.max_bytes)
     run.ingest = ingest_source(store, source, config.ingest)
     run.accounts = len({account for account, _path in source.files()})
     return run
+
+
+def follows_network_accounts(store: Store, config: Config) -> bool:
+    """Whether any enabled network source has an account to crawl (in the config or followed by hand)."""
+    for network in NETWORKS.values():
+        section = network.settings(config.sources)
+        if section.enabled and (section.accounts or section.following_of or store.scalar(
+                "SELECT 1 FROM accounts WHERE source = ? AND followed = 1 LIMIT 1", (network.name,))):
+            return True
+    return False
 
 
 def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
@@ -365,21 +380,14 @@ def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
 
 def network_sources(store: Store, config: Config, http: Http) -> list[tuple[NetworkSource, ReadBudget]]:
     """Each enabled network source with its read meter."""
-    from bot.sources.bluesky import BlueskySource
-    from bot.sources.mastodon import MastodonSource
-    from bot.sources.x import XSource
-
     found: list[tuple[NetworkSource, ReadBudget]] = []
-    settings = config.sources
-    # Only X reads are paid; the others are counted (limit 0) for the summary.
-    for enabled, source_class, section, limit in (
-        (settings.x.enabled, XSource, settings.x, max(0, settings.x.daily_read_budget)),
-        (settings.bluesky.enabled, BlueskySource, settings.bluesky, 0),
-        (settings.mastodon.enabled, MastodonSource, settings.mastodon, 0),
-    ):
-        if enabled:
-            budget = ReadBudget(store, source_class.name, limit, http.clock)
-            found.append((source_class(section, http, config.ingest.max_bytes, meter=budget.spend), budget))
+    for network in NETWORKS.values():
+        section = network.settings(config.sources)
+        if section.enabled:
+            # Only paid reads have a daily budget; the others are counted (limit 0) for the summary.
+            limit = max(0, section.daily_read_budget) if network.paid_reads else 0
+            budget = ReadBudget(store, network.name, limit, http.clock)
+            found.append((network.source_class()(section, http, config.ingest.max_bytes, meter=budget.spend), budget))
     return found
 
 

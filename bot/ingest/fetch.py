@@ -270,7 +270,7 @@ class Http:
             target = current
             try:
                 response = self.call(
-                    lambda: self.session.get(target, stream=True, allow_redirects=False), f"GET {target}", host
+                    lambda target=target: self.session.get(target, stream=True, allow_redirects=False), f"GET {target}", host
                 )
             except SourceError as error:
                 raise FetchError(str(error)) from None

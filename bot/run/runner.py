@@ -5,10 +5,10 @@ import asyncio
 import logging
 import os
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from bot import app, retrain
 from bot.config import Config, redacted
 from bot.run.lock import DataDirLock
 from bot.run.scheduler import (
@@ -52,17 +52,6 @@ def crawl_job(store: Store, context: JobContext) -> dict:
             **_ingest_fields(totals), **classify_new(store, context)}
 
 
-def classify_with_config(store: Store, config: Config, model, runner):
-    """`classify_pending` with the [classifier] settings (borderline thresholds, batches, overlays)."""
-    from classifier.inference import classify_pending, explain_overlay_renderer
-
-    settings = config.classifier
-    overlay = explain_overlay_renderer(settings.max_frames) if settings.overlays else None
-    return classify_pending(store, model, runner=runner, borderline_confidence=settings.borderline_confidence,
-                            borderline_margin=settings.borderline_margin, batch_size=settings.batch_size,
-                            max_frames=settings.max_frames, overlay=overlay)
-
-
 def classify_new(store: Store, context: JobContext) -> dict:
     """Classify media the active model has not scored yet (the classifier commits per batch)."""
     from classifier.model import ModelFileError
@@ -70,7 +59,7 @@ def classify_new(store: Store, context: JobContext) -> dict:
 
     with context.model_lock:
         try:
-            model, runner = context.classifier(store)
+            model, runner = context.active_model.get(store)
         except (ModelFileError, WeightsError) as error:
             # Media stay stored and are classified once a model exists; the crawl itself succeeded.
             # Said once per distinct problem, not on every poll.
@@ -79,34 +68,29 @@ def classify_new(store: Store, context: JobContext) -> dict:
                 log_event("classify.unavailable", logging.WARNING, error=str(error))
             return {"classified": 0}
         context.classify_problem = None
-        summary = classify_with_config(store, context.config, model, runner)
+        summary = app.classify(store, context.config, model, runner)
     return {"classified": summary.classified, "borderline": summary.borderline,
             "queued": summary.queued_for_review, "model": summary.model_version}
 
 
 def wake_for_retrain_request(store: Store, context: JobContext) -> None:
     """A retrain asked for by another process (the terminal chat) starts at the next poll."""
-    from bot.chat.commands import pending_retrain_request
-
-    if context.wake_retrain is not None and pending_retrain_request(store) is not None:
+    if context.wake_retrain is not None and retrain.pending_request(store) is not None:
         context.wake_retrain()
 
 
 def retrain_job(store: Store, context: JobContext) -> dict:
     """The nightly retrain, or one asked for with /retrain (which trains whatever the number of new labels)."""
-    from bot.chat.commands import claim_retrain_request, finish_retrain_request
-    from bot.retrain import run_retrain
-
-    request = claim_retrain_request(store)
+    request = retrain.claim_request(store)
     try:
-        outcome = run_retrain(store, context.config, force=request is not None, model_lock=context.model_lock,
+        outcome = retrain.run_retrain(store, context.config, force=request is not None, model_lock=context.model_lock,
                               report=context.report)
     except Exception as error:
         if request is not None:
-            finish_retrain_request(store, request["id"], f"failed: {type(error).__name__}: {error}")
+            retrain.finish_request(store, request["id"], f"failed: {type(error).__name__}: {error}")
         raise
     if request is not None:
-        finish_retrain_request(store, request["id"], outcome.summary())
+        retrain.finish_request(store, request["id"], outcome.summary())
     return {**({"request": request["id"]} if request else {}), **outcome.log_fields()}
 
 
@@ -123,9 +107,9 @@ def startup_facts(config: Config, feed_url: str | None, discord_on: bool) -> lis
     facts.append(f"network crawl: every {config.scheduler.crawl_interval_seconds} s")
     facts.append(f"feed: {feed_url}" if feed_url else "feed: off")
     facts.append("discord: on" if discord_on else "discord: off (no token)")
-    retrain = config.retrain
-    facts.append(f"retrain: {retrain.schedule!r} {retrain.timezone or 'local time'}, "
-                 f"min {retrain.min_new_labels} new labels" if retrain.enabled else "retrain: off")
+    settings = config.retrain
+    facts.append(f"retrain: {settings.schedule!r} {settings.timezone or 'local time'}, "
+                 f"min {settings.min_new_labels} new labels" if settings.enabled else "retrain: off")
     return facts
 
 
@@ -186,11 +170,10 @@ class Runner:
         settings = self.config.discord
         if not settings.token:
             return
-        from bot.chat.commands import ActiveModelExplainer
         from bot.chat.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
-        self.bot = create_bot(settings, self.open_store(), explainer=ActiveModelExplainer(self.config),
+        self.bot = create_bot(settings, self.open_store(), explainer=app.ActiveModelExplainer(self.config),
                               on_retrain_requested=self.wake_retrain, config=self.config)
         self.loop = loop
         self.context.report = self.report_to_discord

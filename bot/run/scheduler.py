@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot.app import ActiveModel
 from bot.config import Config
 from storage import Store, storage_fault
 from storage.errors import LOCKED, lock_holder_pid
@@ -75,7 +76,8 @@ class JobContext:
 
     config: Config
     stop: threading.Event = field(default_factory=threading.Event)
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The active model, loaded once; its lock keeps model changes and classification apart.
+    active_model: ActiveModel = field(init=False)
     # Only one ingest at a time: the folder poll and the network crawl both write posts and media.
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     # Called with (text, png path or None) for retrain reports; the Discord bot's channel when it runs.
@@ -84,25 +86,18 @@ class JobContext:
     wake_retrain: Callable[[], None] | None = None
     classify_problem: str | None = None  # the last "no model" problem logged, so it is logged once
     running: set[str] = field(default_factory=set)
-    _loaded: tuple[Any, Any, Any] | None = None  # (model file, model, feature runner) of the last classify
     running_changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        self.active_model = ActiveModel(self.config)
+
+    @property
+    def model_lock(self) -> threading.Lock:
+        return self.active_model.lock
 
     def open_store(self) -> StoppableStore:
         return StoppableStore.open_stoppable(self.config.data_path, self.stop,
                                              self.config.storage.busy_timeout_seconds)
-
-    def classifier(self, store: Store) -> tuple[Any, Any]:
-        """The active (else shipped default) model and its feature runner, reloaded only when the active
-        model changes: the frozen trunk is built once, not on every poll. Call with `model_lock` held."""
-        from classifier.model import load_model
-        from classifier.runtime import make_runner, trunk_weights_loader
-        from classifier.versions import resolve_model_path
-
-        path = resolve_model_path(store, None)
-        if self._loaded is None or self._loaded[0] != path:
-            model = load_model(path, trunk_weights_loader(self.config.classifier, self.config.data_path))
-            self._loaded = (path, model, make_runner(model, self.config.classifier))
-        return self._loaded[1], self._loaded[2]
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False when `timeout` seconds passed first."""

@@ -8,6 +8,7 @@ also inside quote posts (`app.bsky.embed.recordWithMedia#view`); videos contribu
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Mapping, Sequence
 
 from bot.config import BlueskySourceConfig
@@ -143,3 +144,17 @@ class BlueskySource(ListedAccountsSource):
 
     def fetch(self, ref: MediaRef) -> bytes:
         return self.http.download(ref.url, self.settings.media_hosts, self.max_bytes)
+
+
+BLUESKY_HANDLE = re.compile(r"^([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}$|^did:[a-z]+:[a-z0-9._:%\-]+$")
+
+
+def canonical_handle(handle: str, default_instance: str = "") -> str:
+    """A Bluesky handle (a bare name means name.bsky.social) or a DID, as the store keeps it."""
+    name = bluesky_handle(handle)
+    if not BLUESKY_HANDLE.match(name):
+        raise ValueError(f"Bluesky handle {handle!r} is not a domain name like artist.bsky.social")
+    return name
+
+
+SOURCE_CLASS = BlueskySource

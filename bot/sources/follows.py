@@ -6,17 +6,9 @@ row stays either way, so posts and media already stored keep their account.
 """
 from __future__ import annotations
 
-import re
-
 from bot.config import Config
-from bot.sources.bluesky import bluesky_handle
-from bot.sources.mastodon import MastodonHandleError, mastodon_handle
-from bot.sources.network import normalise_handle
+from bot.sources import NETWORK_NAMES, NETWORKS
 from storage import Store, utc_now
-
-NETWORK_SOURCES = ("x", "bluesky", "mastodon")
-X_HANDLE = re.compile(r"^[a-z0-9_]{1,15}$")
-BLUESKY_HANDLE = re.compile(r"^([a-z0-9]([a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}$|^did:[a-z]+:[a-z0-9._:%\-]+$")
 
 
 class FollowError(ValueError):
@@ -25,21 +17,11 @@ class FollowError(ValueError):
 
 def canonical_handle(source: str, handle: str, mastodon_instance: str = "") -> str:
     """The handle as the store keeps it: lower case, no leading '@', user@instance on Mastodon."""
-    if source not in NETWORK_SOURCES:
-        raise FollowError(f"unknown source {source!r}; expected one of {', '.join(NETWORK_SOURCES)}")
-    if source == "x":
-        name = normalise_handle(handle)
-        if not X_HANDLE.match(name):
-            raise FollowError(f"X handle {handle!r} must be 1-15 letters, digits or underscores")
-        return name
-    if source == "bluesky":
-        name = bluesky_handle(handle)
-        if not BLUESKY_HANDLE.match(name):
-            raise FollowError(f"Bluesky handle {handle!r} is not a domain name like artist.bsky.social")
-        return name
+    if source not in NETWORKS:
+        raise FollowError(f"unknown source {source!r}; expected one of {', '.join(NETWORK_NAMES)}")
     try:
-        return mastodon_handle(handle, mastodon_instance)
-    except MastodonHandleError as error:
+        return NETWORKS[source].canonical_handle()(handle, mastodon_instance)
+    except ValueError as error:
         raise FollowError(str(error)) from None
 
 
@@ -68,11 +50,10 @@ def unfollow(store: Store, source: str, handle: str, mastodon_instance: str = ""
 def list_sources(store: Store, config: Config | None = None) -> list[dict]:
     """Per source: enabled, configured accounts, accounts followed and unfollowed by hand, last crawl state."""
     config = config or Config()
-    settings = {"x": config.sources.x, "bluesky": config.sources.bluesky, "mastodon": config.sources.mastodon}
     listing = [{"source": "folder", "enabled": config.sources.folder.enabled, "path": config.sources.folder.path,
                 "accounts": store.scalar("SELECT COUNT(*) FROM accounts WHERE source = 'folder'")}]
-    for source in NETWORK_SOURCES:
-        section = settings[source]
+    for source, network in NETWORKS.items():
+        section = network.settings(config.sources)
         rows = store.query("SELECT handle, followed, followed_via, cursor, last_crawl_at, last_error FROM accounts "
                            "WHERE source = ? ORDER BY handle", (source,))
         listing.append({

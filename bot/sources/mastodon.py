@@ -190,3 +190,11 @@ class MastodonSource(ListedAccountsSource):
 
     def fetch(self, ref: MediaRef) -> bytes:
         return self.http.download(ref.url, self.media_hosts(), self.max_bytes)
+
+
+def canonical_handle(handle: str, default_instance: str = "") -> str:
+    """`user@instance` as the store keeps it; a bare name takes `default_instance`."""
+    return mastodon_handle(handle, default_instance)
+
+
+SOURCE_CLASS = MastodonSource

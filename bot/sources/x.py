@@ -9,6 +9,7 @@ need an mp4 decoder this project does not ship, and no setting pretends otherwis
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
@@ -251,3 +252,17 @@ class XSource(ListedAccountsSource):
         if every_size_too_large:
             raise DownloadRefused("; ".join(errors))
         raise FetchError("; ".join(errors))
+
+
+X_HANDLE = re.compile(r"^[a-z0-9_]{1,15}$")
+
+
+def canonical_handle(handle: str, default_instance: str = "") -> str:
+    """An X handle as the store keeps it: lower case, no '@'; 1-15 letters, digits or underscores."""
+    name = normalise_handle(handle)
+    if not X_HANDLE.match(name):
+        raise ValueError(f"X handle {handle!r} must be 1-15 letters, digits or underscores")
+    return name
+
+
+SOURCE_CLASS = XSource
