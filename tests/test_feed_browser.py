@@ -26,8 +26,9 @@ pytestmark = [
 class ServerThread:
     """The feed server started with start_feed_server inside an event loop of its own thread."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, extensions=()):
         self.config = config
+        self.extensions = extensions
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner = None
@@ -35,7 +36,8 @@ class ServerThread:
     def __enter__(self) -> str:
         self.thread.start()
         self.runner = asyncio.run_coroutine_threadsafe(
-            start_feed_server(self.config, host="127.0.0.1", port=0), self.loop).result(timeout=30)
+            start_feed_server(self.config, host="127.0.0.1", port=0, extensions=self.extensions),
+            self.loop).result(timeout=30)
         return server_url(self.runner)
 
     def __exit__(self, *exc_info: object) -> None:

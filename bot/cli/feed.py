@@ -1,10 +1,11 @@
-"""`illustfeed serve`: run the feed web server (gallery, Atom, JSON API) until interrupted."""
+"""`illustfeed serve`: run the feed web server (gallery, Atom, JSON API, review page) until interrupted."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
 
+from bot.chat.web import EXTENSIONS
 from bot.config import Config
 from bot.feed import serve_until_stopped
 
@@ -14,7 +15,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         print(f"serving the feed on {url} (Ctrl-C stops)", flush=True)
 
     try:
-        asyncio.run(serve_until_stopped(config, args.host, args.port, on_started=announce))
+        asyncio.run(serve_until_stopped(config, args.host, args.port, on_started=announce, extensions=EXTENSIONS))
     except OSError as error:  # address in use, or not one of this machine's
         print(f"illustfeed: error: serve: cannot listen on {args.host or config.feed.host}:"
               f"{config.feed.port if args.port is None else args.port}: {error.strerror or error}", file=sys.stderr)

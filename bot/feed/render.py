@@ -15,6 +15,7 @@ EPOCH = "1970-01-01T00:00:00Z"
 # Characters XML 1.0 forbids even escaped; a post text carrying one would make the whole feed unparseable.
 XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
+STYLESHEET_URL = "/static/feed.css"
 STYLESHEET = """
 :root { color-scheme: light dark; font-family: system-ui, sans-serif; }
 body { margin: 0 auto; max-width: 1400px; padding: 0 1rem 2rem; }
@@ -28,6 +29,13 @@ nav a[aria-current] { font-weight: bold; }
 .tile p { margin: .2rem 0 0; opacity: .8; }
 .pager { margin-top: 2rem; display: flex; gap: 1rem; }
 .empty { opacity: .7; }
+.review .pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 1rem; }
+.review figure { margin: 0; }
+.review .pair img { width: 100%; height: auto; max-height: 70vh; object-fit: contain; background: #8882; }
+.review .answers { display: flex; flex-wrap: wrap; gap: .5rem; margin: 1rem 0; }
+.review .answers button { font-size: 1.1rem; padding: .5rem 1rem; }
+.review .said { padding: .5rem; background: #8882; }
+.review meter { width: 10rem; }
 """
 
 
@@ -118,7 +126,7 @@ def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, li
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title>"
-        '<link rel="stylesheet" href="/static/feed.css">'
+        f'<link rel="stylesheet" href="{STYLESHEET_URL}">'
         f'<link rel="alternate" type="application/atom+xml" title="{_e(title)}" href="/feed.atom"></head>'
         f'<body><header><h1><a href="/">{_e(title)}</a></h1><nav>{label_links}</nav>'
         f'<a href="/feed.atom">Atom feed</a></header>'

@@ -9,7 +9,7 @@ import os
 import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from aiohttp import web
 from aiohttp.helpers import ETAG_ANY
@@ -18,7 +18,7 @@ from bot.config import Config, FeedConfig
 from bot.feed.queries import (
     FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, parse_cursor, parse_label, parse_limit, visible_media,
 )
-from bot.feed.render import STYLESHEET, alt_text, atom_xml, gallery_html, safe_link
+from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, gallery_html, safe_link
 from bot.feed.thumbnails import (
     Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
 )
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'; "
+    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 # Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
@@ -337,7 +337,12 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers["Referrer-Policy"] = "no-referrer"
 
 
-def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.Application:
+# Adds routes to the feed app, e.g. the review page of bot.chat.web (which the feed must not import).
+Extension = Callable[[web.Application], None]
+
+
+def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
+               extensions: Sequence[Extension] = ()) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
     app = web.Application(middlewares=[_bad_requests])
     app[SETTINGS] = settings
@@ -358,12 +363,15 @@ def create_app(settings: FeedConfig, store_factory: Callable[[], Store]) -> web.
     app.router.add_get("/media/{sha256}", media_file)
     app.router.add_get("/thumb/{sha256}", thumbnail_file)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/static/feed.css", stylesheet)
+    app.router.add_get(STYLESHEET_URL, stylesheet)
+    for extend in extensions:
+        extend(app)
     return app
 
 
 async def start_feed_server(config: Config, store_factory: Callable[[], Store] | None = None,
-                            host: str | None = None, port: int | None = None) -> web.AppRunner:
+                            host: str | None = None, port: int | None = None,
+                            extensions: Sequence[Extension] = ()) -> web.AppRunner:
     """Start serving inside the running loop; returns the runner (`await runner.cleanup()` stops it).
 
     `store_factory` must return a Store of its own (default: `Store.open(config.data_path)`): the app calls it
@@ -374,7 +382,7 @@ async def start_feed_server(config: Config, store_factory: Callable[[], Store] |
     # Read-only when the data dir cannot be written: the feed is still served, thumbnails from the originals.
     factory = store_factory or (lambda: Store.open(config.data_path, read_only=None,
                                                    busy_timeout_s=config.storage.busy_timeout_seconds))
-    runner = web.AppRunner(create_app(config.feed, factory))
+    runner = web.AppRunner(create_app(config.feed, factory, extensions))
     await runner.setup()
     site = web.TCPSite(runner, host or config.feed.host, config.feed.port if port is None else port)
     try:
@@ -391,9 +399,9 @@ def server_url(runner: web.AppRunner) -> str:
 
 
 async def serve_until_stopped(config: Config, host: str | None, port: int | None,
-                              on_started: Callable[[str], None] = print) -> None:
+                              on_started: Callable[[str], None] = print, extensions: Sequence[Extension] = ()) -> None:
     """Serve until SIGINT or SIGTERM (the `illustfeed serve` command)."""
-    runner = await start_feed_server(config, host=host, port=port)
+    runner = await start_feed_server(config, host=host, port=port, extensions=extensions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -154,7 +154,9 @@ class Runner:
 
         from bot.feed.server import server_url, start_feed_server
 
-        self.feed_runner = await start_feed_server(self.config)
+        from bot.chat.web import EXTENSIONS
+
+        self.feed_runner = await start_feed_server(self.config, extensions=EXTENSIONS)
         feed_url = server_url(self.feed_runner)
         await self._start_discord(loop)
         self.context.wake_retrain = lambda: loop.call_soon_threadsafe(self.wake_retrain)
