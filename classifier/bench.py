@@ -70,6 +70,8 @@ def benchmark(model: ImageClassifier, sources: Sequence[Any], *, precision: str 
         "images": len(sources),
         "precision": runner.precision,
         "precision_check_agreement": runner.agreement,
+        # What `auto` measured on the first batch, seconds per batch per precision ({} for a fixed precision).
+        "precision_seconds_per_batch": {name: round(value, 3) for name, value in runner.seconds_per_batch.items()},
         "setup_s": round(setup_s, 2),
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,

@@ -103,7 +103,7 @@ class Browser:
         await self._loaded()
 
     async def evaluate(self, expression: str):
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return result["result"].get("value")
 
     async def text(self) -> str:

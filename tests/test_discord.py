@@ -137,6 +137,10 @@ def test_last_press_shows_the_empty_queue_without_buttons(chat, media_ids):
     run(ReviewButton(media_ids[1], "skip").callback(interaction(chat)))
     fake = interaction(chat)
     run(ReviewButton(media_ids[0], "photo").callback(fake))
+    _kind, content, _kwargs = only_call(fake)
+    assert f"Media {media_ids[1]} (1 waiting for review)" in content  # the skipped item comes back last
+    fake = interaction(chat)
+    run(ReviewButton(media_ids[1], "photo").callback(fake))
     _kind, content, kwargs = only_call(fake)
     assert content.endswith("The review queue is empty.") and kwargs["view"] is None and kwargs["attachments"] == []
 

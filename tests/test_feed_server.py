@@ -69,7 +69,8 @@ def test_gallery_shows_only_illustrations_newest_first_with_credit(store, data_d
     assert tile_ids(page) == [credited, newer, older]
     sha = store.media(credited)["sha256"]
     tile = page[page.index(f'id="m{credited}"'):page.index(f'id="m{newer}"')]
-    assert f'src="/thumb/{sha}"' in tile and f'href="/media/{sha}"' in tile
+    assert f'src="/thumb/{sha}"' in tile and f'href="/m/{credited}"' in tile  # the tile opens its own page
+    assert 'href="/?account=x%3Apainter"' in tile  # the author's name opens their own view
     assert 'alt="a red fox in snow"' in tile
     assert 'href="https://x.example.org/painter/status/13"' in tile
     assert "Pat Painter" in tile and "@painter" in tile
@@ -365,3 +366,64 @@ def test_thumbnails_are_upright_and_composite_transparency_on_white(store, data_
     upright, clear = (Image.open(io.BytesIO(data)).convert("RGB") for data in with_client(data_dir, scenario))
     assert upright.size == (200, 400)
     assert min(clear.getpixel((10, 10))) >= 245 and clear.getpixel((150, 150))[0] > 180
+
+
+def test_one_authors_view_in_the_gallery_api_and_atom(store, data_dir):
+    mine = [add_post(store, 40 + n, account="mika", display_name="Mika <M>") for n in range(3)]
+    theirs = add_post(store, 50, account="other")
+    for media_id in (*mine, theirs):
+        predict(store, media_id, "illustration")
+    screenshot = add_post(store, 51, account="mika")
+    predict(store, screenshot, "screenshot")
+
+    async def scenario(client):
+        page = await get_text(client, "/?account=x:mika")
+        body = await get_json(client, "/api/media?account=x:mika&limit=2")
+        second = await get_json(client, f"/api/media?account=x:mika&limit=2&cursor={body['next_cursor']}")
+        atom = await get_text(client, "/feed.atom?account=x:mika")
+        nobody = await get_json(client, "/api/media?account=x:nobody")
+        bad = await client.get("/api/media?account=mika")
+        return page, body, second, atom, nobody, bad.status, await bad.json()
+
+    page, body, second, atom, nobody, bad_status, bad = with_client(data_dir, scenario)
+    assert tile_ids(page) == mine[::-1] and "Mika &lt;M&gt;" in page and "<M>" not in page
+    assert 'href="/feed.atom?account=x%3Amika"' in page  # the author's own Atom feed
+    assert api_ids(body) + api_ids(second) == mine[::-1] and second["next_cursor"] is None
+    assert all(item["post"]["handle"] == "mika" and item["page_url"].endswith(f"/m/{item['id']}")
+               for item in body["items"])
+    parsed = feedparser.parse(atom)
+    assert len(parsed.entries) == 3 and "x:mika" in parsed.feed.title and parsed.feed.id.endswith(":x:mika")
+    assert nobody["items"] == []
+    assert bad_status == 400 and "SOURCE:HANDLE" in bad["error"]
+
+
+def test_a_media_page_shows_the_whole_picture_the_post_and_who_decided(store, data_dir):
+    decided = add_post(store, 60, account="pat", display_name="Pat", text="a <b>fox</b> at dawn",
+                       url="https://x.example.org/pat/status/60")
+    predict(store, decided, "illustration")
+    overruled = add_post(store, 61)
+    predict(store, overruled, "illustration")
+    review.record_label(store, overruled, "photo", by="owner", via="cli")
+    unsure = add_post(store, 62)
+    predict(store, unsure, "illustration", borderline=True)
+
+    async def scenario(client):
+        pages = [await get_text(client, f"/m/{media_id}") for media_id in (decided, overruled, unsure)]
+        missing = await client.get("/m/999")
+        return pages, missing.status
+
+    (model_page, human_page, unsure_page), missing = with_client(data_dir, scenario)
+    sha = store.media(decided)["sha256"]
+    assert f'<img src="/media/{sha}"' in model_page and "a &lt;b&gt;fox&lt;/b&gt; at dawn" in model_page
+    assert "illustration (decided by the model)" in model_page
+    assert 'href="https://x.example.org/pat/status/60"' in model_page and 'href="/?account=x%3Apat"' in model_page
+    assert "illustfeed label" in model_page  # no review page configured: says how to relabel
+    assert "photo (decided by a human)" in human_page
+    assert "undecided (waiting for review)" in unsure_page
+    assert missing == 404
+
+    async def with_review(client):
+        return await get_text(client, f"/m/{decided}")
+
+    page = with_client(data_dir, with_review, FeedConfig(review_token="t"))
+    assert f'href="/review?media={decided}">wrong? relabel</a>' in page

@@ -134,3 +134,20 @@ def test_an_empty_queue_offers_only_undo(store, tmp_path):
         assert 'value="undo"' in page and 'value="illustration"' not in page
 
     run(tmp_path / "data", scenario)
+
+
+def test_a_media_page_relabel_link_opens_that_media(store, tmp_path):
+    media = queued(store)
+    data_dir = tmp_path / "data"
+
+    async def scenario(client):
+        await logged_in(client)
+        page = await (await client.get(f"/review?media={media[2]}")).text()
+        assert f"Media {media[2]} (3 waiting for review)" in page
+        page = await (await client.post("/review", data={**form_fields(page), "answer": "screenshot"})).text()
+        assert f"Media {media[2]} labelled screenshot." in page
+        missing = await (await client.get("/review?media=999")).text()
+        assert "no media with id 999" in missing
+
+    run(data_dir, scenario)
+    assert labels(store) == [(media[2], "screenshot", "web", "web", 0)]

@@ -162,6 +162,16 @@ def next_review(store: Store, prefix: str = "", notice: str | None = None) -> Re
     return dataclasses.replace(item_reply(item, prefix), notice=notice)
 
 
+def show(store: Store, media_reference: str | int) -> Reply:
+    """One media as a review item, to relabel it, whether or not it waits in the queue."""
+    try:
+        media_id = store.resolve_media(media_reference)
+        item = review.review_item(store, media_id, pending_total=review.pending_count(store))
+    except StoreError as error:
+        return refusal(str(error))
+    return item_reply(item)
+
+
 def _describe_label(row: dict) -> str:
     return f"{row['label']} by {row['by']} via {row['via']} at {row['at']}"
 

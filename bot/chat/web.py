@@ -1,6 +1,6 @@
 """The review page in the browser: one more chat client, beside Discord and the terminal, on the feed server.
 
-`GET /review` shows the item `/review` in chat would show (image and stored overlay side by side, the three
+`GET /review` shows the item `/review` in chat would show (`/review?media=ID`: that media, to relabel it) (image and stored overlay side by side, the three
 probabilities, author and post link) with plain HTML form buttons Illustration / Screenshot / Photo / Skip /
 Undo (keys i/s/p/k/u through `accesskey`, no script). Answers are POSTed to `/review`, go through the same
 command layer, and record `via = web`; the answer is followed by a redirect, so reloading never answers twice.
@@ -73,7 +73,9 @@ async def review_page(request: web.Request) -> web.Response:
         raise response
     if not _authorised(request, token):
         raise web.HTTPUnauthorized(text="open /review?token=TOKEN once in this browser ([feed] review_token)")
-    reply = await request.app[STORE].call(commands.next_review)
+    media = request.query.get("media")  # "wrong? relabel" on a media page names one
+    reply = await request.app[STORE].call(commands.show, media) if media else \
+        await request.app[STORE].call(commands.next_review)
     document = review_html(reply, csrf_value(token), request.query.get("said", "")[:MESSAGE_LIMIT])
     return web.Response(text=document, content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -132,8 +134,9 @@ def review_html(reply: Reply, csrf: str, said: str = "") -> str:
              f'<title>Review{f" media {item.media_id}" if item else ""} - illustfeed</title>'
              f'<link rel="stylesheet" href="{STYLESHEET_URL}"></head><body class="review"><header><h1>Review</h1>'
              f'<nav><a href="/">feed</a></nav></header>']
-    if said:
-        parts.append(f'<p class="said" role="status">{_e(said)}</p>')
+    for message in (said, "" if reply.ok else reply.text):
+        if message:
+            parts.append(f'<p class="said" role="status">{_e(message)}</p>')
     # The answers come first, above the pictures: a reviewer answers without scrolling.
     parts.append(_form_html(item, csrf))
     parts.append('<p class="empty">The review queue is empty.</p>' if item is None else _item_html(item))

@@ -52,7 +52,7 @@ class FeedItem:
     height: int
     bytes: int
     first_seen_at: str
-    label: str
+    label: str | None  # None: no human label and no confident call yet (a detail page can show those)
     decided_by: str  # "human" or "model"
     credit: Credit | None
 
@@ -84,6 +84,16 @@ def parse_cursor(value: str | None) -> int | None:
     return int(value)
 
 
+def parse_account(value: str | None) -> tuple[str, str] | None:
+    """`SOURCE:HANDLE` (as /api/media names an author in `post.source` and `post.handle`) -> (source, handle)."""
+    if not value:
+        return None
+    source, sep, handle = value.partition(":")
+    if not sep or not source or not handle or len(value) > 300:
+        raise FeedQueryError(f"invalid account {value[:80]!r}; expected SOURCE:HANDLE, e.g. bluesky:mika.bsky.social")
+    return source, handle
+
+
 def parse_limit(value: str | None, default: int, maximum: int) -> int:
     if not value:
         return default
@@ -93,18 +103,24 @@ def parse_limit(value: str | None, default: int, maximum: int) -> int:
 
 
 def feed_page(store: Store, rule: str, label: str = "illustration", cursor: int | None = None,
-              limit: int = 48) -> FeedPage:
-    """Up to `limit` media whose label under `rule` is `label`, newest first, older than `cursor`."""
+              limit: int = 48, account: tuple[str, str] | None = None) -> FeedPage:
+    """Up to `limit` media whose label under `rule` is `label`, newest first, older than `cursor`; with
+    `account` (source, handle), only media that account posted (reposts of others' media included)."""
     column = RULE_COLUMNS[rule]
+    # One artist's media are found from their posts (a few rows), not by testing every media of the feed.
+    by_account = ("AND v.media_id IN (SELECT pm.media_id FROM accounts a JOIN posts p ON p.account_id = a.id "
+                  "JOIN post_media pm ON pm.post_id = p.id WHERE a.source = :source AND a.handle = :handle) "
+                  if account else "")
     # One row more than asked says whether a next page exists without a COUNT.
     rows = store.query(
         f"SELECT m.id, m.sha256, m.ext, m.mime, m.width, m.height, m.bytes, m.first_seen_at, "
         # Every rule lets a human label win, so a human label present is the one that decided.
         f"  v.human_label IS NOT NULL AS by_human "
         f"FROM media_verdict v JOIN media m ON m.id = v.media_id "
-        f"WHERE v.{column} = :label AND v.media_id < :before AND m.status = 'ok' "
+        f"WHERE v.{column} = :label AND v.media_id < :before AND m.status = 'ok' {by_account}"
         f"ORDER BY v.media_id DESC LIMIT :limit",
-        {"label": label, "before": cursor if cursor is not None else 2**62, "limit": limit + 1},
+        {"label": label, "before": cursor if cursor is not None else 2**62, "limit": limit + 1,
+         "source": account[0] if account else None, "handle": account[1] if account else None},
     )
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -116,6 +132,21 @@ def feed_page(store: Store, rule: str, label: str = "illustration", cursor: int 
         for row in rows
     ]
     return FeedPage(items, str(rows[-1]["id"]) if has_more else None)
+
+
+def media_detail(store: Store, rule: str, media_id: int) -> FeedItem | None:
+    """One stored media as the feed sees it: its label under `rule` (None: undecided), who decided, its credit."""
+    column = RULE_COLUMNS[rule]
+    row = store.query_one(
+        f"SELECT m.id, m.sha256, m.ext, m.mime, m.width, m.height, m.bytes, m.first_seen_at, v.{column} AS label, "
+        f"v.human_label IS NOT NULL AS by_human FROM media m LEFT JOIN media_verdict v ON v.media_id = m.id "
+        f"WHERE m.id = ? AND m.status = 'ok'", (media_id,))
+    if row is None:
+        return None
+    return FeedItem(media_id=row["id"], sha256=row["sha256"], ext=row["ext"], mime=row["mime"], width=row["width"],
+                    height=row["height"], bytes=row["bytes"], first_seen_at=row["first_seen_at"],
+                    label=row["label"], decided_by="human" if row["by_human"] else "model",
+                    credit=credits_for(store, [media_id]).get(media_id))
 
 
 def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 from urllib.parse import urlencode, urlsplit
 
-from bot.feed.queries import FeedItem, FeedPage
+from bot.feed.queries import Credit, FeedItem, FeedPage
 from bot.feed.thumbnails import fitted_size
 from storage import LABELS
 
@@ -17,18 +17,32 @@ XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 STYLESHEET_URL = "/static/feed.css"
 STYLESHEET = """
-:root { color-scheme: light dark; font-family: system-ui, sans-serif; }
-body { margin: 0 auto; max-width: 1400px; padding: 0 1rem 2rem; }
-header { display: flex; flex-wrap: wrap; gap: 1rem; align-items: baseline; }
+:root { color-scheme: light dark; font-family: system-ui, sans-serif; --fg: #1a1a1a; --bg: #fafafa;
+        --muted: #666; --card: #fff; --link: #0b57d0; }
+@media (prefers-color-scheme: dark) {
+  :root { --fg: #e8e8e8; --bg: #121212; --muted: #9a9a9a; --card: #1e1e1e; --link: #8ab4f8; }
+}
+body { margin: 0 auto; max-width: 1600px; padding: 0 1rem 2rem; color: var(--fg); background: var(--bg); }
+a { color: var(--link); }
+header { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: baseline; }
+header h1 { margin: .8rem 0; font-size: 1.5rem; }
 header h1 a { color: inherit; text-decoration: none; }
+nav { display: flex; flex-wrap: wrap; gap: .8rem; }
 nav a[aria-current] { font-weight: bold; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }
-.tile { margin: 0; display: flex; flex-direction: column; gap: .3rem; }
-.tile img { width: 100%; height: auto; aspect-ratio: 1 / 1; object-fit: contain; background: #8882; }
-.tile figcaption { font-size: .85rem; overflow-wrap: anywhere; }
-.tile p { margin: .2rem 0 0; opacity: .8; }
+.grid { columns: 15rem; column-gap: 1rem; }
+.tile { margin: 0 0 1rem; break-inside: avoid; background: var(--card); border-radius: .5rem; overflow: hidden; }
+.tile img, .tile video { display: block; width: 100%; height: auto; background: #8882; }
+.tile figcaption { padding: .4rem .6rem .6rem; font-size: .85rem; overflow-wrap: anywhere; }
+.tile figcaption .meta { color: var(--muted); }
+.tile p { margin: .3rem 0 0; }
 .pager { margin-top: 2rem; display: flex; gap: 1rem; }
-.empty { opacity: .7; }
+.empty { color: var(--muted); }
+.detail { display: grid; gap: 1.5rem; grid-template-columns: minmax(0, 3fr) minmax(16rem, 1fr); align-items: start; }
+.detail img, .detail video { max-width: 100%; height: auto; max-height: 90vh; display: block; margin: auto; }
+.detail dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }
+.detail dt { color: var(--muted); }
+.detail dd { margin: 0; overflow-wrap: anywhere; }
+@media (max-width: 700px) { .detail { grid-template-columns: 1fr; } }
 .review .pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 1rem; }
 .review figure { margin: 0; }
 .review .pair img { width: 100%; height: auto; max-height: 70vh; object-fit: contain; background: #8882; }
@@ -76,7 +90,8 @@ def shorten(text: str | None, limit: int) -> str:
 def alt_text(item: FeedItem) -> str:
     if item.credit and item.credit.alt_text:
         return item.credit.alt_text
-    return f"{item.label.capitalize()} by {item.credit.author}" if item.credit else item.label.capitalize()
+    kind = (item.label or "media").capitalize()
+    return f"{kind} by {item.credit.author}" if item.credit else kind
 
 
 def entry_title(item: FeedItem) -> str:
@@ -88,52 +103,103 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def account_key(credit: Credit) -> str:
+    """How `?account=` names an author: SOURCE:HANDLE."""
+    return f"{credit.source}:{credit.handle}"
+
+
+def _author_link(credit: Credit | None) -> str:
+    """The author's name, linked to their own view of the gallery."""
+    if credit is None:
+        return "unknown author"
+    name = _e(credit.author) + (f' <span class="meta">@{_e(credit.handle)}</span>' if credit.display_name else "")
+    return f'<a href="/?{_e(urlencode({"account": account_key(credit)}))}">{name}</a>'
+
+
+def _when(item: FeedItem) -> str:
+    moment = parse_time(item.published_at)
+    return (f'<time datetime="{_e(rfc3339(item.published_at))}">{_e(moment.strftime("%Y-%m-%d %H:%M"))}</time>'
+            if moment else "")
+
+
+def _shown(item: FeedItem, source: str, width: int, height: int, lazy: bool = True) -> str:
+    """The image, or for a video a looping muted clip that plays by itself as X shows a GIF (no script)."""
+    if (item.mime or "").startswith("video/"):
+        return (f'<video src="/media/{item.sha256}" poster="/thumb/{item.sha256}" width="{width}" '
+                f'height="{height}" autoplay loop muted playsinline preload="none" '
+                f'aria-label="{_e(alt_text(item))}"></video>')
+    loading = ' loading="lazy" decoding="async"' if lazy else ""
+    return f'<img src="{source}" width="{width}" height="{height}" alt="{_e(alt_text(item))}"{loading}>'
+
+
 def _tile(item: FeedItem, thumbnail_size: int) -> str:
     width, height = fitted_size(item.width or thumbnail_size, item.height or thumbnail_size, thumbnail_size)
     credit = item.credit
-    moment = parse_time(item.published_at)
-    when = (f'<time datetime="{_e(rfc3339(item.published_at))}">{_e(moment.strftime("%Y-%m-%d %H:%M"))}</time>'
-            if moment else "")
-    if credit is None:
-        byline = "unknown author"
-    else:
-        name = _e(credit.author) + (f" <span>@{_e(credit.handle)}</span>" if credit.display_name else "")
-        post_link = safe_link(credit.post_url)
-        byline = (f'<a href="{_e(post_link)}" rel="noopener noreferrer nofollow">{name}</a>' if post_link
-                  else name)
+    post_link = safe_link(credit.post_url) if credit else None
+    to_post = f' · <a href="{_e(post_link)}" rel="noopener noreferrer nofollow">post</a>' if post_link else ""
     text = shorten(credit.text if credit else None, 200)
     return (
         f'<figure class="tile" id="m{item.media_id}">'
-        f'<a href="/media/{item.sha256}"><img src="/thumb/{item.sha256}" width="{width}" height="{height}" '
-        f'alt="{_e(alt_text(item))}" loading="lazy" decoding="async"></a>'
-        f"<figcaption>{byline} \u00b7 {when}"
+        f'<a href="/m/{item.media_id}">{_shown(item, f"/thumb/{item.sha256}", width, height)}</a>'
+        f'<figcaption>{_author_link(credit)} <span class="meta">· {_when(item)}{to_post}</span>'
         + (f"<p>{_e(text)}</p>" if text else "")
         + "</figcaption></figure>"
     )
 
 
-def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, limit: int | None = None) -> str:
-    """The gallery page; `limit` (when not the default page size) is kept in the link to older tiles."""
+def _page(title: str, body: str, head: str = "") -> str:
+    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{_e(title)}</title><link rel="stylesheet" href="{STYLESHEET_URL}">{head}</head>'
+            f"<body>{body}</body></html>\n")
+
+
+def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, limit: int | None = None,
+                 account: str | None = None) -> str:
+    """The gallery page; `limit` (when not the default page size) and `account` (SOURCE:HANDLE, one author's
+    view) are kept in the page's links."""
+    kept = {"account": account} if account else {}
     label_links = " ".join(
-        f'<a href="/?{urlencode({"label": name})}"' + (' aria-current="page"' if name == label else "")
+        f'<a href="/?{_e(urlencode({"label": name} | kept))}"' + (' aria-current="page"' if name == label else "")
         + f">{_e(name)}s</a>"
         for name in LABELS
     )
     tiles = "".join(_tile(item, thumbnail_size) for item in page.items)
-    older_query = {"label": label, "cursor": page.next_cursor} | ({"limit": limit} if limit else {})
-    older = f'<a rel="next" href="/?{_e(urlencode(older_query))}">Older \u2192</a>' if page.next_cursor else ""
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title>"
-        f'<link rel="stylesheet" href="{STYLESHEET_URL}">'
-        f'<link rel="alternate" type="application/atom+xml" title="{_e(title)}" href="/feed.atom"></head>'
-        f'<body><header><h1><a href="/">{_e(title)}</a></h1><nav>{label_links}</nav>'
-        f'<a href="/feed.atom">Atom feed</a></header>'
-        + (f'<main class="grid">{tiles}</main>' if tiles else f'<main><p class="empty">No {_e(label)}s yet.</p></main>')
-        + f'<nav class="pager"><a href="/?{_e(urlencode({"label": label}))}">Newest</a>{older}</nav>'
-        "</body></html>\n"
-    )
+    older_query = {"label": label} | kept | {"cursor": page.next_cursor} | ({"limit": limit} if limit else {})
+    older = f'<a rel="next" href="/?{_e(urlencode(older_query))}">Older →</a>' if page.next_cursor else ""
+    atom = f'/feed.atom?{urlencode(kept)}' if account else "/feed.atom"
+    heading = f'{_e(title)}: {_e(account)}' if account else _e(title)
+    everyone = ' <a href="/">all authors</a>' if account else ""
+    body = (f'<header><h1><a href="/">{heading}</a></h1><nav>{label_links}{everyone}</nav>'
+            f'<a href="{_e(atom)}">Atom feed</a></header>'
+            + (f'<main class="grid">{tiles}</main>' if tiles else
+               f'<main><p class="empty">No {_e(label)}s yet.</p></main>')
+            + f'<nav class="pager"><a href="/?{_e(urlencode({"label": label} | kept))}">Newest</a>{older}</nav>')
+    head = f'<link rel="alternate" type="application/atom+xml" title="{_e(title)}" href="{_e(atom)}">'
+    return _page(f"{title}: {account}" if account else title, body, head)
+
+
+def detail_html(item: FeedItem, title: str, review_on: bool) -> str:
+    """One media: the full image, the post's text, author, link, label and who decided, and a way to relabel."""
+    credit = item.credit
+    post_link = safe_link(credit.post_url) if credit else None
+    label = _e(item.label) if item.label else "undecided (waiting for review)"
+    decided = f" (decided by {'a human' if item.decided_by == 'human' else 'the model'})" if item.label else ""
+    relabel = (f'<a href="/review?{_e(urlencode({"media": item.media_id}))}">wrong? relabel</a>' if review_on
+               else "relabel with <code>illustfeed label " f"{item.media_id} LABEL</code> or /label in chat")
+    facts = [("label", f"{label}{decided}"), ("author", _author_link(credit)), ("posted", _when(item))]
+    if post_link:
+        facts.append(("post", f'<a href="{_e(post_link)}" rel="noopener noreferrer nofollow">'
+                              f"{_e(shorten(post_link, 80))}</a>"))
+    if credit and credit.text:
+        facts.append(("text", _e(credit.text)))
+    facts += [("size", f"{item.width}×{item.height}, {_e(item.mime)}"), ("", relabel)]
+    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
+    body = (f'<header><h1><a href="/">{_e(title)}</a></h1><nav><a href="/">gallery</a></nav></header>'
+            f'<main class="detail"><a href="/media/{item.sha256}">'
+            f'{_shown(item, f"/media/{item.sha256}", item.width, item.height, lazy=False)}</a>'
+            f"<dl>{rows}</dl></main>")
+    return _page(f"{alt_text(item)} - {title}", body)
 
 
 def _x(value: object) -> str:
@@ -171,14 +237,17 @@ def _atom_entry(item: FeedItem, base_url: str) -> str:
     )
 
 
-def atom_xml(page: FeedPage, title: str, label: str, base_url: str, self_url: str) -> bytes:
-    """An Atom 1.0 feed (RFC 4287) of the page; images are linked by absolute URL under `base_url`."""
+def atom_xml(page: FeedPage, title: str, label: str, base_url: str, self_url: str, account: str | None = None) -> bytes:
+    """An Atom 1.0 feed (RFC 4287) of the page; images are linked by absolute URL under `base_url`. With
+    `account` (SOURCE:HANDLE) it is that author's feed, with an id of its own."""
     feed_title = title if label == "illustration" else f"{title}: {label}s"
+    feed_title += f" by {account}" if account else ""
     updated = rfc3339(page.items[0].first_seen_at) if page.items else EPOCH
-    alternate = f"{base_url}/?{urlencode({'label': label})}"
+    alternate = f"{base_url}/?{urlencode({'label': label} | ({'account': account} if account else {}))}"
+    feed_id = f"urn:illustfeed:feed:{label}" + (f":{account}" if account else "")
     return (
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
-        f'<feed xmlns="{ATOM_NS}"><id>urn:illustfeed:feed:{_x(label)}</id><title>{_x(feed_title)}</title>'
+        f'<feed xmlns="{ATOM_NS}"><id>{_x(feed_id)}</id><title>{_x(feed_title)}</title>'
         f"<updated>{updated}</updated>"
         f'<link rel="self" type="application/atom+xml" href="{_x(self_url)}"/>'
         f'<link rel="alternate" type="text/html" href="{_x(alternate)}"/><generator>illustfeed</generator>'

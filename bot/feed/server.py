@@ -16,9 +16,10 @@ from aiohttp.helpers import ETAG_ANY
 
 from bot.config import Config, FeedConfig
 from bot.feed.queries import (
-    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, parse_cursor, parse_label, parse_limit, visible_media,
+    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, media_detail, parse_account, parse_cursor, parse_label,
+    parse_limit, visible_media,
 )
-from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, gallery_html, safe_link
+from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, detail_html, gallery_html, safe_link
 from bot.feed.thumbnails import (
     Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
 )
@@ -109,12 +110,13 @@ def _page_response(request: web.Request, body: bytes, content_type: str) -> web.
 
 
 async def _page(request: web.Request, default_limit: int) -> tuple[str, int, FeedPage]:
-    """The page a request's label, cursor and limit ask for: (label, limit, page)."""
+    """The page a request's label, cursor, limit and account ask for: (label, limit, page)."""
     settings = settings_of(request)
     label = parse_label(request.query.get("label"))
     cursor = parse_cursor(request.query.get("cursor"))
     limit = parse_limit(request.query.get("limit"), default_limit, settings.max_page_size)
-    page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit)
+    account = parse_account(request.query.get("account"))
+    page = await request.app[STORE].call(feed_page, settings.rule, label, cursor, limit, account)
     return label, limit, page
 
 
@@ -122,7 +124,17 @@ async def gallery(request: web.Request) -> web.Response:
     settings = settings_of(request)
     label, limit, page = await _page(request, settings.page_size)
     document = gallery_html(page, settings.title, label, settings.thumbnail_size,
-                            limit if limit != settings.page_size else None)
+                            limit if limit != settings.page_size else None, request.query.get("account"))
+    return _page_response(request, document.encode("utf-8"), "text/html")
+
+
+async def media_page(request: web.Request) -> web.Response:
+    """`/m/<id>`: one media's page (full image, post, author, label and who decided, relabel link)."""
+    settings = settings_of(request)
+    item = await request.app[STORE].call(media_detail, settings.rule, int(request.match_info["media_id"]))
+    if item is None:
+        raise web.HTTPNotFound(text=f"no stored media {request.match_info['media_id']}")
+    document = detail_html(item, settings.title, review_on=bool(settings.review_token))
     return _page_response(request, document.encode("utf-8"), "text/html")
 
 
@@ -130,7 +142,7 @@ async def atom_feed(request: web.Request) -> web.Response:
     settings = settings_of(request)
     label, _limit, page = await _page(request, settings.atom_entries)
     root = base_url(request)
-    document = atom_xml(page, settings.title, label, root, root + request.path_qs)
+    document = atom_xml(page, settings.title, label, root, root + request.path_qs, request.query.get("account"))
     return _page_response(request, document, "application/atom+xml")
 
 
@@ -150,6 +162,7 @@ def item_json(item: FeedItem, root: str) -> dict:
         "alt_text": alt_text(item),
         "media_url": f"{root}/media/{item.sha256}",
         "thumbnail_url": f"{root}/thumb/{item.sha256}",
+        "page_url": f"{root}/m/{item.media_id}",
         "post": None if credit is None else {
             "source": credit.source, "handle": credit.handle, "display_name": credit.display_name,
             "author": credit.author, "url": credit.post_url, "link": safe_link(credit.post_url),
@@ -163,6 +176,7 @@ async def api_media(request: web.Request) -> web.Response:
     root = base_url(request)
     response = web.json_response({
         "label": label,
+        "account": request.query.get("account"),
         "rule": settings_of(request).rule,
         "items": [item_json(item, root) for item in page.items],
         "next_cursor": page.next_cursor,
@@ -358,6 +372,7 @@ def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
     app.cleanup_ctx.append(store_context)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", gallery)
+    app.router.add_get(r"/m/{media_id:[0-9]{1,18}}", media_page)
     app.router.add_get("/feed.atom", atom_feed)
     app.router.add_get("/api/media", api_media)
     app.router.add_get("/media/{sha256}", media_file)
