@@ -228,3 +228,30 @@ def test_a_runner_job_meeting_a_locked_database_logs_one_line_and_the_next_run_s
         f"{tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; wait for it")
     assert run_job("folder", folder_import, context) == {"new": 3}  # the next tick
     assert_one_blob_per_row(tmp_path / "data", 3)
+
+
+def test_a_review_answer_on_a_read_only_store_is_a_503_with_the_sentence(store, tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.chat.web import EXTENSIONS
+    from bot.config import FeedConfig
+    from bot.feed.server import create_app
+    from tests.test_review_web import TOKEN, form_fields, logged_in, queued
+
+    media = queued(store)
+
+    async def scenario():
+        app = create_app(FeedConfig(review_token=TOKEN), lambda: Store.open(tmp_path / "data", read_only=True),
+                         EXTENSIONS)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            await logged_in(client)
+            page = await (await client.get("/review")).text()  # reading works
+            response = await client.post("/review", data={**form_fields(page), "answer": "photo"},
+                                         allow_redirects=False)
+            return page, response.status, response.headers.get("Cache-Control"), await response.text()
+
+    page, status, cache, text = asyncio.run(scenario())
+    assert f"Media {media[0]} (3 waiting for review)" in page
+    assert (status, cache) == (503, "no-store")
+    assert text.startswith("the data dir is read-only: cannot write") and "\n" not in text
+    assert store.scalar("SELECT COUNT(*) FROM labels") == 0

@@ -345,6 +345,20 @@ async def _bad_requests(request: web.Request, handler) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=str(error)) from None
 
 
+@web.middleware
+async def _storage_faults(request: web.Request, handler) -> web.StreamResponse:
+    """A write the disk refuses (full, read-only, locked: a review answer, say) is a 503 with the sentence,
+    not a 500 and a traceback in the log."""
+    try:
+        return await handler(request)
+    except (StorageFault, sqlite3.OperationalError) as error:
+        fault = storage_fault(error)
+        if fault is None:
+            raise
+        log.error("%s %s: %s", request.method, request.path, fault)
+        raise web.HTTPServiceUnavailable(text=str(fault), headers={"Cache-Control": "no-store"}) from None
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -358,7 +372,7 @@ Extension = Callable[[web.Application], None]
 def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
                extensions: Sequence[Extension] = ()) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
-    app = web.Application(middlewares=[_bad_requests])
+    app = web.Application(middlewares=[_storage_faults, _bad_requests])
     app[SETTINGS] = settings
     app[THUMBNAIL_LOCKS] = {}
 
