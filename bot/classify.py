@@ -24,7 +24,8 @@ from storage.store import CLASSIFY_REJECT_PREFIX
 
 log = logging.getLogger(__name__)
 
-# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png", or "gif" if animated).
+# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png"; "gif" or "mp4" when
+# animated).
 OverlayRenderer = Callable[[ImageClassifier, Any, Sequence[float]], tuple[bytes, str]]
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -141,11 +141,16 @@ class ImageClassifier(nn.Module):
         """One media's probabilities [3] from its frames' pooled vectors [F, D]."""
         return self.probabilities_from_vectors(frame_vectors).mean(0)
 
+    def frame_probabilities(self, views_per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each frame's own probabilities [F, 3] from its views, run through the eager trunk (the panel of
+        an animated overlay shows them frame by frame)."""
+        with torch.inference_mode():
+            return self.probabilities_from_vectors(
+                torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame]))
+
     def probabilities_of_views(self, views_per_frame) -> list[float]:
         """One media's probabilities from its frames' views, run through the eager trunk."""
-        with torch.inference_mode():
-            vectors = torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame])
-            return self.media_probabilities(vectors).tolist()
+        return self.frame_probabilities(views_per_frame).mean(0).tolist()
 
 
 def new_classifier(

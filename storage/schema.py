@@ -231,9 +231,22 @@ CREATE TABLE feed_posts (
 );
 """
 
+# Issue 16: a video's length (`frames` holds its decoded frame count); Bluesky accounts are found by DID.
+VIDEO_AND_DIDS_V5 = """
+ALTER TABLE media ADD COLUMN duration_s REAL;
+CREATE INDEX accounts_external_id ON accounts(source, external_id);
+CREATE TABLE account_former_handles (
+    source TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    renamed_at TEXT NOT NULL,
+    PRIMARY KEY (source, handle)
+);
+"""
+
 # Storage (issue 17): media whose stored file was found missing or not matching its row (`illustfeed check`,
 # the feed server). The next import or crawl that meets the same bytes writes the file again and clears the row.
-STORAGE_V5 = """
+STORAGE_V6 = """
 CREATE TABLE damaged_media (
     media_id INTEGER PRIMARY KEY REFERENCES media(id),
     problem TEXT NOT NULL,
@@ -242,7 +255,7 @@ CREATE TABLE damaged_media (
 """
 
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4, STORAGE_V5)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4, VIDEO_AND_DIDS_V5, STORAGE_V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,6 +22,8 @@ from storage.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "illustfeed.db"
+# Networks whose account id outlives handle changes: a Bluesky DID stays when its handle (a domain) changes.
+STABLE_ACCOUNT_IDS = frozenset({"bluesky"})
 LABELS = ("illustration", "screenshot", "photo")
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 
@@ -238,6 +240,19 @@ class Store:
 
     def upsert_account(self, source: str, handle: str, external_id: str | None = None,
                        display_name: str | None = None) -> int:
+        """The account's row id, created or updated. On networks whose id outlives handle changes (a Bluesky
+        DID), the row with that id is the account: a new handle renames it, so cursor, posts and follow state
+        stay; a handle equal to the id (a DID followed before it was resolved) never replaces a real one."""
+        if external_id and source in STABLE_ACCOUNT_IDS:
+            with self.transaction():
+                row = self.query_one("SELECT id, handle FROM accounts WHERE source = ? AND external_id = ? "
+                                     "ORDER BY id LIMIT 1", (source, external_id))
+                if row is not None:
+                    if handle != external_id and row["handle"] != handle:
+                        self._rename_account(row["id"], source, handle)
+                    self.execute("UPDATE accounts SET display_name = COALESCE(?, display_name) WHERE id = ?",
+                                 (display_name, row["id"]))
+                    return row["id"]
         self.execute(
             "INSERT INTO accounts (source, handle, external_id, display_name, created_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (source, handle) DO UPDATE SET "
@@ -246,6 +261,37 @@ class Store:
             (source, handle, external_id, display_name, utc_now()),
         )
         return self.scalar("SELECT id FROM accounts WHERE source = ? AND handle = ?", (source, handle))
+
+    def _rename_account(self, account_id: int, source: str, handle: str) -> None:
+        """Give row `account_id` the handle `handle`, which another row may hold: a row without an id (followed
+        by that handle before it was resolved) is merged into this one; a row of another account (the handle
+        passed on to someone else) is renamed to its own id until it is resolved again."""
+        other = self.query_one("SELECT id, external_id, followed, followed_via FROM accounts "
+                               "WHERE source = ? AND handle = ?", (source, handle))
+        if other is not None and other["external_id"] and other["external_id"] != handle:
+            self.execute("UPDATE accounts SET handle = external_id WHERE id = ?", (other["id"],))
+        elif other is not None:
+            self.execute("UPDATE posts SET account_id = ? WHERE account_id = ?", (account_id, other["id"]))
+            self.execute("UPDATE account_former_handles SET account_id = ? WHERE account_id = ?",
+                         (account_id, other["id"]))
+            # A follow or unfollow given by the old placeholder is the owner's latest word about this account.
+            if other["followed_via"] or not other["followed"]:
+                self.execute("UPDATE accounts SET followed = ?, followed_via = COALESCE(?, followed_via) WHERE id = ?",
+                             (other["followed"], other["followed_via"], account_id))
+            self.execute("DELETE FROM accounts WHERE id = ?", (other["id"],))
+        old = self.scalar("SELECT handle FROM accounts WHERE id = ?", (account_id,))
+        self.execute("UPDATE accounts SET handle = ? WHERE id = ?", (handle, account_id))
+        self.execute("DELETE FROM account_former_handles WHERE source = ? AND handle = ?", (source, handle))
+        if old != self.scalar("SELECT external_id FROM accounts WHERE id = ?", (account_id,)):
+            # A config list may still name the old handle: it keeps meaning this account.
+            self.execute("INSERT OR REPLACE INTO account_former_handles (source, handle, account_id, renamed_at) "
+                         "VALUES (?, ?, ?, ?)", (source, old, account_id, utc_now()))
+
+    def former_handles(self, source: str) -> dict[str, str]:
+        """Handles that accounts of `source` had before a rename -> the account's id on the network."""
+        return {row["handle"]: row["external_id"] for row in self.query(
+            "SELECT f.handle, a.external_id FROM account_former_handles f JOIN accounts a ON a.id = f.account_id "
+            "WHERE f.source = ? AND a.external_id IS NOT NULL", (source,))}
 
     def upsert_post(self, account_id: int, source: str, external_id: str, url: str | None, text: str | None,
                     created_at: str | None) -> tuple[int, bool]:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 # Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
@@ -219,6 +219,13 @@ def _blob_response(request: web.Request, path, etag: str, mime: str, size: int |
     if cached is not None:
         handle.close()
         return cached
+    if mime.startswith("video/"):
+        handle.close()
+        # Players fetch videos in byte ranges (Safari will not play one otherwise): FileResponse answers them.
+        response = web.FileResponse(path, headers={"Content-Type": mime, "Content-Disposition": "inline"})
+        response.etag = etag
+        response.headers["Cache-Control"] = cache_control
+        return response
     # aiohttp streams a file body in chunks from a worker thread and closes it afterwards. Its default
     # Content-Disposition for files is "attachment"; these are meant to be shown.
     response = web.Response(body=handle, content_type=mime, headers={"Content-Disposition": "inline"})

@@ -29,6 +29,7 @@ from bot.sources import NETWORKS
 from bot.sources.folder import FolderSource
 from bot.sources.network import Account, NetworkSource
 from storage import Store, sha256_hex, utc_now
+from storage.store import STABLE_ACCOUNT_IDS
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ def post_to_json(post: Post) -> str:
 
 def post_from_json(text: str) -> Post:
     fields = json.loads(text)
-    fields["media"] = tuple(MediaRef(**ref) for ref in fields["media"])
+    fields["media"] = tuple(MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))})
+                            for ref in fields["media"])
     return Post(**fields)
 
 
@@ -274,8 +276,14 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
                          max_attempts: int) -> SourceRun | None:
     """Crawl one network source; None when it has nothing configured or followed."""
     rows = _account_rows(store, source.name)
+    by_id = {row["external_id"]: row for row in rows.values()
+             if row["external_id"] and source.name in STABLE_ACCOUNT_IDS}
+
+    def row_of(account: Account) -> dict:
+        """The stored state of an account: by its id where that outlives a renamed handle, else by handle."""
+        return by_id.get(account.external_id or "") or rows.get(account.handle) or {}
+
     followed = [handle for handle, row in rows.items() if row["followed"] and row["followed_via"]]
-    unfollowed = {handle for handle, row in rows.items() if not row["followed"]}
     if not source.has_work(followed):
         return None
     run = SourceRun(source.name, read_budget=budget.limit)
@@ -285,14 +293,16 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
             run.error = reason
             return run
         with _api_answer("while listing the accounts to crawl"):
-            targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
+            known_ids = {**store.former_handles(source.name),
+                         **{h: row["external_id"] for h, row in rows.items() if row["external_id"]}}
+            targets = source.targets(followed, known_ids)
         # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
         run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         run.ingest.restored += refetch_damaged_media(store, source)
         run.problems += targets.problems
         # Accounts crawled longest ago go first, so a budget or rate limit that cuts a run short rotates.
-        accounts = sorted((account for account in targets.accounts if account.handle not in unfollowed),
-                          key=lambda account: (rows.get(account.handle) or {}).get("last_crawl_at") or "")
+        accounts = sorted((account for account in targets.accounts if row_of(account).get("followed", 1)),
+                          key=lambda account: row_of(account).get("last_crawl_at") or "")
         run.accounts = len(accounts)
         with store.transaction():  # remember resolved ids, so later runs skip the lookup (a paid read on X)
             for account in accounts:
@@ -302,7 +312,7 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         progress = tqdm(accounts, desc=f"crawl {source.name}", unit="account",
                         disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2)
         for index, account in enumerate(progress):
-            cursor = (rows.get(account.handle) or {}).get("cursor")
+            cursor = row_of(account).get("cursor")
             try:
                 with _api_answer(f"for @{account.handle}'s posts"):
                     batch = source.account_posts(account, cursor)

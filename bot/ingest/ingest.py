@@ -11,6 +11,7 @@ from bot.sources.records import MediaRef, Post
 from bot.sources.base import FetchError, MediaRefused
 from bot.ingest.validate import ImageInfo, InvalidImage, max_block_difference, validate_image
 from classifier.preprocess import load_rgb_frames
+from classifier.video import VIDEO_EXTS
 from storage import Store, StorageFault, sha256_hex
 from storage.store import restorable_rejection
 
@@ -92,6 +93,8 @@ def find_near_duplicate(store: Store, data: bytes, info: ImageInfo, settings: In
     for candidate in candidates:
         if abs(candidate["width"] / candidate["height"] - aspect) > 0.05 * aspect:
             continue
+        if (candidate["ext"] in VIDEO_EXTS) != info.is_video:
+            continue  # a clip whose first frame is a stored still (its preview) is still a clip of its own
         stored_path = store.blobs.path(candidate["sha256"], candidate["ext"])
         stored = load_rgb_frames(stored_path, max_frames=1)[0]
         if max_block_difference(incoming, stored) <= settings.near_duplicate_max_block_difference:
@@ -120,7 +123,8 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
         status = REJECTED if existing["status"] == "rejected" else DUPLICATE
         return _Prepared(ref, status, sha256=digest, media_id=existing["id"], reason=existing["reject_reason"])
     try:
-        info = validate_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes)
+        info = validate_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes,
+                              video_limits=settings.video)
     except InvalidImage as error:
         return _Prepared(ref, REJECTED, sha256=digest, size=len(data), reason=str(error))
     near = find_near_duplicate(store, data, info, settings)
@@ -160,7 +164,7 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], se
                 media_id = store.insert_media(
                     sha256=item.sha256, phash=f"{item.info.phash:016x}", mime=item.info.mime, ext=item.info.ext,
                     width=item.info.width, height=item.info.height, frames=item.info.frames, bytes=item.size,
-                    status="ok", source_url=item.ref.url,
+                    duration_s=item.info.duration_s, status="ok", source_url=item.ref.url,
                 )
             elif media_id is None and item.status == REJECTED:
                 media_id = store.insert_media(sha256=item.sha256, bytes=item.size, status="rejected",
