@@ -113,7 +113,8 @@ class ActiveModelExplainer:
         self.active = active or ActiveModel(config)
 
     def __call__(self, image_path: Path, method: str) -> tuple[bytes, str]:
-        with Store.open(self.config.data_path) as store, self.active.lock:
+        # Read-only: an explanation only reads the models table, and must work on a read-only data dir too.
+        with Store.open(self.config.data_path, read_only=True) as store, self.active.lock:
             model = self.active.model(store)
             overlay = explain_media(model, image_path, method, max_frames=self.config.classifier.max_frames)
         return overlay.data, overlay.ext

@@ -266,6 +266,17 @@ class DiscordConfig:
             raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
 
 
+@dataclass(frozen=True)
+class StorageConfig:
+    # A writer waits this long for another process's write lock (SQLite busy timeout) before giving up with
+    # "database locked by another process".
+    busy_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.busy_timeout_seconds < 0:
+            raise ConfigError(f"storage.busy_timeout_seconds: expected >= 0, got {self.busy_timeout_seconds}")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -273,6 +284,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
+    storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
