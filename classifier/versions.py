@@ -67,7 +67,10 @@ def model_path(data_dir: Path, version: str) -> Path:
 
 def ensure_default_registered(store, directory: Path | None = None) -> str | None:
     """Register the shipped default model in this store if it is not yet (active when no model is);
-    returns its version, or None when no default model ships (the caller's model lookup says so)."""
+    returns its version, or None when no default model ships (the caller's model lookup says so) or the store
+    is read-only (lookups then fall back to the shipped file itself)."""
+    if getattr(store, "read_only", False):
+        return None
     try:
         shipped = default_model_file(directory or DEFAULT_MODEL_DIR)
     except ModelFileError:

@@ -267,3 +267,13 @@ def test_retrain_with_nothing_to_train_on_is_a_clear_error_and_changes_nothing(s
     with pytest.raises(DatasetError, match="split is empty: 0 human labels and 0 base images to train on"):
         run_retrain(store, retrain_settings(store), force=True)
     assert {row["version"]: row["active"] for row in list_models(store)} == {SHIPPED_VERSION: 0, "tiny-0": 1}
+
+
+def test_a_read_only_store_uses_the_shipped_default_without_registering_it(tmp_path):
+    from classifier.versions import resolve_model_path
+    from storage import Store
+
+    Store.open(tmp_path / "data").close()
+    with Store.open(tmp_path / "data", read_only=True) as store:
+        assert resolve_model_path(store, None) == SHIPPED
+        assert store.scalar("SELECT COUNT(*) FROM models") == 0
