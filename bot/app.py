@@ -44,8 +44,10 @@ def overlay_renderer(settings: ClassifierConfig) -> OverlayRenderer | None:
 
     def render(model: ImageClassifier, source: Any, probabilities: Sequence[float]) -> tuple[bytes, str]:
         frames = load_rgb_frames(source, max_frames=settings.max_frames)
-        encoded = gradcam_overlay(model, [model.frame_views(frame) for frame in frames], list(probabilities),
-                                  model.labels)
+        views = [model.frame_views(frame) for frame in frames]
+        # An animation's panel shows each frame's own call beside the media's.
+        per_frame = model.frame_probabilities(views).tolist() if len(frames) > 1 else None
+        encoded = gradcam_overlay(model, views, list(probabilities), model.labels, per_frame)
         return encoded.data, encoded.ext
 
     return render
@@ -102,16 +104,17 @@ def explain_media(model: ImageClassifier, source: Path | bytes, method: str, *, 
 
 
 class ActiveModelExplainer:
-    """The chat's `Explainer`: (image file, method) -> (overlay bytes, "png" | "gif") from the active model.
-    It runs in a worker thread, so it reads the models table through a Store of its own; one explanation
-    runs at a time (Grad-CAM hooks the shared model)."""
+    """The chat's `Explainer`: (image file, method) -> (overlay bytes, "png" | "gif" | "mp4") from the
+    active model. It runs in a worker thread, so it reads the models table through a Store of its own; one
+    explanation runs at a time (Grad-CAM hooks the shared model)."""
 
     def __init__(self, config: Config, active: ActiveModel | None = None):
         self.config = config
         self.active = active or ActiveModel(config)
 
     def __call__(self, image_path: Path, method: str) -> tuple[bytes, str]:
-        with Store.open(self.config.data_path) as store, self.active.lock:
+        # Read-only: an explanation only reads the models table, and must work on a read-only data dir too.
+        with Store.open(self.config.data_path, read_only=True) as store, self.active.lock:
             model = self.active.model(store)
             overlay = explain_media(model, image_path, method, max_frames=self.config.classifier.max_frames)
         return overlay.data, overlay.ext

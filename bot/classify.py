@@ -19,10 +19,13 @@ from classifier.cache import StoreVectorCache
 from classifier.inference import FeatureRunner, ImageResult, decide, run_classifier
 from classifier.model import ImageClassifier
 from storage import Store, utc_now
+from storage.check import missing_overlays, regenerate_overlay
+from storage.store import CLASSIFY_REJECT_PREFIX
 
 log = logging.getLogger(__name__)
 
-# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png", or "gif" if animated).
+# (model, image source, the media's probabilities) -> (encoded overlay, extension: "png"; "gif" or "mp4" when
+# animated).
 OverlayRenderer = Callable[[ImageClassifier, Any, Sequence[float]], tuple[bytes, str]]
 
 
@@ -34,6 +37,7 @@ class ClassifySummary:
     borderline: int = 0
     queued_for_review: int = 0
     overlays: int = 0
+    overlays_restored: int = 0  # missing overlays of queued borderline calls made again
     failed: int = 0
     problems: list[str] = field(default_factory=list)
     precision: str = ""
@@ -75,6 +79,8 @@ def classify_pending(
     summary = ClassifySummary(model.version)
     rows = pending_media(store, model.version, limit)
     if not rows:
+        if overlay is not None:
+            restore_missing_overlays(store, model, overlay, summary)
         return summary
     cache = StoreVectorCache(store, model.feature_key)
     cached = cache.get([row["id"] for row in rows])
@@ -107,8 +113,29 @@ def classify_pending(
         _store_results(store, model, chunk, cached, sources, summary, borderline_confidence, borderline_margin, overlay)
         bar.update(len(chunk))
     bar.close()
+    if overlay is not None:
+        restore_missing_overlays(store, model, overlay, summary)
     summary.precision = runner.precision if runner is not None else "cached"
     return summary
+
+
+def restore_missing_overlays(store: Store, model: ImageClassifier, overlay: OverlayRenderer,
+                             summary: ClassifySummary) -> None:
+    """Render again the overlays of this model's queued borderline calls that have none (a full disk when they
+    were classified, a file deleted since), so review shows them once there is room."""
+    def make(store: Store, media_id: int) -> tuple[bytes, str]:
+        prediction = store.query_one("SELECT prob_illustration, prob_screenshot, prob_photo FROM predictions"
+                                     " WHERE media_id = ? AND model_version = ?", (media_id, model.version))
+        return overlay(model, _media_source(store, media_id), [prediction[f"prob_{label}"] for label in model.labels])
+
+    for media_id in missing_overlays(store, model.version):
+        try:
+            regenerate_overlay(store, media_id, make)
+        except Exception as error:  # as at classification: an explanation is a nicety
+            log.warning("overlay for media %s failed again: %s", media_id, error)
+            summary.problems.append(f"media {media_id}: overlay failed: {error}")
+            continue
+        summary.overlays_restored += 1
 
 
 def _store_results(store: Store, model: ImageClassifier, results: list[ImageResult], cached: dict, sources: dict,
@@ -124,7 +151,7 @@ def _store_results(store: Store, model: ImageClassifier, results: list[ImageResu
             # Ingest decoded it once, so its stored file is missing or damaged: record that on the row instead
             # of decoding it again on every poll.
             store.execute("UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
-                          (f"stored file cannot be decoded for classification: {result.error}", result.key))
+                          (f"{CLASSIFY_REJECT_PREFIX} {result.error}", result.key))
             continue
         decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin, model.policy)
         overlay_sha256 = None

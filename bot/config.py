@@ -15,12 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from classifier.video import DEFAULT_LIMITS as DEFAULT_VIDEO_LIMITS
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the file and key."""
 
 
 # --- sections -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Limits of the decode that validates a video (classifier/video.py): a bomb guard, checked on the header
+    and again frame by frame."""
+
+    max_seconds: float = DEFAULT_VIDEO_LIMITS.max_seconds
+    max_frames: int = DEFAULT_VIDEO_LIMITS.max_frames
+    max_frame_pixels: int = DEFAULT_VIDEO_LIMITS.max_frame_pixels
+    max_total_pixels: int = DEFAULT_VIDEO_LIMITS.max_total_pixels
+
+    def __post_init__(self) -> None:
+        for name in ("max_seconds", "max_frames", "max_frame_pixels", "max_total_pixels"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"ingest.video.{name}: must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,7 @@ class IngestConfig:
     near_duplicate_distance: int = 6
     near_duplicate_max_block_difference: float = 10.0
     progress: bool = True
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_pixels"):
@@ -93,6 +112,10 @@ class BlueskySourceConfig:
     backfill_posts: int = 100
     page_size: int = 100
     media_hosts: tuple[str, ...] = ("cdn.bsky.app", "video.bsky.app", "video.cdn.bsky.app")
+    # Videos: the uploaded file from the author's PDS (com.atproto.sync.getBlob, found through the DID
+    # document); the AppView offers only an HLS stream. false: the thumbnail only.
+    video_files: bool = True
+    plc_directory: str = "https://plc.directory"
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,7 @@ class RetrainConfig:
     timezone: str = ""
     # A run that was due while the process was down or busy still starts if it is at most this late.
     misfire_grace_seconds: int = 43200
-    # Train only when at least this many human labels were added since the active model was trained.
+    # Train only when at least this many media were labelled since the active model was trained.
     min_new_labels: int = 20
     # Optional folder of extra training images, `<label>/*` (a manifest.csv with file,origin groups them).
     base_data: str = ""
@@ -175,9 +198,9 @@ class ClassifierConfig:
     precision: str = "auto"
     # torch intra-op threads (0 = torch's default: one per core).
     threads: int = 0
-    # Animated media: up to this many evenly spaced frames, probabilities averaged.
+    # Animated media and videos: up to this many evenly spaced frames, probabilities averaged.
     max_frames: int = 4
-    # Grad-CAM overlay PNG for borderline calls (needs explain/).
+    # Grad-CAM overlay (PNG; GIF or MP4 when animated) for borderline calls (needs explain/).
     overlays: bool = True
     progress: bool = True
     # Review policy targets (classifier/policy.py): training fits the model's feed threshold and illustration
@@ -261,6 +284,17 @@ class DiscordConfig:
             raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
 
 
+@dataclass(frozen=True)
+class StorageConfig:
+    # A writer waits this long for another process's write lock (SQLite busy timeout) before giving up with
+    # "database locked by another process".
+    busy_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.busy_timeout_seconds < 0:
+            raise ConfigError(f"storage.busy_timeout_seconds: expected >= 0, got {self.busy_timeout_seconds}")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -268,6 +302,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Config:
     data_dir: str = "data"
     log_level: str = "INFO"
+    storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -1,15 +1,16 @@
-"""Retraining: a new head on every human label (plus the base set), promoted only if not worse, then re-scoring.
+"""Retraining: a new head on the shipped base vectors plus every human label, promoted only if not worse, then re-scoring.
 
 The conv trunk is not retrained here, so every vector comes from the `features` cache (computed once when
-the media was classified) and a retrain takes seconds. The previous model is scored on the same validation
-images as the candidate, and the classifier's promotion rule decides. After a promotion the pending review
-queue and recent unlabelled media are re-scored: calls that are no longer borderline leave the queue and new
-borderline calls enter it.
+the media was classified) or the shipped base set, and a retrain takes seconds. `classifier.retraining`
+trains the candidate and scores it and the active model (the shipped default until another is promoted) on
+one validation set holding every class; the classifier's promotion rule decides. After a promotion the
+pending review queue and recent unlabelled media are re-scored: calls that are no longer borderline leave
+the queue and new borderline calls enter it.
 """
 from __future__ import annotations
 
+import json
 import logging
-import math
 import threading
 import time
 from contextlib import nullcontext
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 SKIPPED, REFUSED, PROMOTED = "skipped", "refused", "promoted"
 REPORTS_DIR = "reports"
-STEPS_PER_EPOCH = 40
 # Metrics compared in the report, in the order a reader cares about them.
 REPORT_METRICS = ("illustration_recall", "macro_f1", "accuracy")
 
@@ -34,20 +34,23 @@ REPORT_METRICS = ("illustration_recall", "macro_f1", "accuracy")
 class RetrainOutcome:
     status: str  # skipped | refused | promoted
     reason: str
-    new_labels: int
+    new_labels: int  # media labelled (or relabelled) since the active model was trained
     labelled: int = 0  # human-labelled media used (training + validation)
-    base_images: int = 0  # images from [retrain] base_data
+    base_images: int = 0  # shipped base-set vectors used (training + validation)
+    extra_images: int = 0  # images from [retrain] base_data
+    validation: dict = field(default_factory=dict)  # {"base"|"human": {label: count}}
     version: str | None = None
     previous: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     previous_scores: dict[str, float] = field(default_factory=dict)
     metrics: dict | None = None
+    previous_metrics: dict | None = None
     confusion_png: str | None = None
-    epochs: int = 0
     rescored: int = 0
     queue_added: int = 0
     queue_removed: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training and scoring both models
+    rescore_seconds: float = 0.0
 
     def deltas(self) -> dict[str, float]:
         return {name: self.scores[name] - self.previous_scores[name]
@@ -66,7 +69,7 @@ class RetrainOutcome:
         fields: dict[str, Any] = {"status": self.status, "new_labels": self.new_labels}
         if self.status != SKIPPED:
             fields.update(version=self.version, previous=self.previous or "none", labelled=self.labelled,
-                          base_images=self.base_images, epochs=self.epochs, train_s=self.train_seconds)
+                          base_images=self.base_images, train_s=self.train_seconds)
             fields.update({f"{name}": round(value, 4) for name, value in self.scores.items()})
             fields.update({f"delta_{name}": round(value, 4) for name, value in self.deltas().items()})
             fields.update(rescored=self.rescored, queue_added=self.queue_added, queue_removed=self.queue_removed)
@@ -74,27 +77,27 @@ class RetrainOutcome:
         return fields
 
     def report_text(self) -> str:
+        """The report posted after a retrain; every metric appears once, beside the active model's value."""
         if self.status == SKIPPED:
             return f"Retrain skipped: {self.reason}."
+        from classifier.evaluate import format_comparison
+
         verdict = "promoted to active" if self.status == PROMOTED else "kept inactive"
         lines = [f"Retrain: model {self.version} {verdict} ({self.reason}).",
-                 f"Trained on {self.labelled} human-labelled media ({self.new_labels} new) "
-                 f"and {self.base_images} base images ({self.epochs} epochs, {self.train_seconds:.1f} s)."]
-        for name in REPORT_METRICS:
-            if name not in self.scores:
-                continue
-            line = f"  {name.replace('_', ' ')}: {self.scores[name]:.3f}"
-            if name in self.previous_scores:
-                delta = self.scores[name] - self.previous_scores[name]
-                line += f" (was {self.previous_scores[name]:.3f}, {delta:+.3f})"
-            lines.append(line)
+                 f"Trained on {self.labelled} human-labelled media ({self.new_labels} newly labelled), "
+                 f"{self.base_images} shipped base images" + (f" and {self.extra_images} base_data images"
+                                                               if self.extra_images else "")
+                 + f" ({self.train_seconds:.1f} s)."]
+        if self.validation:
+            sets = "; ".join(f"{name}: " + ", ".join(f"{count} {label}" for label, count in counts.items())
+                             for name, counts in self.validation.items() if sum(counts.values()))
+            lines.append(f"Validation images ({sets}):")
         if self.metrics is not None:
-            from classifier.evaluate import format_report
-
-            lines.append(format_report(self.metrics))
+            lines.append(format_comparison(self.metrics, self.previous_metrics, self.version,
+                                           self.previous or "active"))
         if self.status == PROMOTED:
-            lines.append(f"Re-scored {self.rescored} media: {self.queue_added} entered the review queue, "
-                         f"{self.queue_removed} left it.")
+            lines.append(f"Re-scored {self.rescored} media in {self.rescore_seconds:.1f} s: {self.queue_added} "
+                         f"entered the review queue, {self.queue_removed} left it.")
         return "\n".join(lines)
 
 
@@ -145,25 +148,32 @@ def last_trained_label_id(store: Store) -> int | None:
 
 
 def count_new_labels(store: Store) -> int:
-    """Human labels (not revoked) added since the active model was trained; all of them without one."""
+    """Media given a human label (not revoked) since the active model was trained; all labelled media without
+    one. A media labelled twice (a correction) counts once: what a retrain gains is new labelled media."""
     active = store.active_model()
+    current = "SELECT COUNT(DISTINCT media_id) FROM labels WHERE revoked_at IS NULL"
     if active is None:
-        return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL")
+        return store.scalar(current)
     last_id = last_trained_label_id(store)
     if last_id is not None:
-        return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND id > ?", (last_id,))
+        return store.scalar(current + " AND id > ?", (last_id,))
+    if json.loads(active["data_summary"] or "{}").get("source") == "shipped":
+        return store.scalar(current)  # the shipped model saw none of this owner's labels
     # A model trained outside retrain (`illustfeed train`): its creation time is the best boundary.
-    return store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND at >= ?", (active["created_at"],))
+    return store.scalar(current + " AND at >= ?", (active["created_at"],))
 
 
 def run_retrain(store: Store, config: Config, *, force: bool = False,
                 model_lock: threading.Lock | None = None,
                 report: Callable[[str, Path | None], None] | None = None) -> RetrainOutcome:
     """Train, evaluate, maybe promote and re-score; post the report. `force` ignores `min_new_labels`."""
+    from classifier.versions import ensure_default_registered
+
     settings = config.retrain
+    ensure_default_registered(store)  # the shipped default is the active model until another is promoted
     new_labels = count_new_labels(store)
     if not force and new_labels < settings.min_new_labels:
-        return RetrainOutcome(SKIPPED, f"{new_labels} new labels, fewer than min_new_labels "
+        return RetrainOutcome(SKIPPED, f"{new_labels} newly labelled media, fewer than min_new_labels "
                                        f"{settings.min_new_labels}", new_labels)
     with model_lock or nullcontext():
         outcome = train_and_rescore(store, config, new_labels)
@@ -186,42 +196,45 @@ def training_items(store: Store, config: Config) -> tuple[list, list]:
 
 
 def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainOutcome:
-    """The classifier trains, scores both models on one validation split and promotes by its rule; then
+    """The classifier trains, scores both models on one validation set and promotes by its rule; then
     the queue is re-scored. Callers hold the model lock, so no classification runs in between."""
     from classifier.evaluate import save_confusion_png
-    from classifier.runtime import apply_threads, train_and_register
-    from classifier.train import TrainOptions
-    from classifier.versions import promotion_scores
+    from classifier.retraining import build_candidate
+    from classifier.runtime import apply_threads
+    from classifier.versions import activate, promotion_scores, register_model
 
     started = time.monotonic()
     apply_threads(config.classifier)
     last_label_id = store.scalar("SELECT MAX(id) FROM labels") or 0
-    labelled, base = training_items(store, config)
-    previous = store.active_model()
-    items = labelled + base
-    # The classifier's batch of 64 suits a few hundred images; with thousands of labels, larger batches keep
-    # an epoch at about STEPS_PER_EPOCH optimizer steps, so early stopping still counts epochs, in seconds.
-    batch_size = max(TrainOptions().batch_size, math.ceil(len(items) / STEPS_PER_EPOCH))
-    trained = train_and_register(store, config, items, TrainOptions(progress=False, batch_size=batch_size),
-                                 source="retrain")
-    with store.transaction():
-        # Recorded on the row so "new labels since the active model" counts exactly the labels it did not see.
-        store.execute("UPDATE models SET data_summary = json_set(COALESCE(data_summary, '{}'), '$.last_label_id', ?)"
-                      " WHERE version = ?", (last_label_id, trained["version"]))
-    metrics, previous_metrics = trained["metrics"], trained["active_metrics_on_same_split"]
+    labelled, extra = training_items(store, config)
+    candidate = build_candidate(store, config, labelled + extra)
+    model = candidate.model
+    # Recorded in the file and on the row so "new labels since the active model" counts exactly the labels it
+    # did not see, whether it is promoted or refused.
+    model.data_summary["last_label_id"] = last_label_id
+    register_model(store, model)
+    if candidate.decision.promote:
+        activate(store, model.version)
+    metrics, previous_metrics = candidate.metrics, candidate.active_metrics
     outcome = RetrainOutcome(
-        PROMOTED if trained["activated"] else REFUSED, trained["promotion"], new_labels,
-        labelled=len(labelled), base_images=len(base), version=trained["version"],
-        previous=previous["version"] if previous else None,
+        PROMOTED if candidate.decision.promote else REFUSED, candidate.decision.reason, new_labels,
+        labelled=candidate.labelled,
+        base_images=candidate.base_images, extra_images=len(extra), validation=candidate.validation,
+        version=model.version, previous=candidate.active_version,
         scores={**promotion_scores(metrics), "accuracy": metrics["accuracy"]},
         previous_scores=({**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]}
                          if previous_metrics else {}),
-        metrics=metrics, epochs=trained["epochs"], train_seconds=time.monotonic() - started,
+        metrics=metrics, previous_metrics=previous_metrics,
+        train_seconds=time.monotonic() - started,
     )
-    png = store.data_dir / REPORTS_DIR / f"retrain-{trained['version']}-confusion.png"
-    outcome.confusion_png = str(save_confusion_png(metrics, png, title=f"model {trained['version']} (validation)"))
-    if trained["activated"]:
+    if candidate.base_note:
+        log.warning("retrain without the shipped base set: %s", candidate.base_note)
+    png = store.data_dir / REPORTS_DIR / f"retrain-{model.version}-confusion.png"
+    outcome.confusion_png = str(save_confusion_png(metrics, png, title=f"model {model.version} (validation)"))
+    if candidate.decision.promote:
+        rescore_started = time.monotonic()
         outcome.rescored, outcome.queue_added, outcome.queue_removed = rescore(store, config)
+        outcome.rescore_seconds = time.monotonic() - rescore_started
     return outcome
 
 

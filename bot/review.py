@@ -20,7 +20,7 @@ from pathlib import Path
 from bot.feed.queries import media_origin
 from storage import LABELS, Store, utc_now
 
-OVERLAY_EXTS = ("png", "gif")
+OVERLAY_EXTS = ("png", "gif", "mp4")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def pending_count(store: Store) -> int:
 
 
 def overlay_path(store: Store, overlay_sha256: str | None) -> Path | None:
-    """The stored overlay file (PNG for stills, GIF for animations) of a prediction, if it exists."""
+    """The stored overlay file (PNG for stills, GIF or MP4 for animations) of a prediction, if it exists."""
     if not overlay_sha256:
         return None
     for ext in OVERLAY_EXTS:

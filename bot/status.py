@@ -1,4 +1,4 @@
-"""The store at a glance: counts by final label, queue, labels and the active model."""
+"""The store at a glance: counts by final label, queue, labels, the active model and damaged media."""
 from __future__ import annotations
 
 from bot import review
@@ -28,6 +28,8 @@ def store_status(store: Store) -> dict:
         "review_skipped": store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'skipped'"),
         "labels_total": store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL"),
         "active_model": active["version"] if active else None,
+        "damaged": store.damaged_count(),
+        "read_only": store.read_only,
     }
 
 
@@ -40,4 +42,6 @@ def format_status(status: dict) -> str:
         f"review queue: {status['review_pending']} waiting ({status['review_skipped']} skipped); "
         f"human labels: {status['labels_total']}",
         f"active model: {status['active_model'] or 'none'}",
-    ])
+    ] + ([f"damaged: {status['damaged']} media whose stored file is missing or wrong (see `illustfeed check`; "
+          "importing or crawling the originals again restores them)"] if status["damaged"] else [])
+      + (["data dir: read-only (opened for reading only)"] if status["read_only"] else []))

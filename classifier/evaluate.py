@@ -5,7 +5,7 @@ Illustration recall comes first in every human-readable report: a missed illustr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 from classifier import LABELS
 
@@ -95,6 +95,38 @@ def format_report(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(metrics: dict, other: dict | None, name: str = "candidate", other_name: str = "active") -> str:
+    """Two models on the same images: one row per metric (illustration recall first), each model's value and
+    the change, then the first model's confusion matrix. Every metric appears once."""
+    labels = metrics["labels"]
+    rows = [("illustration recall", ("per_class", "illustration", "recall"))] if "illustration" in labels else []
+    rows += [("macro-F1", ("macro_f1",)), ("accuracy", ("accuracy",))]
+    for label in labels:
+        for score in ("precision", "recall", "f1"):
+            if (label, score) != ("illustration", "recall"):
+                rows.append((f"{label} {score.replace('f1', 'F1')}", ("per_class", label, score)))
+
+    def value(source: dict, path: tuple[str, ...]) -> float:
+        for key in path:
+            source = source[key]
+        return float(source)
+
+    width = max(len(title) for title, _ in rows) + 2
+    columns = [name[:22], *([other_name[:22], "change"] if other is not None else [])]
+    lines = [" " * width + "".join(f"{column:>24}" for column in columns)]
+    for title, path in rows:
+        line = f"{title:<{width}}{value(metrics, path):>24.3f}"
+        if other is not None:
+            line += f"{value(other, path):>24.3f}{value(metrics, path) - value(other, path):>+24.3f}"
+        lines.append(line)
+    cell = max(len(label) for label in labels) + 2
+    lines.append(f"confusion of {name} (rows = true, columns = predicted):")
+    lines.append(" " * cell + "".join(f"{label:>{cell}}" for label in labels))
+    for label, counts in zip(labels, metrics["confusion"]):
+        lines.append(f"{label:<{cell}}" + "".join(f"{count:>{cell}d}" for count in counts))
+    return "\n".join(lines)
+
+
 def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion matrix") -> Path:
     """Draw the confusion matrix (counts in the cells) with matplotlib's Agg backend."""
     import matplotlib
@@ -124,8 +156,15 @@ def save_confusion_png(metrics: dict, path: str | Path, title: str = "confusion 
     return path
 
 
-def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4) -> tuple[dict, list]:
-    """Classify labelled `items` and score them; returns (metrics, [(item, predicted label or None)]).
+class ScoredImage(NamedTuple):
+    item: Any  # the LabelledImage
+    predicted: str | None  # None: the image could not be decoded
+    probabilities: list[float] | None
+
+
+def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4
+                   ) -> tuple[dict, list[ScoredImage]]:
+    """Classify labelled `items` and score them; returns (metrics, one ScoredImage per item, in order).
 
     Undecodable images are left out of the metrics and reported as `skipped`. `feed` holds the feed figures
     under the model's own review policy (`classifier.policy.feed_figures`), or None for a model without one.
@@ -134,13 +173,13 @@ def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frame
 
     runner = runner or FeatureRunner(model)
     by_key = {item.key: item for item in items}
-    predictions, probabilities = {}, {}
+    probabilities = {}
     for result in run_classifier(model, [(item.key, item.source) for item in items], runner=runner,
                                  batch_size=batch_size, max_frames=max_frames):
         if result.error is None:
-            best = max(range(len(model.labels)), key=lambda i: result.probabilities[i])
-            predictions[result.key] = model.labels[best]
             probabilities[result.key] = result.probabilities
+    predictions = {key: model.labels[max(range(len(model.labels)), key=lambda i: probs[i])]
+                   for key, probs in probabilities.items()}
     scored = [key for key in by_key if key in predictions]
     metrics = compute_metrics([by_key[k].label for k in scored], [predictions[k] for k in scored], model.labels)
     metrics["feed"] = None
@@ -150,4 +189,4 @@ def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frame
         metrics["feed"] = feed_figures([by_key[k].label for k in scored], [probabilities[k] for k in scored],
                                        model.labels, model.policy)
     metrics["skipped"] = len(items) - len(scored)
-    return metrics, [(by_key[key], predictions.get(key)) for key in by_key]
+    return metrics, [ScoredImage(by_key[key], predictions.get(key), probabilities.get(key)) for key in by_key]

@@ -164,49 +164,55 @@ _STD_255 = torch.tensor(IMAGENET_STD.tolist()).view(1, 3, 1, 1) * 255.0
 _NEUTRAL = torch.tensor(NEUTRAL_RGB, dtype=torch.float32).view(1, 3, 1, 1)
 
 
-def _image_statistics(rgb: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every statistic of IMAGE_STATS for views `rgb` [V, 3, H, W] in 0..255, over pixels where `valid`."""
+def _image_statistics(rgb: torch.Tensor, valid: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The `wanted` statistics of IMAGE_STATS for views `rgb` [V, 3, H, W] in 0..255, over pixels where `valid`.
+
+    Only what is wanted is computed: the statistics run inside every forward pass (Grad-CAM's included).
+    """
     batch = rgb.shape[0]
-    count = valid.flatten(1).sum(1).clamp_min(1.0)
+    values: dict[str, torch.Tensor] = {}
 
     def over_valid(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (values * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
 
-    # Distinct colours after 4-bit quantisation per channel: flat fills and palettes use few, photos many.
-    levels = (rgb / 16).floor().long()
-    colour_index = (levels[:, 0] * 256 + levels[:, 1] * 16 + levels[:, 2]).flatten(1)
-    histogram = torch.zeros(batch, 4096, dtype=rgb.dtype, device=rgb.device)
-    histogram.scatter_add_(1, colour_index, valid.flatten(1))
-    colours = torch.log((histogram > 0).sum(1).to(rgb.dtype).clamp_min(1.0)) / math.log(4096.0)
+    if "colours" in wanted:
+        # Distinct colours after 4-bit quantisation per channel: flat fills and palettes use few, photos many.
+        levels = (rgb / 16).floor().long()
+        colour_index = (levels[:, 0] * 256 + levels[:, 1] * 16 + levels[:, 2]).flatten(1)
+        histogram = torch.zeros(batch, 4096, dtype=rgb.dtype, device=rgb.device)
+        histogram.scatter_add_(1, colour_index, valid.flatten(1))
+        values["colours"] = torch.log((histogram > 0).sum(1).to(rgb.dtype).clamp_min(1.0)) / math.log(4096.0)
 
-    # Largest step to the right or lower neighbour, over channels (8-bit units).
-    step_x = (rgb[:, :, :-1, 1:] - rgb[:, :, :-1, :-1]).abs().amax(1)
-    step_y = (rgb[:, :, 1:, :-1] - rgb[:, :, :-1, :-1]).abs().amax(1)
-    step = torch.maximum(step_x, step_y)
-    step_valid = valid[:, :-1, :-1] * valid[:, :-1, 1:] * valid[:, 1:, :-1]
-    # Near-flat pixels: digital fills repeat a colour exactly; camera pixels carry sensor noise.
-    flat = over_valid((step <= 1.0).to(rgb.dtype), step_valid)
-    # Sharp edges: among clear edges, the share that jumps within one pixel (drawn lines, hard fills)
-    # rather than ramping over several (optical blur).
-    edge = (step >= 16.0).to(rgb.dtype) * step_valid
-    edges = (edge * (step >= 64.0).to(rgb.dtype)).flatten(1).sum(1) / edge.flatten(1).sum(1).clamp_min(1.0)
+    if "flat" in wanted or "edges" in wanted:
+        # Largest step to the right or lower neighbour, over channels (8-bit units).
+        step_x = (rgb[:, :, :-1, 1:] - rgb[:, :, :-1, :-1]).abs().amax(1)
+        step_y = (rgb[:, :, 1:, :-1] - rgb[:, :, :-1, :-1]).abs().amax(1)
+        step = torch.maximum(step_x, step_y)
+        step_valid = valid[:, :-1, :-1] * valid[:, :-1, 1:] * valid[:, 1:, :-1]
+        # Near-flat pixels: digital fills repeat a colour exactly; camera pixels carry sensor noise.
+        values["flat"] = over_valid((step <= 1.0).to(rgb.dtype), step_valid)
+        # Sharp edges: among clear edges, the share that jumps within one pixel (drawn lines, hard fills)
+        # rather than ramping over several (optical blur).
+        edge = (step >= 16.0).to(rgb.dtype) * step_valid
+        values["edges"] = (edge * (step >= 64.0).to(rgb.dtype)).flatten(1).sum(1) / edge.flatten(1).sum(1).clamp_min(1.0)
 
-    # Fine noise in smooth areas: grey minus its 3x3 mean, where the 3x3 neighbourhood is calm.
-    grey = rgb.mean(1, keepdim=True)
-    residual = (grey - F.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)).abs()[:, 0]
-    local_range = (F.max_pool2d(grey, 3, stride=1, padding=1) + F.max_pool2d(-grey, 3, stride=1, padding=1))[:, 0]
-    whole_neighbourhood = -F.max_pool2d(-valid[:, None], 3, stride=1, padding=1)[:, 0]  # no padding pixel near
-    calm = (local_range <= 24.0).to(rgb.dtype) * whole_neighbourhood
-    noise = torch.log1p(over_valid(residual, calm))
+    if "noise" in wanted:
+        # Fine noise in smooth areas: grey minus its 3x3 mean, where the 3x3 neighbourhood is calm.
+        grey = rgb.mean(1, keepdim=True)
+        residual = (grey - F.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)).abs()[:, 0]
+        local_range = (F.max_pool2d(grey, 3, stride=1, padding=1) + F.max_pool2d(-grey, 3, stride=1, padding=1))[:, 0]
+        whole_neighbourhood = -F.max_pool2d(-valid[:, None], 3, stride=1, padding=1)[:, 0]  # no padding pixel near
+        calm = (local_range <= 24.0).to(rgb.dtype) * whole_neighbourhood
+        values["noise"] = torch.log1p(over_valid(residual, calm))
 
-    high, low = rgb.amax(1), rgb.amin(1)
-    saturation = (high - low) / high.clamp_min(1.0)
-    saturation_mean = (saturation * valid).flatten(1).sum(1) / count
-    saturation_spread = over_valid((saturation - saturation_mean[:, None, None]).pow(2), valid).sqrt()
-    return {
-        "colours": colours, "flat": flat, "noise": noise, "saturation": saturation_mean,
-        "saturation_spread": saturation_spread, "edges": edges,
-    }
+    if "saturation" in wanted or "saturation_spread" in wanted:
+        count = valid.flatten(1).sum(1).clamp_min(1.0)
+        high, low = rgb.amax(1), rgb.amin(1)
+        saturation = (high - low) / high.clamp_min(1.0)
+        saturation_mean = (saturation * valid).flatten(1).sum(1) / count
+        values["saturation"] = saturation_mean
+        values["saturation_spread"] = over_valid((saturation - saturation_mean[:, None, None]).pow(2), valid).sqrt()
+    return values
 
 
 def view_statistics(views: torch.Tensor, stats: tuple[str, ...]) -> torch.Tensor:
@@ -221,7 +227,7 @@ def view_statistics(views: torch.Tensor, stats: tuple[str, ...]) -> torch.Tensor
         # float rounding (or reduced precision) on the way.
         rgb = (x * _STD_255 + _MEAN_255).round().clamp(0.0, 255.0)
         valid = ((rgb - _NEUTRAL).abs().amax(1) > 1.0).to(x.dtype)
-        values = _image_statistics(rgb, valid)
+        values = _image_statistics(rgb, valid, stats)
         return torch.stack([values[name] for name in stats], dim=1)
 
 

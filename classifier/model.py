@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -63,6 +63,19 @@ class LinearHead(nn.Module):
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.linear((vectors - self.feature_mean) / self.feature_scale)
+
+
+def feature_key(backbone: str, backbone_width: float, backbone_delta: dict[str, torch.Tensor],
+                spec: FeatureSpec) -> str:
+    """The cache key of the vectors a trunk (backbone, width, fine-tuned tensors) and a FeatureSpec produce."""
+    spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+    spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
+    trunk = backbone
+    if backbone_delta:
+        trunk += "+" + state_dict_sha256(backbone_delta)[:12]
+    if backbone_width != 1.0:
+        trunk += f"@w{backbone_width:g}"
+    return f"{trunk}:{spec_digest}"
 
 
 class ImageClassifier(nn.Module):
@@ -118,14 +131,7 @@ class ImageClassifier(nn.Module):
 
         Two models with the same key produce the same vectors, so cached vectors can be reused.
         """
-        spec_json = json.dumps(self.spec.to_dict(), sort_keys=True)
-        spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
-        trunk = self.backbone
-        if self.backbone_delta:
-            trunk += "+" + state_dict_sha256(self.backbone_delta)[:12]
-        if self.backbone_width != 1.0:
-            trunk += f"@w{self.backbone_width:g}"
-        return f"{trunk}:{spec_digest}"
+        return feature_key(self.backbone, self.backbone_width, self.backbone_delta, self.spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.extractor(x))
@@ -145,11 +151,16 @@ class ImageClassifier(nn.Module):
         """One media's probabilities [3] from its frames' pooled vectors [F, D]."""
         return self.probabilities_from_vectors(frame_vectors).mean(0)
 
+    def frame_probabilities(self, views_per_frame: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each frame's own probabilities [F, 3] from its views, run through the eager trunk (the panel of
+        an animated overlay shows them frame by frame)."""
+        with torch.inference_mode():
+            return self.probabilities_from_vectors(
+                torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame]))
+
     def probabilities_of_views(self, views_per_frame) -> list[float]:
         """One media's probabilities from its frames' views, run through the eager trunk."""
-        with torch.inference_mode():
-            vectors = torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame])
-            return self.media_probabilities(vectors).tolist()
+        return self.frame_probabilities(views_per_frame).mean(0).tolist()
 
 
 def new_classifier(
@@ -178,6 +189,11 @@ class ModelRecord:
     data_summary: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
     policy: ReviewPolicy | None = None
+
+    @property
+    def feature_key(self) -> str:
+        """The key of the vectors this model's head reads, known without loading any trunk weights."""
+        return feature_key(self.backbone, self.backbone_width, self.backbone_delta, self.feature_spec)
 
 
 def save_model(model: ImageClassifier, path: str | Path) -> Path:
@@ -315,6 +331,17 @@ def build_from_record(
     model.parent = record.parent
     model.policy = record.policy
     return model.eval()
+
+
+def head_from_record(record: ModelRecord) -> LinearHead:
+    """The record's head alone, to score cached vectors without building (or loading) a trunk."""
+    weight = record.head_state.get("linear.weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ModelFileError(f"model {record.version} has no [classes, features] head weight")
+    try:
+        return _loaded_head(LinearHead(weight.shape[1], weight.shape[0]), record.head_state).eval()
+    except (RuntimeError, ValueError) as error:
+        raise ModelFileError(f"model {record.version}: its head does not load: {error}") from None
 
 
 def _loaded_head(head: LinearHead, head_state: dict[str, torch.Tensor]) -> LinearHead:

@@ -76,7 +76,15 @@ def evenly_spaced(total: int, wanted: int) -> list[int]:
 
 
 def load_rgb_frames(source: str | Path | bytes, max_frames: int = 4) -> list[Image.Image]:
-    """Decode up to `max_frames` evenly spaced frames as upright RGB images (EXIF orientation applied)."""
+    """Decode up to `max_frames` evenly spaced frames as upright RGB images (EXIF orientation applied).
+
+    Videos (MP4, QuickTime, WebM) are decoded with PyAV (classifier/video.py); their frames are sampled the
+    same way. A video that cannot be decoded raises `classifier.video.VideoError`, a ValueError.
+    """
+    from classifier.video import is_video, sample_frames
+
+    if is_video(source):
+        return sample_frames(source, lambda total: evenly_spaced(total, max_frames))
     with open_image(source) as image:
         frames = []
         for index in evenly_spaced(frame_count(image), max_frames):

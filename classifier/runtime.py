@@ -18,6 +18,7 @@ from classifier.versions import (
     activate,
     compare_for_promotion,
     default_model_file,
+    ensure_default_registered,
     register_model,
     resolve_model_path,
 )
@@ -85,6 +86,7 @@ def train_and_register(store, config, items: Sequence[LabelledImage], options: T
                        source: str, base: ImageClassifier | None = None, problems: Sequence[str] = ()) -> dict:
     """Train on `items`, save and register the version, and activate it unless it is worse than the active
     model on the same validation images. Returns a report (version, path, metrics, promotion)."""
+    ensure_default_registered(store)
     base = base or base_model(store, config)
     active_row = store.query_one("SELECT * FROM models WHERE active = 1")
     cache = StoreVectorCache(store, base.feature_key) if _keys_are_media_ids(items) else None

@@ -11,16 +11,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from classifier import LABELS
-from classifier.preprocess import load_rgb_frames
+from classifier.errors import Mistake, draw_contact_sheet
 from research.corpus import CorpusImage, read_manifest
 from research.extract import OUT_DIR
-
-TILE = 220
-CAPTION_HEIGHT = 64
-COLUMNS = 6
 
 
 def oof_path(variant_name: str) -> Path:
@@ -28,26 +23,13 @@ def oof_path(variant_name: str) -> Path:
 
 
 def draw_sheet(images: list[CorpusImage], probs: torch.Tensor, out: Path) -> int:
-    """Write the sheet of misclassified images, worst (lowest true-class probability) first; returns count."""
-    truth = torch.tensor([image.label_index for image in images])
-    wrong = torch.nonzero(probs.argmax(dim=1) != truth).flatten().tolist()
-    wrong.sort(key=lambda index: float(probs[index, truth[index]]))
-    rows = max(1, -(-len(wrong) // COLUMNS))
-    sheet = Image.new("RGB", (COLUMNS * TILE, rows * (TILE + CAPTION_HEIGHT)), (40, 40, 40))
-    draw = ImageDraw.Draw(sheet)
-    face = ImageFont.load_default(size=12)
-    for position, index in enumerate(wrong):
-        left, top = (position % COLUMNS) * TILE, (position // COLUMNS) * (TILE + CAPTION_HEIGHT)
-        thumbnail = load_rgb_frames(images[index].path, max_frames=1)[0]
-        thumbnail.thumbnail((TILE - 8, TILE - 8))
-        sheet.paste(thumbnail, (left + (TILE - thumbnail.width) // 2, top + (TILE - thumbnail.height) // 2))
-        probabilities = "  ".join(f"{label[:5]} {float(probs[index, k]):.2f}" for k, label in enumerate(LABELS))
-        draw.text((left + 4, top + TILE), f"true {images[index].label}", fill=(255, 210, 120), font=face)
-        draw.text((left + 4, top + TILE + 16), probabilities, fill=(230, 230, 230), font=face)
-        draw.text((left + 4, top + TILE + 32), images[index].origin[:34], fill=(160, 160, 160), font=face)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return len(wrong)
+    """Write the sheet of misclassified images (the product's `illustfeed eval --errors` sheet), worst first."""
+    predicted = probs.argmax(dim=1).tolist()
+    mistakes = [Mistake(str(image.path), image.label, LABELS[guess], tuple(probs[index].tolist()), image.origin,
+                        image.path)
+                for index, (image, guess) in enumerate(zip(images, predicted)) if LABELS[guess] != image.label]
+    mistakes.sort(key=lambda mistake: mistake.probabilities[LABELS.index(mistake.true_label)])
+    return draw_contact_sheet(mistakes, LABELS, out)
 
 
 def main() -> None:

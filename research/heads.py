@@ -2,17 +2,17 @@
 
 The product's nightly `train_head` balances classes on a user's labels; the default model is trained on a
 corpus where two sources supply half the images, so here each origin's images also share their weight,
-the loss is full-batch L-BFGS with an L2 penalty (deterministic, seconds per fold).
+the loss is full-batch L-BFGS with an L2 penalty (deterministic, seconds per fold). The fitting itself is
+the product's (`classifier.train.fit_linear_head`): nightly retrains use the shipped model's recipe.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from classifier.model import LinearHead
+from classifier.train import fit_linear_head, origin_weights
 
 
 @dataclass(frozen=True)
@@ -31,39 +31,12 @@ class HeadSettings:
 
 
 def sample_weights(labels: torch.Tensor, origins: list[str], settings: HeadSettings, classes: int) -> torch.Tensor:
-    weights = torch.ones(len(labels))
-    if settings.weighting == "class_origin":
-        origin_counts = Counter(origins)
-        weights = torch.tensor([origin_counts[origin] ** -0.5 for origin in origins])
-    elif settings.weighting not in ("none", "class"):
-        raise ValueError(f"unknown weighting {settings.weighting!r}")
-    if settings.weighting != "none":
-        for label in range(classes):
-            members = labels == label
-            if members.any():
-                weights[members] /= weights[members].sum()
-    weights[labels == 0] *= settings.illustration_boost
-    return weights / weights.mean()
+    return origin_weights(labels, origins, settings.weighting, settings.illustration_boost, classes)
 
 
 def fit_head(
     vectors: torch.Tensor, labels: torch.Tensor, origins: list[str], settings: HeadSettings, classes: int = 3
 ) -> LinearHead:
-    vectors = vectors.float()
-    head = LinearHead(vectors.shape[1], classes)
-    head.set_standardisation(vectors)
-    weights = sample_weights(labels, origins, settings, classes)
-    optimizer = torch.optim.LBFGS(head.linear.parameters(), max_iter=settings.iterations, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        losses = F.cross_entropy(head(vectors), labels, reduction="none")
-        squares = head.linear.weight.pow(2)
-        split = squares.shape[1] - settings.tail_columns
-        penalty = settings.l2 * squares[:, :split].sum() + settings.tail_l2 * squares[:, split:].sum()
-        loss = (losses * weights).mean() + penalty
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return head.eval()
+    return fit_linear_head(vectors, labels, sample_weights(labels, origins, settings, classes), l2=settings.l2,
+                           tail_columns=settings.tail_columns, tail_l2=settings.tail_l2,
+                           iterations=settings.iterations, classes=classes)

@@ -1,4 +1,4 @@
-"""Content-addressed blob files: `<root>/ab/cd/<sha256>.<ext>`, written atomically, never overwritten."""
+"""Content-addressed blob files: `<root>/ab/cd/<sha256>.<ext>`, written atomically, rewritten only when damaged."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +6,7 @@ import re
 import time
 from pathlib import Path
 
+from storage.errors import storage_fault
 from storage.files import atomic_write_bytes
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -45,14 +46,34 @@ class BlobStore:
     def read(self, sha256: str, ext: str) -> bytes:
         return self.path(sha256, ext).read_bytes()
 
+    def intact(self, sha256: str, ext: str, size: int | None) -> bool:
+        """The blob's file exists and (when `size` is known) holds that many bytes."""
+        try:
+            actual = self.path(sha256, ext).stat().st_size
+        except FileNotFoundError:
+            return False
+        return size is None or actual == size
+
     def put(self, data: bytes, ext: str) -> str:
-        """Store `data` and return its sha256. An existing blob is left as it is (same name = same bytes)."""
+        """Store `data` and return its sha256.
+
+        An existing blob of the right size is left as it is (same name = same bytes); one of another size is
+        damage (truncated, or replaced behind the store's back) and is written again. A disk fault is raised
+        as a StorageFault naming the blob.
+        """
         digest = sha256_hex(data)
         target = self.path(digest, ext)
-        if target.is_file():
+        if self.intact(digest, ext, len(data)):
             return digest
-        # The temp folder is under the same root (same filesystem) so the rename is atomic.
-        atomic_write_bytes(target, data, temp_dir=self.temp_dir)
+        try:
+            # The temp folder is under the same root (same filesystem) so the rename is atomic.
+            atomic_write_bytes(target, data, temp_dir=self.temp_dir)
+        except OSError as error:
+            fault = storage_fault(error)
+            if fault is None:
+                raise
+            fault.where = str(target)  # the file being stored, not the temp file that took the error
+            raise fault from error
         return digest
 
     def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:

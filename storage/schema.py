@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from storage.errors import storage_fault
+
 LABEL_CHECK = "label IN ('illustration', 'screenshot', 'photo')"
 
 SCHEMA_V1 = f"""
@@ -229,8 +231,31 @@ CREATE TABLE feed_posts (
 );
 """
 
+# Issue 16: a video's length (`frames` holds its decoded frame count); Bluesky accounts are found by DID.
+VIDEO_AND_DIDS_V5 = """
+ALTER TABLE media ADD COLUMN duration_s REAL;
+CREATE INDEX accounts_external_id ON accounts(source, external_id);
+CREATE TABLE account_former_handles (
+    source TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    renamed_at TEXT NOT NULL,
+    PRIMARY KEY (source, handle)
+);
+"""
+
+# Storage (issue 17): media whose stored file was found missing or not matching its row (`illustfeed check`,
+# the feed server). The next import or crawl that meets the same bytes writes the file again and clears the row.
+STORAGE_V6 = """
+CREATE TABLE damaged_media (
+    media_id INTEGER PRIMARY KEY REFERENCES media(id),
+    problem TEXT NOT NULL,
+    found_at TEXT NOT NULL
+);
+"""
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SOURCES_V2, FEED_V3, CHAT_V4, VIDEO_AND_DIDS_V5, STORAGE_V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -257,9 +282,15 @@ def migrate(conn: sqlite3.Connection) -> int:
     Each migration runs in a BEGIN IMMEDIATE transaction that re-reads the version, so two processes
     opening a new database at once cannot both apply it. `conn` must be in autocommit mode.
     """
+    # Up to date (every open but the first after an upgrade): no write lock needed, so a reader opening the
+    # store never waits behind another process's long write.
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current == SCHEMA_VERSION:
+        return current
     before = None
     while True:
         conn.execute("BEGIN IMMEDIATE")
+        current = None
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             before = current if before is None else before
@@ -275,6 +306,13 @@ def migrate(conn: sqlite3.Connection) -> int:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {current + 1}")
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as error:
+            # SQLite rolls back by itself on a full disk or an I/O error; a second ROLLBACK would replace the
+            # real cause with "cannot rollback - no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            step = "" if current is None else f" from version {current} to {current + 1} of {SCHEMA_VERSION}"
+            fault = storage_fault(error, during=f"migrating the database schema{step} (it resumes on the next start)")
+            if fault is not None and fault is not error:
+                raise fault from error
             raise

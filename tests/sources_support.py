@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pytest
+import requests
 import responses
 from PIL import Image
 
@@ -79,3 +82,81 @@ def world_fixture(build: Callable):
         yield from served_world(build)
 
     return world
+
+
+class _Request:
+    """What the fakes' callbacks read of a request: the URL it was sent to, its method and headers."""
+
+    def __init__(self, url: str, method: str, headers):
+        self.url, self.method, self.headers = url, method, headers
+
+
+class LocalNetwork:
+    """The fake networks served over real HTTP on 127.0.0.1: one threaded server answers every host.
+
+    Fakes register their callbacks as they do with `responses` (`fake.install(network)`); `route(http)` mounts
+    an adapter on an Http's session that sends each request to the server, the original host in `Host`, so
+    the code under test runs its real HTTP stack (streaming, headers, redirects) against a socket.
+    """
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes: list[tuple[re.Pattern, Callable]] = []
+        network = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                scheme = self.headers.get("X-Original-Scheme", "https")
+                url = f"{scheme}://{self.headers['Host']}{self.path}"
+                status, headers, body = network.answer(_Request(url, "GET", self.headers))
+                body = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def add_callback(self, method: str, url: re.Pattern, callback: Callable, content_type=None) -> None:
+        self.routes.append((url, callback))
+
+    def answer(self, request: _Request) -> tuple[int, dict, bytes | str]:
+        for pattern, callback in self.routes:
+            if pattern.match(request.url):
+                return callback(request)
+        return 404, {"content-type": "text/plain"}, f"no fake serves {request.url}"
+
+    def route(self, http: Http) -> Http:
+        port = self.port
+
+        class ToLocal(requests.adapters.HTTPAdapter):
+            def send(self, request, **kwargs):
+                parts = urlsplit(request.url)
+                request.headers["Host"] = parts.netloc
+                request.headers["X-Original-Scheme"] = parts.scheme
+                request.url = urlunsplit(("http", f"127.0.0.1:{port}", parts.path, parts.query, ""))
+                response = super().send(request, **kwargs)
+                response.url = urlunsplit(parts)  # redirects resolve against the address the code asked for
+                return response
+
+        http.session.mount("https://", ToLocal())
+        http.session.mount("http://", ToLocal())
+        return http
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

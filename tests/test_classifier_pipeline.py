@@ -2,6 +2,7 @@
 import copy
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,7 +237,10 @@ def test_promotion_refuses_a_worse_model_and_rollback_restores_the_parent(traine
     items = scan_folder(trained["root"] / "train")
     base = trained["base"]
     first = train_and_register(store, config, items, TrainOptions(progress=False), source="gen", base=base)
-    assert first["activated"] and first["promotion"] == "no active model"
+    # A fresh store's active model is the shipped default, compared on the same validation images (it was
+    # never trained on generated images, so the trained head beats it).
+    assert first["activated"] and first["promotion"] == "illustration recall and macro-F1 not below the active model's"
+    assert first["active_metrics_on_same_split"] is not None
     # One epoch at a negligible learning rate: a near-random head, worse on the same validation split.
     worse = train_and_register(store, config, items, TrainOptions(progress=False, epochs=1, learning_rate=1e-9),
                                source="undertrained", base=base)
@@ -252,7 +256,10 @@ def test_promotion_refuses_a_worse_model_and_rollback_restores_the_parent(traine
     assert store.active_model()["version"] == worse["version"]
     assert rollback(store)["version"] == first["version"]
     assert store.active_model()["version"] == first["version"]
-    with pytest.raises(ModelVersionError, match="no parent"):
+    # ... and from the first trained model back to the shipped default, the root of the chain.
+    assert rows[first["version"]]["parent"] == "default-2"
+    assert rollback(store)["version"] == "default-2"
+    with pytest.raises(ModelVersionError, match="default-2 has no parent"):
         rollback(store)
 
 
@@ -271,6 +278,53 @@ def test_corrupt_model_file_is_a_clear_error_and_the_active_model_stays(trained,
         activate(store, "nope")
 
 
+def test_cli_eval_errors_lists_every_mistake_in_a_csv_and_a_contact_sheet(trained, tmp_path):
+    """Photos filed under illustration/ are mistakes the model must make; every misclassified file is in the
+    CSV (worst first, probabilities summing to 1) and on the sheet; an undecodable file is in neither."""
+    import csv
+    import shutil
+
+    from PIL import Image
+
+    from classifier.errors import CAPTION_HEIGHT, COLUMNS, TILE
+
+    model = trained["model"]
+    model_file = save_model(model, tmp_path / "eval-model.pt")
+    data = tmp_path / "mixed"
+    shutil.copytree(trained["root"] / "held_out", data)
+    planted = []
+    for number in range(5):
+        path = data / "illustration" / f"planted_photo_{number}.png"
+        generate("photo", 70_000 + number).save(path)
+        planted.append(path.relative_to(data).as_posix())
+    (data / "screenshot" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    errors_dir = tmp_path / "errors"
+    result = run_cli("eval", "--data", str(data), "--model", str(model_file), "--errors", str(errors_dir),
+                     "--png", str(tmp_path / "confusion.png"), cwd=tmp_path,
+                     env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")},
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    with (errors_dir / "errors.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["file", "true", "predicted", "p_illustration", "p_screenshot", "p_photo", "origin"]
+    _, scored = evaluate_model(model, scan_folder(data), runner=FeatureRunner(model, precision="fp32"))
+    expected = {Path(item.key).relative_to(data).as_posix(): predicted for item, predicted, _ in scored
+                if predicted is not None and predicted != item.label}
+    assert {row["file"]: row["predicted"] for row in rows} == expected
+    assert set(planted) <= set(expected) and "screenshot/broken.png" not in expected
+    true_probability = [float(row[f"p_{row['true']}"]) for row in rows]
+    assert true_probability == sorted(true_probability)
+    for row in rows:
+        probabilities = [float(row[f"p_{label}"]) for label in LABELS]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-3)
+        assert row["predicted"] == LABELS[probabilities.index(max(probabilities))] != row["true"]
+    with Image.open(errors_dir / "errors.png") as sheet:
+        sheet.load()
+        tile_rows = -(-len(rows) // COLUMNS)
+        assert sheet.size == (COLUMNS * TILE, 24 + tile_rows * (TILE + CAPTION_HEIGHT))
+    assert f"{len(rows)} misclassified images" in result.stdout
+
+
 def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     model = trained["model"]
     model_file = save_model(model, tmp_path / "eval-model.pt")
@@ -285,7 +339,7 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     # Count the same model's predictions by hand, image by image.
     direct, per_item = evaluate_model(model, trained["held_out"], runner=FeatureRunner(model, precision="fp32"))
     counts = [[0, 0, 0] for _ in LABELS]
-    for item, predicted in per_item:
+    for item, predicted, _probabilities in per_item:
         counts[LABELS.index(item.label)][LABELS.index(predicted)] += 1
     assert report["confusion"] == counts
     correct = sum(counts[i][i] for i in range(3))
@@ -319,7 +373,8 @@ def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
         assert store.scalar("SELECT COUNT(*) FROM features") == 3
     assert labels == list(LABELS)
     back = run_cli("model", "rollback", cwd=tmp_path, env=env)
-    assert back.returncode == 1 and "no model is active" in back.stderr and "Traceback" not in back.stderr
+    # The shipped default is the active model of a fresh store, and the root of every rollback chain.
+    assert back.returncode == 1 and "default-2 has no parent" in back.stderr and "Traceback" not in back.stderr
     missing = run_cli("eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"),
                       cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr

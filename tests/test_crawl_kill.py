@@ -82,7 +82,7 @@ def test_killed_crawl_then_rerun_stores_each_image_once(tmp_path, block_after):
     assert rerun.returncode == 0, output
 
     _x, images = build_world(FakeClock())
-    expected = sorted(hashlib.sha256(images[n]).hexdigest() for n in ("p1", "p2", "p3", "gif", "video", "b3"))
+    expected = sorted(hashlib.sha256(images[n]).hexdigest() for n in ("p1", "p2", "p3", "gif.mp4", "video.mp4", "b3"))
     with Store.open(data_dir) as store:
         stored = sorted(row["sha256"] for row in store.query("SELECT sha256 FROM media WHERE status = 'ok'"))
         assert stored == expected

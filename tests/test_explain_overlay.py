@@ -17,12 +17,17 @@ from explain.overlay import (
     PANEL_ROW_HEIGHT,
     VIEW_GAP,
     Call,
+    EncodedImage,
     colourise,
     draw_panel,
+    encode,
+    encode_gif,
+    encode_mp4,
     paint_heatmap,
     paint_lime,
 )
 from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.videogen import animation_frames
 
 PANEL_HEIGHT = PANEL_ROW_HEIGHT * (len(LABELS) + 1) + 6
 
@@ -51,15 +56,46 @@ def test_still_overlay_is_a_png_of_the_view_size_plus_panel(small_vgg):
     assert image.size == (DISPLAY_VIEW_SIDE, DISPLAY_VIEW_SIDE + PANEL_HEIGHT)
 
 
-def test_animated_overlay_is_a_gif_with_one_frame_per_media_frame(small_vgg):
+def test_animated_overlay_is_the_smaller_of_gif_and_mp4_with_one_frame_per_media_frame(small_vgg):
     overlay = gradcam_overlay(small_vgg, [views(1, seed) for seed in range(3)], probabilities=[0.3, 0.5, 0.2])
-    image = decoded(overlay.data)
-    assert overlay.ext == "gif" and image.format == "GIF"
-    assert image.n_frames == 3 and image.info.get("loop") == 0
-    assert image.size == (DISPLAY_VIEW_SIDE, DISPLAY_VIEW_SIDE + PANEL_HEIGHT)
-    first = np.asarray(image.convert("RGB"))
-    image.seek(2)
-    assert not np.array_equal(first, np.asarray(image.convert("RGB"))), "frames must differ: each has its own map"
+    kind, frames = animation_frames(overlay.data)
+    assert overlay.ext == kind.lower() and len(frames) == 3
+    # MP4 sides are padded to even numbers.
+    assert frames[0].width - DISPLAY_VIEW_SIDE in (0, 1) and frames[0].height - (DISPLAY_VIEW_SIDE + PANEL_HEIGHT) in (0, 1)
+    assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[2])), "frames must differ: each has its own map"
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_encode_keeps_the_smaller_of_a_looping_gif_and_an_mp4(flat):
+    if flat:  # two small flat frames: a GIF is a few bytes, an MP4 has a header of a kilobyte or more
+        frames = [Image.new("RGB", (16, 15), (40 * index, 0, 0)) for index in range(2)]
+    else:  # smooth gradients, as heatmaps are: the MP4 is smaller
+        ramp = np.linspace(0, 255, 300, dtype=np.float32)
+        frames = [Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2 + shift] * 3, axis=-1).clip(0, 255)
+                                  .astype(np.uint8)) for shift in (0, 40, 80)]
+    gif, mp4 = encode_gif(frames), encode_mp4(frames)
+    overlay = encode(frames)
+    assert overlay == (EncodedImage(mp4, "mp4") if len(mp4) < len(gif) else EncodedImage(gif, "gif"))
+    assert overlay.ext == ("gif" if flat else "mp4")
+    with Image.open(io.BytesIO(gif)) as image:
+        assert image.format == "GIF" and image.n_frames == len(frames) and image.info.get("loop") == 0
+    kind, decoded_frames = animation_frames(mp4)
+    assert kind == "MP4" and len(decoded_frames) == len(frames)
+    assert decoded_frames[0].size == (frames[0].width + frames[0].width % 2, frames[0].height + frames[0].height % 2)
+
+
+def test_each_frame_shows_its_own_probabilities_and_the_media_call(small_vgg):
+    per_frame = [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]
+    overlay = gradcam_overlay(small_vgg, [views(1, 0), views(1, 0)], probabilities=[0.5, 0.425, 0.075],
+                              frame_probabilities=per_frame)
+    kind, frames = animation_frames(overlay.data)
+    # One caption row more than a still's panel; the same frame with other probabilities shows other bars.
+    assert frames[0].height - (DISPLAY_VIEW_SIDE + PANEL_HEIGHT + PANEL_ROW_HEIGHT) in (0, 1)
+    panels = [np.asarray(frame.crop((0, DISPLAY_VIEW_SIDE, DISPLAY_VIEW_SIDE, frame.height)), np.float32)
+              for frame in frames]
+    assert np.abs(panels[0] - panels[1]).mean() > 2
+    with pytest.raises(ExplainError, match="probabilities for 1 frames"):
+        gradcam_overlay(small_vgg, [views(1, 0), views(1, 0)], [0.5, 0.4, 0.1], frame_probabilities=per_frame[:1])
 
 
 def test_several_views_of_a_frame_are_shown_side_by_side(small_vgg):

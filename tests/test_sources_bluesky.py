@@ -5,15 +5,19 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import responses
 
 from bot.ingest.crawl import crawl_once
+from bot.sources.follows import follow, unfollow
 from storage import Store
+from tests.imagegen import picture
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
+from tests.videogen import HLS_PLAYLIST, panned_mp4
 
 APPVIEW = "https://public.api.bsky.app"
+PDS = "https://morel.us-east.host.bsky.network"
 
 
 @dataclass
@@ -23,6 +27,8 @@ class FakeBluesky:
     feeds: dict[str, list[dict]] = field(default_factory=dict)  # did -> feed items, newest first
     follows: dict[str, list[str]] = field(default_factory=dict)  # handle -> followed handles
     files: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    did_documents: dict[str, dict] = field(default_factory=dict)
+    blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (did, cid) -> the uploaded file
     scripted: list[tuple[str, int, dict]] = field(default_factory=list)
     api_calls: list[tuple[str, dict]] = field(default_factory=list)
     media_calls: list[str] = field(default_factory=list)
@@ -30,10 +36,44 @@ class FakeBluesky:
 
     def add_account(self, handle: str) -> str:
         did = f"did:plc:{hashlib.sha1(handle.encode()).hexdigest()[:24]}"
-        self.profiles[handle] = {"did": did, "handle": handle, "displayName": handle.split(".")[0].title(),
-                                 "followersCount": 10, "postsCount": 3}
+        # A profileViewDetailed as public.api.bsky.app answers getProfiles (fields of the recorded bsky.app answer).
+        self.profiles[handle] = {
+            "did": did, "handle": handle, "displayName": handle.split(".")[0].title(),
+            "avatar": f"https://cdn.bsky.app/img/avatar/plain/{did}/bafkreiavatar@jpeg",
+            "associated": {"lists": 0, "feedgens": 0, "starterPacks": 0, "labeler": False},
+            "labels": [], "createdAt": "2024-02-06T18:47:47.372Z", "description": "art",
+            "indexedAt": "2024-02-06T18:47:47.372Z", "followersCount": 10, "followsCount": 4, "postsCount": 3}
         self.feeds[did] = []
+        # Its DID document, as plc.directory serves it, naming the account's PDS.
+        self.did_documents[did] = {
+            "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"], "id": did,
+            "alsoKnownAs": [f"at://{handle}"],
+            "verificationMethod": [{"id": f"{did}#atproto", "type": "Multikey", "controller": did,
+                                    "publicKeyMultibase": "zQ3shXvCK2RyPrSLYQjBEw5CExZkUhJH3n1K2Mb9sC7JbvRMF"}],
+            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": PDS}]}
         return did
+
+    def rename(self, old: str, new: str) -> None:
+        """The account moves to a new handle: the old one resolves no more, posts show the new one."""
+        profile = self.profiles.pop(old)
+        profile["handle"] = new
+        self.profiles[new] = profile
+        for feed in self.feeds.values():
+            for item in feed:
+                if item["post"]["author"]["did"] == profile["did"]:
+                    item["post"]["author"]["handle"] = new
+
+    def video(self, handle: str, mp4: bytes, thumbnail: bytes) -> dict:
+        """An app.bsky.embed.video#view (as the recorded bsky.app answer has it): its blob on the PDS."""
+        did = self.profiles[handle]["did"]
+        cid = "bafkrei" + hashlib.sha1(mp4).hexdigest()
+        watch = f"https://video.bsky.app/watch/{quote(did, safe='')}/{cid}"
+        self.files[f"{watch}/thumbnail.jpg"] = (200, thumbnail)
+        self.files[f"{watch}/playlist.m3u8"] = (200, HLS_PLAYLIST)
+        self.blobs[(did, cid)] = mp4
+        return {"$type": "app.bsky.embed.video#view", "cid": cid, "playlist": f"{watch}/playlist.m3u8",
+                "thumbnail": f"{watch}/thumbnail.jpg", "aspectRatio": {"height": 240, "width": 320},
+                "presentation": "gif"}
 
     def author(self, handle: str) -> dict:
         profile = self.profiles[handle]
@@ -93,8 +133,10 @@ class FakeBluesky:
         headers = {"content-type": "application/json", "ratelimit-limit": "3000", "ratelimit-remaining": "2999",
                    "ratelimit-reset": str(int(self.clock.now) + 300), "ratelimit-policy": "3000;w=300"}
         if method == "app.bsky.actor.getProfiles":
-            found = [self.profiles[actor] for actor in params["actors"] if actor in self.profiles]
-            return 200, headers, json.dumps({"profiles": found})
+            # An actor is a handle or a DID (lexicon format at-identifier); unknown ones are left out.
+            by_did = {profile["did"]: profile for profile in self.profiles.values()}
+            found = [self.profiles.get(actor) or by_did.get(actor) for actor in params["actors"]]
+            return 200, headers, json.dumps({"profiles": [profile for profile in found if profile]})
         if method == "app.bsky.graph.getFollows":
             handle = params["actor"][0]
             return 200, headers, json.dumps(self._page("follows", [self.author(h) for h in self.follows[handle]],
@@ -118,13 +160,35 @@ class FakeBluesky:
         status, body = self.files.get(request.url, (404, b""))
         if status != 200:
             return status, {"content-type": "application/json"}, json.dumps({"error": "NotFound"})
-        return 200, {"content-type": "image/jpeg"}, body
+        kind = "application/vnd.apple.mpegurl" if request.url.endswith(".m3u8") else "image/jpeg"
+        return 200, {"content-type": kind}, body
+
+    def plc(self, request):
+        self.api_calls.append(("plc", {}))
+        document = self.did_documents.get(unquote(urlsplit(request.url).path.lstrip("/")))
+        if document is None:
+            return 404, {"content-type": "application/json"}, json.dumps({"message": "DID not registered"})
+        return 200, {"content-type": "application/did+ld+json; charset=utf-8"}, json.dumps(document)
+
+    def pds(self, request):
+        self.media_calls.append(request.url)
+        params = parse_qs(urlsplit(request.url).query)
+        blob = self.blobs.get((params["did"][0], params["cid"][0]))
+        if blob is None:
+            return 400, {"content-type": "application/json"}, json.dumps({"error": "BlobNotFound",
+                                                                         "message": "Blob not found"})
+        return 200, {"content-type": "video/mp4", "content-length": str(len(blob))}, blob
 
     def install(self, mock: responses.RequestsMock) -> None:
         mock.add_callback(responses.GET, re.compile(re.escape(APPVIEW) + r"/xrpc/.*"), callback=self.api,
                           content_type=None)
-        mock.add_callback(responses.GET, re.compile(r"https://cdn\.bsky\.app/.*"), callback=self.media_file,
+        for host in ("cdn.bsky.app", "video.bsky.app"):
+            mock.add_callback(responses.GET, re.compile(rf"https://{re.escape(host)}/.*"), callback=self.media_file,
+                              content_type=None)
+        mock.add_callback(responses.GET, re.compile(r"https://plc\.directory/.*"), callback=self.plc,
                           content_type=None)
+        mock.add_callback(responses.GET, re.compile(re.escape(PDS) + r"/xrpc/com\.atproto\.sync\.getBlob.*"),
+                          callback=self.pds, content_type=None)
 
 
 def build_world(clock: FakeClock) -> tuple[FakeBluesky, dict[str, bytes]]:
@@ -193,7 +257,9 @@ def test_second_run_reads_one_page_and_stores_nothing(world, tmp_path):
         assert (store.scalar("SELECT COUNT(*) FROM media"), store.scalar("SELECT COUNT(*) FROM post_media")) == counts
         feed_calls = [params for method, params in bsky.api_calls if method == "app.bsky.feed.getAuthorFeed"]
         assert len(feed_calls) == 2 and all("cursor" not in params for params in feed_calls)
-        assert not any(method == "app.bsky.actor.getProfiles" for method, _ in bsky.api_calls)
+        # Accounts are looked up by their stored DIDs (one read), so a changed handle would be noticed.
+        lookups = [params["actors"] for method, params in bsky.api_calls if method == "app.bsky.actor.getProfiles"]
+        assert [sorted(actors) for actors in lookups] == [sorted(bsky.profiles[handle]["did"] for handle in ("mika.bsky.social", "ren.example.com"))]
         new = make_jpeg(99)
         bsky.post("mika.bsky.social", "new", bsky.images_embed(bsky.image("mika.bsky.social", new)))
         summary = crawl_once(store, config, http=http_for(clock))
@@ -226,3 +292,96 @@ def test_following_of_lists_follows_over_pages(world, tmp_path, monkeypatch):
         assert summary.accounts == 2 and summary.total("media_new") == 6
         assert store.scalar("SELECT COUNT(*) FROM posts WHERE external_id LIKE '%#repost%'") == 0  # off by default
         assert sum(1 for method, _ in bsky.api_calls if method == "app.bsky.graph.getFollows") == 2
+
+
+def test_an_account_listed_by_did_is_resolved_and_crawled(world, tmp_path):
+    bsky, images, clock = world
+    did = bsky.profiles["mika.bsky.social"]["did"]
+    config = bluesky_config(tmp_path, accounts=[did])
+    with Store.open(config.data_path) as store:
+        summary = crawl_once(store, config, http=http_for(clock))
+        run = summary.runs[0]
+        assert run.problems == [] and run.accounts == 1 and summary.total("media_new") == 3  # m1, m2, m3
+        lookups = [params["actors"] for method, params in bsky.api_calls if method == "app.bsky.actor.getProfiles"]
+        assert lookups == [[did]]
+        assert store.query("SELECT handle, external_id, cursor FROM accounts") == [
+            {"handle": "mika.bsky.social", "external_id": did, "cursor": "2026-11-20T10:00:04.000Z"}]
+
+
+def test_follow_by_did_is_crawled_and_the_row_takes_the_handle(world, tmp_path):
+    bsky, images, clock = world
+    did = bsky.profiles["ren.example.com"]["did"]
+    config = bluesky_config(tmp_path, accounts=[])
+    with Store.open(config.data_path) as store:
+        assert follow(store, "bluesky", did)["was_followed"] is False
+        summary = crawl_once(store, config, http=http_for(clock))
+        assert summary.runs[0].accounts == 1 and summary.total("media_new") == 3  # r1, quote, r2
+        rows = store.query("SELECT handle, external_id, followed, followed_via FROM accounts")
+        assert rows == [{"handle": "ren.example.com", "external_id": did, "followed": 1, "followed_via": "command"}]
+        # Following again by DID or unfollowing by DID finds the same row.
+        assert follow(store, "bluesky", did)["was_followed"] is True
+        unfollow(store, "bluesky", did)
+        assert crawl_once(store, config, http=http_for(clock)).runs == []
+        assert store.scalar("SELECT COUNT(*) FROM accounts") == 1
+
+
+def test_a_renamed_handle_keeps_its_cursor_and_posts(world, tmp_path):
+    bsky, images, clock = world
+    config = bluesky_config(tmp_path)  # still lists mika (mika.bsky.social) after the rename
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        account_id, cursor = store.query_one("SELECT id, cursor FROM accounts WHERE handle = 'mika.bsky.social'").values()
+        posts_before = store.scalar("SELECT COUNT(*) FROM posts WHERE account_id = ?", (account_id,))
+
+        bsky.rename("mika.bsky.social", "mika.art")
+        new = make_jpeg(98)
+        bsky.post("mika.art", "after the move", bsky.images_embed(bsky.image("mika.art", new)))
+        bsky.api_calls.clear()
+        for _run in range(2):  # the second run still finds the old name in the config
+            summary = crawl_once(store, config, http=http_for(clock))
+            assert summary.runs[0].problems == [] and summary.runs[0].accounts == 2
+        assert store.media_by_sha256(sha(new)) is not None
+        row = store.query_one("SELECT id, handle, cursor FROM accounts WHERE external_id = ?",
+                              (bsky.profiles["mika.art"]["did"],))
+        assert row["id"] == account_id and row["handle"] == "mika.art" and row["cursor"] > cursor
+        assert store.scalar("SELECT COUNT(*) FROM posts WHERE account_id = ?", (account_id,)) == posts_before + 1
+        assert store.scalar("SELECT COUNT(*) FROM accounts") == 2
+        # The stored cursor was used: one page of mika's feed per run, no backfill from scratch.
+        feed_pages = [params for method, params in bsky.api_calls if method == "app.bsky.feed.getAuthorFeed"
+                      and params["actor"] == [bsky.profiles["mika.art"]["did"]]]
+        assert len(feed_pages) == 2 and all("cursor" not in params for params in feed_pages)
+
+
+def test_videos_are_their_uploaded_file_from_the_pds_else_the_thumbnail(world, tmp_path):
+    bsky, images, clock = world
+    clip = panned_mp4(picture(41))
+    too_big = panned_mp4(picture(42), size=(480, 360), frames=48)
+    thumbnails = make_jpeg(43), make_jpeg(44)
+    bsky.post("mika.bsky.social", "wip loop", bsky.video("mika.bsky.social", clip, thumbnails[0]))
+    bsky.post("mika.bsky.social", "long one", bsky.video("mika.bsky.social", too_big, thumbnails[1]))
+    config = crawl_config(tmp_path, {"bluesky": {"accounts": ["mika"], "page_size": 2}},
+                          ingest={"max_bytes": len(too_big) - 1})
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        video = store.media_by_sha256(sha(clip))
+        assert video["mime"] == "video/mp4" and video["frames"] == 24 and video["duration_s"] == 2.0
+        assert video["source_url"].startswith(f"{PDS}/xrpc/com.atproto.sync.getBlob?did=did%3Aplc%3A")
+        # Over the byte limit: the thumbnail stands in; the HLS playlist is never fetched.
+        assert store.media_by_sha256(sha(too_big)) is None
+        assert store.media_by_sha256(sha(thumbnails[1]))["mime"] == "image/jpeg"
+        assert not any(url.endswith(".m3u8") for url in bsky.media_calls)
+        assert sum(1 for method, _ in bsky.api_calls if method == "plc") == 1  # the DID document, once per run
+        assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE reason NOT LIKE '%HTTP 404%'") == 0
+
+
+def test_a_did_document_without_a_pds_leaves_the_thumbnail(world, tmp_path):
+    bsky, images, clock = world
+    did = bsky.profiles["mika.bsky.social"]["did"]
+    bsky.did_documents[did]["service"] = []
+    thumbnail = make_jpeg(45)
+    bsky.post("mika.bsky.social", "clip", bsky.video("mika.bsky.social", panned_mp4(picture(46)), thumbnail))
+    config = bluesky_config(tmp_path, accounts=["mika"])
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        assert store.media_by_sha256(sha(thumbnail))["mime"] == "image/jpeg"
+        assert store.scalar("SELECT COUNT(*) FROM media WHERE mime LIKE 'video/%'") == 0

@@ -12,7 +12,9 @@ import responses
 from bot.ingest.crawl import crawl_once
 from bot.sources.follows import follow, unfollow
 from storage import Store
+from tests.imagegen import picture
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
+from tests.videogen import panned_mp4
 
 HOME = "mastodon.example"
 
@@ -36,17 +38,22 @@ class FakeMastodon:
         self.statuses[account["id"]] = []
         return account
 
-    def attachment(self, kind: str, body: bytes | None, host: str, status: int = 200, alt: str = "") -> dict:
+    def attachment(self, kind: str, body: bytes | None, host: str, status: int = 200, alt: str = "",
+                   preview_body: bytes | None = None) -> dict:
+        """An image, or a gifv/video whose `body` is its MP4 (the preview still is `preview_body`)."""
         self.next_id += 1
         name = f"{self.next_id:06d}"
-        url = f"https://{host}/media_attachments/files/000/{name}/original/{name}.jpg"
+        suffix = "jpg" if kind == "image" else "mp4"
+        url = f"https://{host}/media_attachments/files/000/{name}/original/{name}.{suffix}"
         preview = f"https://{host}/media_attachments/files/000/{name}/small/{name}.jpg"
-        if kind == "image":
-            self.files[url] = (status, body or b"")
-        else:
-            self.files[preview] = (status, body or b"")
-        return {"id": name, "type": kind, "url": url if kind == "image" else url.replace(".jpg", ".mp4"),
-                "preview_url": preview, "remote_url": None, "description": alt or None, "blurhash": "UBL_:rOpGG-o"}
+        self.files[url] = (status, body or b"")
+        if preview_body is not None:
+            self.files[preview] = (200, preview_body)
+        meta = {"original": {"width": 320, "height": 240}, "small": {"width": 320, "height": 240}}
+        if kind != "image":
+            meta["original"].update(frame_rate="12/1", duration=2.0, bitrate=45000)
+        return {"id": name, "type": kind, "url": url, "preview_url": preview, "remote_url": None,
+                "description": alt or None, "blurhash": "UBL_:rOpGG-o", "meta": meta}
 
     def status(self, instance: str, account: dict, attachments: list[dict], reblog: dict | None = None) -> dict:
         self.next_id += 1
@@ -109,7 +116,7 @@ class FakeMastodon:
         status, body = self.files.get(request.url, (404, b""))
         if status != 200:
             return status, {"content-type": "text/html"}, "<html>Not Found</html>"
-        return 200, {"content-type": "image/jpeg"}, body
+        return 200, {"content-type": "video/mp4" if request.url.endswith(".mp4") else "image/jpeg"}, body
 
     def install(self, mock: responses.RequestsMock) -> None:
         for host in (HOME, "art.example"):
@@ -122,14 +129,16 @@ class FakeMastodon:
 
 def build_world(clock: FakeClock) -> tuple[FakeMastodon, dict[str, bytes]]:
     fake = FakeMastodon(clock)
-    images = {name: make_jpeg(seed) for seed, name in enumerate(["a1", "gif", "a2", "a3", "p1", "p2", "l1"], 60)}
+    images = {name: make_jpeg(seed) for seed, name in enumerate(["a1", "a2", "a3", "p1", "p2", "l1"], 60)}
+    images["gif"] = panned_mp4(picture(31))
+    images["video"] = panned_mp4(picture(32), frames=30)
     artist = fake.add_account(HOME, "artist")
     painter = fake.add_account("art.example", "painter")
     late = fake.add_account("art.example", "late")
     files = f"files.{HOME}"
     first = fake.status(HOME, artist, [fake.attachment("image", images["a1"], files, alt="a lighthouse")])
-    fake.status(HOME, artist, [fake.attachment("gifv", images["gif"], files)])
-    fake.status(HOME, artist, [fake.attachment("video", make_jpeg(5), files)])  # videos are not fetched
+    fake.status(HOME, artist, [fake.attachment("gifv", images["gif"], files, preview_body=make_jpeg(5))])
+    fake.status(HOME, artist, [fake.attachment("video", images["video"], files, preview_body=make_jpeg(6))])
     fake.status(HOME, artist, [fake.attachment("image", None, files, status=404)])
     fake.status(HOME, artist, [fake.attachment("image", images["a1"], "cdn.elsewhere.example")])
     fake.status(HOME, artist, [fake.attachment("image", images["a2"], files),
@@ -163,7 +172,9 @@ def test_crawl_stores_images_links_boosts_and_keeps_the_token_home(world, tmp_pa
         run = summary.runs[0]
         assert run.error is None and run.accounts == 3, run.problems
         stored = sorted(row["sha256"] for row in store.query("SELECT sha256 FROM media WHERE status = 'ok'"))
-        assert stored == sorted(sha(images[name]) for name in ("a1", "gif", "a2", "a3", "p1", "p2", "l1"))
+        assert stored == sorted(sha(images[name]) for name in ("a1", "gif", "video", "a2", "a3", "p1", "p2", "l1"))
+        videos = store.query("SELECT frames, duration_s FROM media WHERE mime = 'video/mp4' ORDER BY id")
+        assert [(row["frames"], row["duration_s"]) for row in videos] == [(24, 2.0), (30, 2.5)]
         lighthouse = store.scalar("SELECT id FROM media WHERE sha256 = ?", (sha(images["a1"]),))
         linked = store.query("SELECT a.handle, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
                              "JOIN accounts a ON a.id = p.account_id WHERE pm.media_id = ? ORDER BY a.handle",

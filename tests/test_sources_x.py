@@ -11,7 +11,9 @@ import responses
 
 from bot.ingest.crawl import crawl_once
 from storage import Store
+from tests.imagegen import picture
 from tests.sources_support import FakeClock, crawl_config, http_for, make_jpeg, sha, world_fixture
+from tests.videogen import HLS_PLAYLIST, panned_mp4
 
 API = "https://api.twitter.com"
 
@@ -51,24 +53,37 @@ class FakeX:
                 self.files[f"{base}?format=jpg&name={name}"] = (status, content_type, body if status == 200 else b"")
         return key
 
-    def animated(self, kind: str, body: bytes) -> str:
+    def animated(self, kind: str, mp4: bytes | dict[str, bytes], preview: bytes) -> str:
+        """A GIF (one MP4 variant) or a video (MP4s at three sizes and HLS, as X lists them) with its preview.
+
+        `mp4` is served at every MP4 variant, or per size ("320x180", "640x360", "1280x720") for a video.
+        """
         self.next_key += 1
         number = self.next_key
         if kind == "animated_gif":
-            key, preview = f"16_{number}", f"https://pbs.twimg.com/tweet_video_thumb/G{number}.jpg"
+            key, preview_url = f"16_{number}", f"https://pbs.twimg.com/tweet_video_thumb/G{number}.jpg"
             variants = [{"bit_rate": 0, "content_type": "video/mp4",
                          "url": f"https://video.twimg.com/tweet_video/G{number}.mp4"}]
         else:
-            key, preview = f"7_{number}", f"https://pbs.twimg.com/ext_tw_video_thumb/{number}/pu/img/V{number}.jpg"
+            key, preview_url = f"7_{number}", f"https://pbs.twimg.com/ext_tw_video_thumb/{number}/pu/img/V{number}.jpg"
+            base = f"https://video.twimg.com/ext_tw_video/{number}/pu"
             variants = [
-                {"content_type": "application/x-mpegURL",
-                 "url": f"https://video.twimg.com/ext_tw_video/{number}/pu/pl/V.m3u8"},
-                {"bit_rate": 832000, "content_type": "video/mp4",
-                 "url": f"https://video.twimg.com/ext_tw_video/{number}/pu/vid/640x360/V.mp4"},
+                {"bit_rate": 832000, "content_type": "video/mp4", "url": f"{base}/vid/640x360/sY{number}.mp4?tag=12"},
+                {"bit_rate": 256000, "content_type": "video/mp4", "url": f"{base}/vid/320x180/SO{number}.mp4?tag=12"},
+                {"bit_rate": 2176000, "content_type": "video/mp4", "url": f"{base}/vid/1280x720/Tq{number}.mp4?tag=12"},
+                {"content_type": "application/x-mpegURL", "url": f"{base}/pl/Yl{number}.m3u8?tag=12&container=fmp4"},
             ]
-        self.media[key] = {"media_key": key, "type": kind, "preview_image_url": preview, "width": 640,
-                           "height": 360, "variants": variants}
-        self.files[preview] = (200, "image/jpeg", body)
+        self.media[key] = {"media_key": key, "type": kind, "preview_image_url": preview_url, "width": 640,
+                           "height": 360, "duration_ms": 2000, "variants": variants}
+        self.files[preview_url] = (200, "image/jpeg", preview)
+        for variant in variants:
+            if variant["content_type"] == "video/mp4":
+                size = re.search(r"/(\d+x\d+)/", variant["url"])
+                body = mp4 if isinstance(mp4, bytes) else mp4.get(size[1] if size else "", b"")
+                if body:
+                    self.files[variant["url"]] = (200, "video/mp4", body)
+            else:
+                self.files[variant["url"]] = (200, "application/x-mpegURL", HLS_PLAYLIST)
         return key
 
     def tweet(self, user_id: str, tweet_id: str, media_keys: list[str] = (), text: str = "art",
@@ -204,13 +219,15 @@ def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
     x.add_user("202", "bob")
     images = {name: make_jpeg(seed) for seed, name in enumerate(
         ["p1", "p2", "p3", "gif", "video", "deleted", "b1", "b2", "b3"], start=1)}
+    images["gif.mp4"] = panned_mp4(picture(11))
+    images["video.mp4"] = panned_mp4(picture(12), size=(480, 270), frames=36)
     p1 = x.photo(images["p1"], alt="a fox")
     x.tweet("101", "1001", text="text only, no media")
     x.tweet("101", "1002", [p1])
     # p3's original size is gone (404): the 4096x4096 rendition is served instead.
     x.tweet("101", "1003", [x.photo(images["p2"]), x.photo(images["p3"], orig_status=404)])
-    x.tweet("101", "1004", [x.animated("animated_gif", images["gif"])])
-    x.tweet("101", "1005", [x.animated("video", images["video"])])
+    x.tweet("101", "1004", [x.animated("animated_gif", images["gif.mp4"], images["gif"])])
+    x.tweet("101", "1005", [x.animated("video", images["video.mp4"], images["video"])])
     deleted = x.photo(images["deleted"])
     for url in [u for u in x.files if "F" + deleted.split("_")[1] + "xYz" in u]:
         x.files[url] = (404, "text/html", b"<html>gone</html>")
@@ -251,8 +268,8 @@ def test_first_crawl_stores_every_image_once_and_records_failures(world, tmp_pat
         run = summary.runs[0]
         assert run.error is None, run.error
         assert run.accounts == 2
-        # alice: 1002 p1, 1003 p2+p3, 1004 gif preview, 1005 video preview; bob: 2005 b3 (+ the retweet dup).
-        expected = sorted(sha(images[n]) for n in ("p1", "p2", "p3", "gif", "video", "b3"))
+        # alice: 1002 p1, 1003 p2+p3, 1004 gif, 1005 video; bob: 2005 b3 (+ the retweet dup).
+        expected = sorted(sha(images[n]) for n in ("p1", "p2", "p3", "gif.mp4", "video.mp4", "b3"))
         assert stored_sha256s(store) == expected
         assert summary.total("media_new") == 6
         # The retweet links the stored fox to bob's post instead of storing it again.
@@ -273,8 +290,13 @@ def test_first_crawl_stores_every_image_once_and_records_failures(world, tmp_pat
         p3_calls = [url for url in x.media_calls if "F3xYz" in url]
         assert p3_calls == ["https://pbs.twimg.com/media/F3xYz?format=jpg&name=orig",
                             "https://pbs.twimg.com/media/F3xYz?format=jpg&name=4096x4096"]
-        # Only preview images are fetched for GIFs and videos; no mp4 is downloaded.
-        assert not any("video.twimg.com" in url for url in x.media_calls)
+        # GIFs and videos are stored as MP4 (the video's 720p variant: the smallest at least 480 px high),
+        # with their length and frame count; neither the previews nor the HLS playlist are fetched.
+        videos = store.query("SELECT mime, frames, duration_s, width FROM media WHERE mime = 'video/mp4' ORDER BY id")
+        assert [(row["frames"], row["duration_s"], row["width"]) for row in videos] == [(24, 2.0, 320), (36, 3.0, 480)]
+        assert [url for url in x.media_calls if "video.twimg.com" in url] == [
+            "https://video.twimg.com/tweet_video/G4.mp4", "https://video.twimg.com/ext_tw_video/5/pu/vid/1280x720/Tq5.mp4?tag=12"]
+        assert not any("_thumb/" in url for url in x.media_calls)
         cursors = {row["handle"]: row["cursor"] for row in store.query("SELECT handle, cursor FROM accounts")}
         assert cursors == {"alice": "1010", "bob": "2007"}
         assert run.reads == 5  # users/by + 2 pages each
@@ -459,22 +481,68 @@ def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world
 
 
 
-def test_videos_and_gifs_are_never_downloaded_as_mp4(world, tmp_path):
+def test_a_video_over_the_byte_limit_falls_back_to_a_smaller_mp4_then_the_preview(world, tmp_path):
+    x, images, clock = world
+    small = panned_mp4(picture(21), size=(320, 180), frames=12)
+    big = small + bytes(250_000)  # over the 200 kB limit of x_config
+    x.tweet("101", "1011", [x.animated("video", {"1280x720": big, "640x360": big, "320x180": small}, make_jpeg(60))])
+    x.tweet("101", "1012", [x.animated("video", {"1280x720": big, "640x360": big, "320x180": big}, make_jpeg(61))])
+    config = x_config(tmp_path)
+    with Store.open(config.data_path) as store:
+        crawl_once(store, config, http=http_for(clock))
+        # 720p (the smallest >= 480 px) is too large, then 360p (the largest below 480), so 180p is taken.
+        first = f"https://video.twimg.com/ext_tw_video/{x.next_key - 1}/pu/vid/"
+        assert [url[len(first):].split("/")[0] for url in x.media_calls if url.startswith(first)] == [
+            "1280x720", "640x360", "320x180"]
+        stored = store.media_by_sha256(sha(small))
+        assert stored is not None and stored["mime"] == "video/mp4" and stored["frames"] == 12
+        # Every MP4 too large: the preview still is stored instead, and nothing is recorded as failed.
+        assert store.media_by_sha256(sha(make_jpeg(61)))["mime"] == "image/jpeg"
+        assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE post_external_id IN ('1011', '1012')") == 0
+        assert not any(".m3u8" in url for url in x.media_calls)
+
+
+def test_video_variants_are_ordered_smallest_sufficient_first_and_hls_never():
+    from bot.sources.x import media_ref
+
+    item = {"type": "video", "preview_image_url": "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg",
+            "width": 1280, "height": 720, "variants": [
+                {"bit_rate": 832000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/640x360/b.mp4"},
+                {"bit_rate": 256000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/320x180/c.mp4"},
+                {"bit_rate": 2176000, "content_type": "video/mp4",
+                 "url": "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4"},
+                {"bit_rate": 5000000, "content_type": "video/mp4",
+                 "url": "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4"},
+                {"content_type": "application/x-mpegURL", "url": "https://video.twimg.com/v/pl/f.m3u8"}]}
+    ref = media_ref(item)
+    assert [ref.url, *ref.fallbacks] == [
+        "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4", "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4",
+        "https://video.twimg.com/v/vid/640x360/b.mp4", "https://video.twimg.com/v/vid/320x180/c.mp4",
+        "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg"]
+    # A vertical clip: 720x1280 is "at least 480 px on the short side" as well.
+    item["variants"] = [{"content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/720x1280/g.mp4"}]
+    assert media_ref(item).url.endswith("g.mp4")
+
+
+def test_an_hls_playlist_served_where_an_mp4_was_expected_is_refused_with_a_reason(world, tmp_path):
     from bot.ingest.fetch import DownloadRefused
     from bot.sources.records import MediaRef
     from bot.sources.x import XSource
 
     x, images, clock = world
     config = x_config(tmp_path)
+    playlist_url = "https://video.twimg.com/ext_tw_video/9/pu/vid/1280x720/hls.mp4"
+    x.files[playlist_url] = (200, "application/vnd.apple.mpegurl", HLS_PLAYLIST)
+    source = XSource(config.sources.x, http_for(clock), config.ingest.max_bytes)
+    with pytest.raises(DownloadRefused, match="HLS playlist"):
+        source.fetch(MediaRef(url=playlist_url, kind="video"))
+    # Served as video/mp4, the playlist passes the download and is refused by validation, with its reason.
+    x.files[playlist_url] = (200, "video/mp4", HLS_PLAYLIST)
+    x.tweet("101", "1011", [x.animated("animated_gif", b"", make_jpeg(62))])
+    gif_url = x.media[f"16_{x.next_key}"]["variants"][0]["url"]
+    x.files[gif_url] = (200, "video/mp4", HLS_PLAYLIST)
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))
-    # Only the preview image is used, so the timeline is not asked for the mp4 variants at all...
-    timeline_fields = {params["media.fields"] for path, params in x.api_calls if path.endswith("/tweets")}
-    assert timeline_fields and all("variants" not in fields for fields in timeline_fields)
-    # ...and the video host is outside the allow-list.
-    mp4 = next(variant["url"] for item in x.media.values() for variant in item.get("variants", [])
-               if variant["url"].endswith(".mp4"))
-    source = XSource(config.sources.x, http_for(clock), config.ingest.max_bytes)
-    with pytest.raises(DownloadRefused, match="allow-list"):
-        source.fetch(MediaRef(url=mp4, kind="video"))
-    assert mp4 not in x.media_calls
+        row = store.query_one("SELECT status, reject_reason FROM media WHERE source_url = ?", (gif_url,))
+        assert row["status"] == "rejected" and "HLS playlist" in row["reject_reason"]
+        assert store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'") == 6  # nothing else lost

@@ -158,3 +158,32 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
         atomic_write(target, failing_writer)
     assert target.read_bytes() == b"version one"
     assert [p.name for p in target.parent.iterdir()] == ["model.bin"]
+
+
+def test_a_bluesky_account_is_its_did_through_handle_changes(store):
+    did, other_did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:plc:z72i7hdynmk6r22z27h6tvur"
+    account = store.upsert_account("bluesky", "old.example.com", did, "Old")
+    store.execute("UPDATE accounts SET cursor = 'c1' WHERE id = ?", (account,))
+    post, _ = store.upsert_post(account, "bluesky", f"at://{did}/app.bsky.feed.post/1", None, "hi", None)
+    # The handle changes: same row, same cursor and post; the old name is remembered for config lists.
+    assert store.upsert_account("bluesky", "new.example.com", did, None) == account
+    assert store.query_one("SELECT handle, cursor, display_name FROM accounts WHERE id = ?", (account,)) == {
+        "handle": "new.example.com", "cursor": "c1", "display_name": "Old"}
+    assert store.former_handles("bluesky") == {"old.example.com": did}
+    # A DID given as the handle (followed before it was resolved) never replaces the real handle.
+    assert store.upsert_account("bluesky", did, did) == account
+    assert store.scalar("SELECT handle FROM accounts WHERE id = ?", (account,)) == "new.example.com"
+    # A placeholder row followed by the new handle (no DID yet) merges into the account, posts and follow state.
+    placeholder = store.upsert_account("bluesky", "newest.example.com")
+    store.execute("UPDATE accounts SET followed = 1, followed_via = 'command' WHERE id = ?", (placeholder,))
+    assert store.upsert_account("bluesky", "newest.example.com", did) == account
+    assert store.query("SELECT id, handle, followed_via FROM accounts") == [
+        {"id": account, "handle": "newest.example.com", "followed_via": "command"}]
+    # The old handle passes to another account: the first keeps its row and is renamed to its DID until resolved.
+    second = store.upsert_account("bluesky", "someone.example.com", other_did)
+    assert store.upsert_account("bluesky", "newest.example.com", other_did) == second
+    assert store.scalar("SELECT handle FROM accounts WHERE id = ?", (account,)) == did
+    assert store.scalar("SELECT account_id FROM posts WHERE id = ?", (post,)) == account
+    # Other networks keep keying accounts by handle: Mastodon ids are only unique per instance.
+    first = store.upsert_account("mastodon", "a@one.example", "7")
+    assert store.upsert_account("mastodon", "b@two.example", "7") != first

@@ -260,7 +260,7 @@ def undo(store: Store, actor: Actor) -> Reply:
 
 # --- explanations ---------------------------------------------------------------------------------------
 
-# (image file, method) -> (encoded overlay bytes, "png" | "gif"). Built from the active model by the app;
+# (image file, method) -> (encoded overlay bytes, "png" | "gif" | "mp4"). Built from the active model by the app;
 # raises for anything it cannot explain.
 Explainer = Callable[[Path, str], tuple[bytes, str]]
 

@@ -9,19 +9,19 @@ import sys
 from bot.app import ActiveModelExplainer
 from bot.chat import commands
 from bot.chat.terminal import review_loop, terminal_actor
-from bot.cli import CommandError
+from bot.cli import CommandError, open_store
 from bot.config import Config
-from storage import LABELS, Store
+from storage import LABELS
 
 def cmd_review(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         answered = review_loop(store, terminal_actor(args.by), open_overlay=args.open)
     print(f"{answered} answers recorded.")
     return 0
 
 
 def cmd_label(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         reply = commands.label(store, terminal_actor(args.by), args.media, args.label)
     if not reply.ok:
         print(f"illustfeed: error: {reply.text}", file=sys.stderr)
@@ -39,7 +39,7 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     if not config.discord.token:
         raise CommandError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
                            "or [discord] token in the config file")
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         try:
             asyncio.run(run_bot(config.discord, store, explainer=ActiveModelExplainer(config), config=config))
         except discord.LoginFailure as error:

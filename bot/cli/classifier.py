@@ -104,19 +104,29 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
         per_origin_results,
         save_confusion_png,
     )
+
     items = scan_folder(args.data)
     with open_store(config) as store:
         model = app.load_model(store, config, args.model)
-    metrics, per_item = evaluate_model(model, items, runner=app.make_runner(model, config.classifier),
-                                       batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
+    metrics, scored = evaluate_model(model, items, runner=app.make_runner(model, config.classifier),
+                                     batch_size=config.classifier.batch_size, max_frames=config.classifier.max_frames)
     skipped = metrics.pop("skipped")
-    scored = [(item, predicted) for item, predicted in per_item if predicted is not None]
+    decoded = [image for image in scored if image.predicted is not None]
     # Per origin only when a manifest groups the images (otherwise each image is its own origin).
-    grouped = len({item.group for item, _ in scored}) < len(scored)
-    metrics["per_origin"] = per_origin_results([item.label for item, _ in scored], [p for _, p in scored],
-                                               [item.group for item, _ in scored], model.labels) if grouped else None
+    grouped = len({image.item.group for image in decoded}) < len(decoded)
+    metrics["per_origin"] = per_origin_results(
+        [image.item.label for image in decoded], [image.predicted for image in decoded],
+        [image.item.group for image in decoded], model.labels) if grouped else None
     png = Path(args.png) if args.png else config.data_path / "reports" / f"confusion-{model.version}.png"
     save_confusion_png(metrics, png, title=f"{model.version} on {Path(args.data).name}")
+    if args.errors:
+        from classifier.errors import write_errors
+
+        errors = write_errors(scored, model.labels, args.errors, root=Path(args.data),
+                              title=f"{model.version} on {args.data}: misclassified, worst first")
+        shown = "" if errors.on_sheet == errors.mistakes else f" (the {errors.on_sheet} worst on the sheet)"
+        print(f"{errors.mistakes} misclassified images: {errors.csv_path}, {errors.sheet_path}{shown}",
+              file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(metrics))
         print(f"confusion matrix: {png}" + (f"; {skipped} undecodable images skipped" if skipped else ""),
@@ -214,6 +224,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--model", metavar="VERSION_OR_PATH",
                           help="default: the active model, else the shipped default model")
     evaluate.add_argument("--png", metavar="PATH", help="confusion matrix image (default: <data_dir>/reports/)")
+    evaluate.add_argument("--errors", metavar="DIR", help="write every misclassified file with true/predicted "
+                          "labels and probabilities to DIR/errors.csv, and a contact sheet DIR/errors.png")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_classifier_errors_as_command_errors(cmd_eval))
 

@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     titles = ", ".join(info.title for info in METHODS.values())
     parser = subparsers.add_parser("explain", help=f"show where the classifier looked ({titles})")
-    parser.add_argument("media", metavar="PATH_OR_MEDIA_ID", help="an image file, or a media id / sha256 prefix")
+    parser.add_argument("media", metavar="PATH_OR_MEDIA_ID",
+                        help="an image or video file, or a media id / sha256 prefix")
     parser.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD)
     parser.add_argument("--target", choices=LABELS, help="class to explain (default: the predicted one)")
-    parser.add_argument("--out", required=True, type=Path, help="overlay file (.png; animated media: .gif)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="overlay file (.png; animated media and videos: .gif or .mp4)")
     parser.add_argument("--samples", type=int, default=1000, help="LIME: perturbed samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="LIME: random seed of the samples (default 0)")
     parser.add_argument("--model", metavar="VERSION_OR_PATH", help="default: the active model")
@@ -54,7 +56,7 @@ def method_options(method: str, samples: int, seed: int) -> dict:
 
 def explain_to_file(model: nn.Module, source: Path, out: Path, method: str, target_label: str | None,
                     lime_samples: int, lime_seed: int, max_frames: int) -> Path:
-    """Render the explanation of `source` to `out` (suffix corrected to .gif for animated media); the path."""
+    """Render the explanation of `source` to `out` (suffix corrected to .gif/.mp4 for animated media); the path."""
     from explain import ExplainError
 
     labels = tuple(getattr(model, "labels", LABELS))

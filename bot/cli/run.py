@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from bot.cli import open_store
 from bot.cli.classifier import _classifier_errors_as_command_errors
 from bot.config import Config
 from bot.run.lock import DataDirLocked
@@ -26,9 +27,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 @_classifier_errors_as_command_errors
 def cmd_retrain(args: argparse.Namespace, config: Config) -> int:
     from bot.retrain import run_retrain
-    from storage import Store
 
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         outcome = run_retrain(store, config, force=args.force)
     print(json.dumps(outcome.as_dict()) if args.json else outcome.report_text())
     return 0

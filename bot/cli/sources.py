@@ -4,16 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from bot.cli import CommandError
+from bot.cli import CommandError, open_store
 from bot.config import Config
 from bot.ingest.crawl import crawl_once
 from bot.sources import HANDLE_HELP, NETWORK_NAMES
 from bot.sources.follows import FollowError, follow, list_sources, unfollow
-from storage import Store
 
 
 def cmd_crawl(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         summary = crawl_once(store, config)
     print(json.dumps(summary.as_dict()) if args.json else summary.text())
     # Non-zero when a source could not run (credentials, budget), so cron and scripts notice.
@@ -22,7 +21,7 @@ def cmd_crawl(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     change = follow if args.command == "follow" else unfollow
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         try:
             result = change(store, args.source, args.handle, config.sources.mastodon.instance)
         except FollowError as error:
@@ -34,7 +33,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_sources(args: argparse.Namespace, config: Config) -> int:
-    with Store.open(config.data_path) as store:
+    with open_store(config) as store:
         listing = list_sources(store, config)
     if args.json:
         print(json.dumps(listing))

@@ -184,8 +184,8 @@ def media_origin(store: Store, media_id: int) -> tuple[str | None, str | None]:
 
 def visible_media(store: Store, sha256: str) -> dict | None:
     """The stored media row for a sha256 when it can be served (status ok), else None."""
-    return store.query_one("SELECT id, sha256, ext, mime, width, height FROM media WHERE sha256 = ? AND status = 'ok'",
-                           (sha256,))
+    return store.query_one("SELECT id, sha256, ext, mime, width, height, bytes FROM media"
+                           " WHERE sha256 = ? AND status = 'ok'", (sha256,))
 
 
 def feed_counts(store: Store, rule: str) -> dict:

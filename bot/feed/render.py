@@ -210,7 +210,12 @@ def _x(value: object) -> str:
 def _entry_content(item: FeedItem, media_url: str) -> str:
     credit = item.credit
     post_link = safe_link(credit.post_url) if credit else None
-    image = f'<img src="{_e(media_url)}" alt="{_e(alt_text(item))}" width="{item.width}" height="{item.height}">'
+    if (item.mime or "").startswith("video/"):
+        poster = f"{media_url.rsplit('/media/', 1)[0]}/thumb/{item.sha256}"
+        image = (f'<video src="{_e(media_url)}" poster="{_e(poster)}" width="{item.width}" height="{item.height}" '
+                 f'controls loop muted playsinline>{_e(alt_text(item))}</video>')
+    else:
+        image = f'<img src="{_e(media_url)}" alt="{_e(alt_text(item))}" width="{item.width}" height="{item.height}">'
     parts = [f'<p><a href="{_e(post_link)}">{image}</a></p>' if post_link else f"<p>{image}</p>"]
     if credit and credit.text:
         parts.append(f"<p>{_e(credit.text)}</p>")

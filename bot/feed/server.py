@@ -5,6 +5,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +23,16 @@ from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, deta
 from bot.feed.thumbnails import (
     Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
 )
-from storage import SCHEMA_VERSION, Store
+from storage import SCHEMA_VERSION, StorageFault, Store, storage_fault
 from storage.blobs import SHA256_PATTERN
+from storage.check import mark_damaged
+from storage.errors import data_dir_writable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 # Blobs are named by their content, so a cached copy is always right; a day keeps removals from lingering.
@@ -191,27 +194,72 @@ async def _visible_media(request: web.Request) -> dict:
     return media
 
 
-def _blob_response(request: web.Request, path, etag: str, mime: str) -> web.Response:
-    cached = _cached(request, etag, BLOB_CACHE_CONTROL)
-    if cached is not None:
-        return cached
+def _refuse(status: int, reason: str) -> web.HTTPException:
+    """A 404/410 that no cache keeps: the file may come back (`illustfeed check --repair`, a re-import)."""
+    error_class = web.HTTPGone if status == 410 else web.HTTPNotFound
+    return error_class(text=reason, headers={"Cache-Control": "no-store"})
+
+
+def _blob_response(request: web.Request, path, etag: str, mime: str, size: int | None = None,
+                   cache_control: str = BLOB_CACHE_CONTROL) -> web.Response:
+    """The file's bytes, only when they are all there: `size` (the row's) must match the file's."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
         log.error("stored file missing: %s", path)
-        raise web.HTTPNotFound(text="the stored file is missing") from None
+        raise _refuse(404, "the stored file is missing (see `illustfeed check`)") from None
+    actual = os.fstat(handle.fileno()).st_size
+    if size is not None and actual != size:
+        handle.close()
+        log.error("stored file damaged: %s has %d bytes, its row says %d", path, actual, size)
+        raise _refuse(410, f"the stored file is damaged ({actual} bytes of {size}); "
+                           "`illustfeed check --repair` and a re-import restore it")
+    # Checked after the size: a 304 must never confirm bytes the server would not serve.
+    cached = _cached(request, etag, cache_control)
+    if cached is not None:
+        handle.close()
+        return cached
+    if mime.startswith("video/"):
+        handle.close()
+        # Players fetch videos in byte ranges (Safari will not play one otherwise): FileResponse answers them.
+        response = web.FileResponse(path, headers={"Content-Type": mime, "Content-Disposition": "inline"})
+        response.etag = etag
+        response.headers["Cache-Control"] = cache_control
+        return response
     # aiohttp streams a file body in chunks from a worker thread and closes it afterwards. Its default
     # Content-Disposition for files is "attachment"; these are meant to be shown.
     response = web.Response(body=handle, content_type=mime, headers={"Content-Disposition": "inline"})
     response.etag = etag
-    response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+    response.headers["Cache-Control"] = cache_control
     return response
+
+
+def _note_damage(store: Store, media_id: int, problem: str) -> None:
+    """Record what the server found, so `status`, /healthz and the next import know; not on a read-only store."""
+    if store.read_only:
+        return
+    try:
+        mark_damaged(store, media_id, problem)
+    except (sqlite3.Error, StorageFault) as error:
+        log.warning("cannot record damaged media %s: %s", media_id, error)
+
+
+async def _original_response(request: web.Request, media: dict,
+                             cache_control: str = BLOB_CACHE_CONTROL) -> web.Response:
+    worker = request.app[STORE]
+    path = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(_blob_response, request, path, media["sha256"], media["mime"], media["bytes"],
+                                    cache_control))
+    except web.HTTPException as refused:
+        await worker.call(_note_damage, media["id"], refused.text)
+        raise
 
 
 async def media_file(request: web.Request) -> web.Response:
     media = await _visible_media(request)
-    path = await request.app[STORE].call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
-    return _blob_response(request, path, media["sha256"], media["mime"])
+    return await _original_response(request, media)
 
 
 async def _thumbnail(request: web.Request, media: dict) -> Thumbnail:
@@ -238,21 +286,53 @@ async def _thumbnail(request: web.Request, media: dict) -> Thumbnail:
             locks.pop(media["id"], None)
 
 
+def _original_intact(store: Store, media: dict) -> bool:
+    return store.blobs.intact(media["sha256"], media["ext"], media["bytes"])
+
+
 async def thumbnail_file(request: web.Request) -> web.Response:
     media = await _visible_media(request)
-    thumbnail = await _thumbnail(request, media)
+    worker = request.app[STORE]
+    if not await worker.call(_original_intact, media):
+        return await _original_response(request, media)  # answers the 404/410 that says why
+    if await worker.call(lambda store: store.read_only):
+        # Nowhere to keep a new thumbnail: the original stands in, revalidated so the thumbnail wins later.
+        existing = await worker.call(stored_thumbnail, media["id"], thumbnail_spec(settings_of(request)))
+        if existing is None:
+            return await _original_response(request, media, PAGE_CACHE_CONTROL)
+    try:
+        thumbnail = await _thumbnail(request, media)
+    except (StorageFault, sqlite3.OperationalError, OSError) as error:
+        if storage_fault(error) is None:
+            raise
+        log.warning("cannot store a thumbnail of media %s (%s); serving the original", media["id"], error)
+        return await _original_response(request, media, PAGE_CACHE_CONTROL)
     path = await request.app[STORE].call(lambda store: store.derived.path(thumbnail.sha256, thumbnail.ext))
     return _blob_response(request, path, thumbnail.sha256, thumbnail.mime)
 
 
+def storage_health(store: Store) -> str:
+    """`ok`, `read-only`, or `damaged N` (media whose stored file is known to be missing or wrong)."""
+    damaged = store.damaged_count()
+    if damaged:
+        return f"damaged {damaged}"
+    derived = store.derived.root
+    if store.read_only or not data_dir_writable(store.data_dir) or (derived.is_dir() and not data_dir_writable(derived)):
+        return "read-only"
+    return "ok"
+
+
 async def healthz(request: web.Request) -> web.Response:
+    worker = request.app[STORE]
     try:
-        counts = await request.app[STORE].call(feed_counts, settings_of(request).rule)
+        counts = await worker.call(feed_counts, settings_of(request).rule)
+        storage = await worker.call(storage_health)
     except sqlite3.Error as error:
         log.error("health check failed: %s", error)
-        return web.json_response({"ok": False, "error": f"database: {error}"}, status=503)
-    return web.json_response({"ok": True, "schema_version": SCHEMA_VERSION, "rule": settings_of(request).rule,
-                              "feed": counts["by_label"]["illustration"], **counts})
+        return web.json_response({"ok": False, "error": f"database: {error}", "storage": "unreadable"}, status=503)
+    # Damage or a read-only disk leaves the feed readable: the check stays 200 and says what is wrong.
+    return web.json_response({"ok": True, "storage": storage, "schema_version": SCHEMA_VERSION,
+                              "rule": settings_of(request).rule, "feed": counts["by_label"]["illustration"], **counts})
 
 
 async def stylesheet(request: web.Request) -> web.Response:
@@ -272,6 +352,20 @@ async def _bad_requests(request: web.Request, handler) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=str(error)) from None
 
 
+@web.middleware
+async def _storage_faults(request: web.Request, handler) -> web.StreamResponse:
+    """A write the disk refuses (full, read-only, locked: a review answer, say) is a 503 with the sentence,
+    not a 500 and a traceback in the log."""
+    try:
+        return await handler(request)
+    except (StorageFault, sqlite3.OperationalError) as error:
+        fault = storage_fault(error)
+        if fault is None:
+            raise
+        log.error("%s %s: %s", request.method, request.path, fault)
+        raise web.HTTPServiceUnavailable(text=str(fault), headers={"Cache-Control": "no-store"}) from None
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -285,7 +379,7 @@ Extension = Callable[[web.Application], None]
 def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
                extensions: Sequence[Extension] = ()) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
-    app = web.Application(middlewares=[_bad_requests])
+    app = web.Application(middlewares=[_storage_faults, _bad_requests])
     app[SETTINGS] = settings
     app[THUMBNAIL_LOCKS] = {}
 
@@ -321,7 +415,9 @@ async def start_feed_server(config: Config, store_factory: Callable[[], Store] |
 
     `runner.addresses` holds the bound (host, port), which tells the port chosen when `port` is 0.
     """
-    factory = store_factory or (lambda: Store.open(config.data_path))
+    # Read-only when the data dir cannot be written: the feed is still served, thumbnails from the originals.
+    factory = store_factory or (lambda: Store.open(config.data_path, read_only=None,
+                                                   busy_timeout_s=config.storage.busy_timeout_seconds))
     runner = web.AppRunner(create_app(config.feed, factory, extensions))
     await runner.setup()
     site = web.TCPSite(runner, host or config.feed.host, config.feed.port if port is None else port)

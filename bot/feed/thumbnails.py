@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from classifier.preprocess import to_rgb
+from classifier.preprocess import load_rgb_frames, to_rgb
+from classifier.video import is_video
 from storage import Store, utc_now
 
 FORMATS = {"webp": ("WEBP", "image/webp", "webp"), "jpeg": ("JPEG", "image/jpeg", "jpg")}
@@ -50,12 +51,17 @@ def fitted_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def render_thumbnail(source: Path, spec: ThumbnailSpec) -> tuple[bytes, int, int]:
-    """Encode the first frame (upright, alpha on white) of `source` to fit the spec; returns bytes and size."""
-    with Image.open(source) as image:
-        # JPEGs decode straight at 1/2 to 1/8 scale when that still covers the thumbnail: 3-4x faster on
-        # camera-sized files. Other formats ignore it.
-        image.draft("RGB", (spec.size * 2, spec.size * 2))
-        frame = to_rgb(ImageOps.exif_transpose(image))
+    """Encode the first frame (upright, alpha on white) of `source` to fit the spec; returns bytes and size.
+
+    A video's thumbnail is its first frame: the gallery's poster, shown until the clip plays."""
+    if is_video(source):
+        frame = load_rgb_frames(source, max_frames=1)[0]
+    else:
+        with Image.open(source) as image:
+            # JPEGs decode straight at 1/2 to 1/8 scale when that still covers the thumbnail: 3-4x faster on
+            # camera-sized files. Other formats ignore it.
+            image.draft("RGB", (spec.size * 2, spec.size * 2))
+            frame = to_rgb(ImageOps.exif_transpose(image))
     frame.thumbnail((spec.size, spec.size), Image.LANCZOS)
     buffer = io.BytesIO()
     pillow_format = FORMATS[spec.format][0]

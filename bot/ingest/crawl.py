@@ -23,11 +23,13 @@ from tqdm import tqdm
 from bot.config import Config, IngestConfig
 from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, RateLimited, SourceError
 from bot.ingest.ingest import FAILED, IngestSummary, MediaOutcome, ingest_post, ingest_source, post_is_stored
+from bot.sources.base import FetchError
 from bot.sources.records import MediaRef, Post
 from bot.sources import NETWORKS
 from bot.sources.folder import FolderSource
 from bot.sources.network import Account, NetworkSource
-from storage import Store, utc_now
+from storage import Store, sha256_hex, utc_now
+from storage.store import STABLE_ACCOUNT_IDS
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class SourceRun:
         text = (f"{self.source}: {self.accounts} accounts ({self.deferred} deferred), {counts.new_posts} new posts, "
                 f"{counts.media_new} new media, {counts.duplicates + counts.near_duplicates} duplicates, "
                 f"{counts.rejected} rejected, {counts.failed} failed, {self.recovered} recovered")
+        if counts.restored:
+            text += f", {counts.restored} damaged files restored"
         if self.source != "folder":
             budget = f"/{self.read_budget}" if self.read_budget else ""
             text += f", reads {self.reads} (today {self.reads_today}{budget})"
@@ -151,7 +155,8 @@ def post_to_json(post: Post) -> str:
 
 def post_from_json(text: str) -> Post:
     fields = json.loads(text)
-    fields["media"] = tuple(MediaRef(**ref) for ref in fields["media"])
+    fields["media"] = tuple(MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))})
+                            for ref in fields["media"])
     return Post(**fields)
 
 
@@ -211,6 +216,32 @@ def retry_failed_media(store: Store, source, ingest: IngestConfig, max_attempts:
     return recovered
 
 
+def refetch_damaged_media(store: Store, source) -> int:
+    """Download again the media marked damaged (`illustfeed check --repair`, the feed server) whose posts came
+    from this network, as hydrus' file maintenance re-fetches damaged files: the crawl's cursor is past those
+    posts, so it would never meet them again. Returns how many files were written back."""
+    rows = store.query(
+        "SELECT d.media_id, m.sha256, m.ext, MIN(pm.source_url) AS url FROM damaged_media d"
+        " JOIN media m ON m.id = d.media_id JOIN post_media pm ON pm.media_id = m.id"
+        " JOIN posts p ON p.id = pm.post_id WHERE p.source = ? AND pm.source_url IS NOT NULL"
+        " GROUP BY d.media_id ORDER BY d.found_at LIMIT ?", (source.name, RETRIES_PER_RUN))
+    restored = 0
+    for row in rows:
+        try:
+            data = source.fetch(MediaRef(row["url"]))
+        except FetchError as error:
+            log.info("damaged media %s: cannot download it again: %s", row["media_id"], error)
+            continue
+        if sha256_hex(data) != row["sha256"]:
+            log.info("damaged media %s: %s now serves other bytes", row["media_id"], row["url"])
+            continue
+        store.blobs.put(data, row["ext"])
+        with store.transaction():
+            store.restore_media(row["media_id"])
+        restored += 1
+    return restored
+
+
 # Crawl ------------------------------------------------------------------------------------------------
 
 
@@ -245,8 +276,14 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
                          max_attempts: int) -> SourceRun | None:
     """Crawl one network source; None when it has nothing configured or followed."""
     rows = _account_rows(store, source.name)
+    by_id = {row["external_id"]: row for row in rows.values()
+             if row["external_id"] and source.name in STABLE_ACCOUNT_IDS}
+
+    def row_of(account: Account) -> dict:
+        """The stored state of an account: by its id where that outlives a renamed handle, else by handle."""
+        return by_id.get(account.external_id or "") or rows.get(account.handle) or {}
+
     followed = [handle for handle, row in rows.items() if row["followed"] and row["followed_via"]]
-    unfollowed = {handle for handle, row in rows.items() if not row["followed"]}
     if not source.has_work(followed):
         return None
     run = SourceRun(source.name, read_budget=budget.limit)
@@ -256,13 +293,16 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
             run.error = reason
             return run
         with _api_answer("while listing the accounts to crawl"):
-            targets = source.targets(followed, {h: row["external_id"] for h, row in rows.items() if row["external_id"]})
+            known_ids = {**store.former_handles(source.name),
+                         **{h: row["external_id"] for h, row in rows.items() if row["external_id"]}}
+            targets = source.targets(followed, known_ids)
         # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
         run.recovered = retry_failed_media(store, source, ingest, max_attempts)
+        run.ingest.restored += refetch_damaged_media(store, source)
         run.problems += targets.problems
         # Accounts crawled longest ago go first, so a budget or rate limit that cuts a run short rotates.
-        accounts = sorted((account for account in targets.accounts if account.handle not in unfollowed),
-                          key=lambda account: (rows.get(account.handle) or {}).get("last_crawl_at") or "")
+        accounts = sorted((account for account in targets.accounts if row_of(account).get("followed", 1)),
+                          key=lambda account: row_of(account).get("last_crawl_at") or "")
         run.accounts = len(accounts)
         with store.transaction():  # remember resolved ids, so later runs skip the lookup (a paid read on X)
             for account in accounts:
@@ -272,7 +312,7 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
         progress = tqdm(accounts, desc=f"crawl {source.name}", unit="account",
                         disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2)
         for index, account in enumerate(progress):
-            cursor = (rows.get(account.handle) or {}).get("cursor")
+            cursor = row_of(account).get("cursor")
             try:
                 with _api_answer(f"for @{account.handle}'s posts"):
                     batch = source.account_posts(account, cursor)

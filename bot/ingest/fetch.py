@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -70,6 +70,11 @@ class DownloadRefused(FetchError):
 
 class TooLarge(DownloadRefused):
     """Over the byte limit: a smaller rendition of the same media, where the network offers one, may fit."""
+
+
+MEDIA_TYPES = ("image/", "video/")
+# What video hosts serve for a streamed video: a text playlist of segment URLs, not a file we can decode.
+HLS_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl", "audio/x-mpegurl")
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,7 @@ class Http:
         return JsonReply(json_body(response, what, expect), response.links)
 
     def download(self, url: str, allowed_hosts: Iterable[str], max_bytes: int,
-                 content_types: tuple[str, ...] = ("image/",)) -> bytes:
+                 content_types: tuple[str, ...] = MEDIA_TYPES) -> bytes:
         """The body of `url`, streamed under `max_bytes`; FetchError (DownloadRefused when permanent)."""
         allowed_hosts = tuple(allowed_hosts)
         current = url
@@ -281,13 +286,30 @@ class Http:
                 if response.status_code != 200:
                     raise FetchError(f"HTTP {response.status_code} for {current}")
                 content_type = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+                if content_type in HLS_TYPES:
+                    raise DownloadRefused(f"{current} is an HLS playlist ({content_type}), not a video file")
                 if not content_type.startswith(content_types):
-                    raise DownloadRefused(f"content type {content_type or 'missing'!r} of {current} is not an image")
+                    raise DownloadRefused(f"content type {content_type or 'missing'!r} of {current} is not an image "
+                                          "or video")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise TooLarge(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")
                 return self._read_limited(response, current, max_bytes)
         raise FetchError(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    def download_first(self, urls: Sequence[str], allowed_hosts: Iterable[str], max_bytes: int) -> bytes:
+        """The first of `urls` (renditions of one media, preferred first) that is not refused for good.
+
+        A transient failure is raised at once: the crawl retries the media later, renditions and all, rather
+        than settle for a lesser one. DownloadRefused when every rendition is refused.
+        """
+        refusals = []
+        for url in urls:
+            try:
+                return self.download(url, allowed_hosts, max_bytes)
+            except DownloadRefused as error:
+                refusals.append(str(error))
+        raise DownloadRefused("; ".join(refusals) or "no URL to download")
 
     @staticmethod
     def _read_limited(response: requests.Response, url: str, max_bytes: int) -> bytes:

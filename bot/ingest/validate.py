@@ -1,4 +1,5 @@
-"""Decode and check downloaded bytes with Pillow before anything is stored; compute the perceptual hash."""
+"""Decode and check downloaded bytes (Pillow for images, PyAV for videos) before anything is stored; compute the
+perceptual hash."""
 from __future__ import annotations
 
 import io
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from classifier.preprocess import ImageModeError, frame_count, to_rgb
+from classifier.video import DEFAULT_LIMITS, VideoError, VideoLimits, looks_like_hls, probe_video, sniff_video
 
 # Formats a social network serves as images; anything else Pillow happens to read is refused.
 ACCEPTED_FORMATS = {
@@ -34,6 +36,11 @@ class ImageInfo:
     height: int
     frames: int
     phash: int  # 64-bit DCT perceptual hash of the first frame
+    duration_s: float | None = None  # videos only
+
+    @property
+    def is_video(self) -> bool:
+        return self.mime.startswith("video/")
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -63,12 +70,28 @@ def _looks_like_text(data: bytes) -> bool:
     )
 
 
-def validate_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> ImageInfo:
-    """Fully decode the first frame, check limits and modes; raise InvalidImage with the reason."""
+def validate_video(data: bytes, limits: VideoLimits) -> ImageInfo:
+    """Decode every frame of a video under `limits`; raise InvalidImage with the reason."""
+    try:
+        video = probe_video(data, limits)
+    except VideoError as error:
+        raise InvalidImage(str(error)) from None
+    return ImageInfo(mime=video.format.mime, ext=video.format.ext, width=video.width, height=video.height,
+                     frames=video.frames, phash=perceptual_hash(video.first_frame), duration_s=video.duration_s)
+
+
+def validate_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
+                   video_limits: VideoLimits = DEFAULT_LIMITS) -> ImageInfo:
+    """Fully decode the first frame (every frame of a video), check limits and modes; raise InvalidImage with
+    the reason."""
     if not data:
         raise InvalidImage("empty file (0 bytes)")
     if max_bytes is not None and len(data) > max_bytes:
         raise InvalidImage(f"file is {len(data)} bytes, over the limit of {max_bytes} bytes")
+    if looks_like_hls(data[:64]):
+        raise InvalidImage("HLS playlist (#EXTM3U text), not a media file: the video is streamed in segments")
+    if sniff_video(data[:64]) is not None:
+        return validate_video(data, video_limits)
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; our own limit is checked below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -5,7 +5,7 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_FILENAME = "illustfeed.lock"
+from storage.errors import LOCK_FILENAME  # storage reads the holder's PID for its "locked" message
 
 
 class DataDirLocked(RuntimeError):

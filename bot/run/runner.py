@@ -129,6 +129,9 @@ class Runner:
         self.bot_task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def open_store(self) -> Store:
+        return Store.open(self.config.data_path, busy_timeout_s=self.config.storage.busy_timeout_seconds)
+
     def jobs(self) -> dict[str, Callable[[Store, JobContext], dict]]:
         jobs = {CRAWL_JOB: crawl_job}
         if self.config.sources.folder.enabled:
@@ -145,7 +148,7 @@ class Runner:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # Migrate the schema once, before any thread opens the database.
-        await asyncio.to_thread(lambda: Store.open(self.config.data_path).close())
+        await asyncio.to_thread(lambda: self.open_store().close())
         if self.config.sources.folder.enabled:
             Path(self.config.sources.folder.path).mkdir(parents=True, exist_ok=True)
 
@@ -172,7 +175,7 @@ class Runner:
         from bot.chat.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
-        self.bot = create_bot(settings, Store.open(self.config.data_path), explainer=app.ActiveModelExplainer(self.config),
+        self.bot = create_bot(settings, self.open_store(), explainer=app.ActiveModelExplainer(self.config),
                               on_retrain_requested=self.wake_retrain, config=self.config)
         self.loop = loop
         self.context.report = self.report_to_discord

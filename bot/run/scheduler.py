@@ -20,7 +20,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.app import ActiveModel
 from bot.config import Config
-from storage import Store
+from storage import Store, storage_fault
+from storage.errors import LOCKED, lock_holder_pid
 
 log = logging.getLogger("illustfeed.runner")
 
@@ -57,8 +58,8 @@ class StoppableStore(Store):
     stop: threading.Event
 
     @classmethod
-    def open_stoppable(cls, data_dir, stop: threading.Event) -> "StoppableStore":
-        store = cls.open(data_dir)
+    def open_stoppable(cls, data_dir, stop: threading.Event, busy_timeout_s: float = 30.0) -> "StoppableStore":
+        store = cls.open(data_dir, busy_timeout_s=busy_timeout_s)
         store.stop = stop
         return store
 
@@ -95,7 +96,8 @@ class JobContext:
         return self.active_model.lock
 
     def open_store(self) -> StoppableStore:
-        return StoppableStore.open_stoppable(self.config.data_path, self.stop)
+        return StoppableStore.open_stoppable(self.config.data_path, self.stop,
+                                             self.config.storage.busy_timeout_seconds)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False when `timeout` seconds passed first."""
@@ -121,8 +123,15 @@ def run_job(name: str, body: JobBody, context: JobContext) -> dict | None:
     except JobCancelled:
         log_event(f"{name}.cancelled", duration_s=time.monotonic() - started)
     except Exception as error:  # the edge of a job: record it, keep the process up, retry next time
-        log_event(f"{name}.failed", logging.ERROR, error=f"{type(error).__name__}: {error}",
-                  duration_s=time.monotonic() - started)
+        fault = storage_fault(error)
+        if fault is not None:  # a full, read-only or locked data dir: the sentence says it all, no traceback
+            if fault.kind == LOCKED and fault.holder_pid is None:
+                fault.holder_pid = lock_holder_pid(context.config.data_path)
+            log_event(f"{name}.failed", logging.ERROR, storage=fault.kind, error=str(fault),
+                      duration_s=time.monotonic() - started)
+        else:
+            log_event(f"{name}.failed", logging.ERROR, error=f"{type(error).__name__}: {error}",
+                      duration_s=time.monotonic() - started)
         log.debug("%s failed", name, exc_info=True)
     finally:
         with context.running_changed:

@@ -25,13 +25,26 @@ def canonical_handle(source: str, handle: str, mastodon_instance: str = "") -> s
         raise FollowError(str(error)) from None
 
 
+def _account_row(store: Store, source: str, name: str) -> dict | None:
+    """The stored account `name` names: by its DID for a Bluesky DID (whatever its handle is now), else by handle."""
+    if source == "bluesky" and name.startswith("did:"):
+        return store.query_one("SELECT id, followed, followed_via FROM accounts WHERE source = ? AND external_id = ?",
+                               (source, name))
+    return store.query_one("SELECT id, followed, followed_via FROM accounts WHERE source = ? AND handle = ?",
+                           (source, name))
+
+
+def _upsert(store: Store, source: str, name: str) -> int:
+    # A DID is its own account id: the crawl renames the row to the handle it resolves to.
+    return store.upsert_account(source, name, name if source == "bluesky" and name.startswith("did:") else None)
+
+
 def follow(store: Store, source: str, handle: str, mastodon_instance: str = "") -> dict:
-    """Start crawling `handle`; returns {source, handle, was_followed}."""
+    """Start crawling `handle` (on Bluesky also a DID); returns {source, handle, was_followed}."""
     name = canonical_handle(source, handle, mastodon_instance)
     with store.transaction():
-        before = store.query_one("SELECT followed, followed_via FROM accounts WHERE source = ? AND handle = ?",
-                                 (source, name))
-        account_id = store.upsert_account(source, name)
+        before = _account_row(store, source, name)
+        account_id = _upsert(store, source, name)
         store.execute("UPDATE accounts SET followed = 1, followed_via = 'command' WHERE id = ?", (account_id,))
     was_followed = bool(before and before["followed"] and before["followed_via"])
     return {"source": source, "handle": name, "was_followed": was_followed}
@@ -41,8 +54,8 @@ def unfollow(store: Store, source: str, handle: str, mastodon_instance: str = ""
     """Stop crawling `handle`, even if a config list names it; returns {source, handle, was_followed}."""
     name = canonical_handle(source, handle, mastodon_instance)
     with store.transaction():
-        before = store.query_one("SELECT followed FROM accounts WHERE source = ? AND handle = ?", (source, name))
-        account_id = store.upsert_account(source, name)
+        before = _account_row(store, source, name)
+        account_id = _upsert(store, source, name)
         store.execute("UPDATE accounts SET followed = 0 WHERE id = ?", (account_id,))
     return {"source": source, "handle": name, "was_followed": bool(before and before["followed"])}
 

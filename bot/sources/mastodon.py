@@ -3,7 +3,8 @@
 Handles are `user@instance`. `GET /api/v1/accounts/lookup` gives the account's id on its own instance (whose
 copy of its statuses is complete), `GET /api/v1/accounts/:id/statuses?only_media=true` pages newest first
 following the `Link` header, from `since_id` (the cursor) on. Attachments of type image are fetched at full
-size, gifv as their preview frame. A status's HTML `content` is stored as plain text. The optional access
+size; video and gifv (an MP4) as their file, the preview frame when the file is refused (too large). A
+status's HTML `content` is stored as plain text. The optional access
 token is sent only to the configured home instance.
 """
 from __future__ import annotations
@@ -73,8 +74,11 @@ def attachment_ref(attachment: Mapping) -> MediaRef | None:
     alt = attachment.get("description") or None
     if kind == "image" and attachment.get("url"):
         return MediaRef(url=attachment["url"], kind="photo", alt=alt)
-    if kind == "gifv" and attachment.get("preview_url"):
-        return MediaRef(url=attachment["preview_url"], kind="animated_gif", alt=alt)
+    if kind in ("gifv", "video"):
+        renditions = [url for url in (attachment.get("url"), attachment.get("preview_url")) if url]
+        if renditions:
+            return MediaRef(url=renditions[0], kind="animated_gif" if kind == "gifv" else "video", alt=alt,
+                            fallbacks=tuple(renditions[1:]))
     return None
 
 
@@ -189,7 +193,7 @@ class MastodonSource(ListedAccountsSource):
                     display_name=account.display_name)
 
     def fetch(self, ref: MediaRef) -> bytes:
-        return self.http.download(ref.url, self.media_hosts(), self.max_bytes)
+        return self.http.download_first([ref.url, *ref.fallbacks], self.media_hosts(), self.max_bytes)
 
 
 def canonical_handle(handle: str, default_instance: str = "") -> str:

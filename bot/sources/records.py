@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class MediaRef:
-    """One image attached to a post. `url` is http(s) for networks, a local path for the folder source."""
+    """One image or video attached to a post. `url` is http(s) for networks, a local path for the folder source."""
 
     url: str
-    kind: str = "photo"  # photo | animated_gif | video (a preview image is fetched for the latter two)
+    kind: str = "photo"  # photo | animated_gif | video
     alt: str | None = None
+    # Tried in order when `url` is refused for good (over the byte limit, not a media file): a smaller
+    # rendition, then the preview still of a video.
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

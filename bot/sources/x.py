@@ -2,9 +2,9 @@
 
 Reads are paid, so every API request passes the crawl's daily budget (`meter`) and the shared retry and
 rate-limit policy of bot/ingest/fetch.py. Photos are fetched at original size (`name=orig`, falling back to
-`4096x4096` then `large`); animated GIFs and videos contribute their preview image only. Their mp4 variants
-are neither requested nor downloadable (video.twimg.com is not an allowed host): decoding video frames would
-need an mp4 decoder this project does not ship, and no setting pretends otherwise.
+`4096x4096` then `large`). Animated GIFs (which X serves as MP4) and videos are fetched as the smallest MP4
+variant at least 480 px on its short side, the others after it when that one is refused (over the byte limit),
+and the preview image last; the HLS variant is never taken.
 """
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Ta
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "x"
-MEDIA_HOSTS = ("pbs.twimg.com",)  # photos and the preview images of GIFs and videos
-MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text"]
+MEDIA_HOSTS = ("pbs.twimg.com", "video.twimg.com")  # photos and previews; the MP4s of GIFs and videos
+MEDIA_FIELDS = ["url", "type", "preview_image_url", "width", "height", "alt_text", "variants"]
 TWEET_FIELDS = ["created_at", "attachments", "referenced_tweets", "author_id"]
 PHOTO_SIZES = ("orig", "4096x4096", "large")  # tried in this order
+MIN_VIDEO_SHORT_SIDE = 480  # the classifier looks at 224 px crops; a smaller clip is taken only if no larger fits
+VARIANT_SIZE = re.compile(r"/(\d+)x(\d+)/")  # .../vid/avc1/1280x720/abc.mp4
 USERS_PER_LOOKUP = 100  # GET /2/users/by accepts up to 100 usernames
 FOLLOWING_PAGE = 1000  # GET /2/users/:id/following returns up to 1000 users per page
 TIER_HINT = ("this endpoint is missing from some paid X API tiers (Basic/Pro) or needs user-context keys; "
@@ -53,14 +55,32 @@ def photo_candidates(url: str) -> list[str]:
     return [photo_url(url, size) for size in PHOTO_SIZES]
 
 
+def video_variants(item: Mapping) -> list[str]:
+    """The MP4 variants of a video or GIF in the order to try them: the smallest that is at least 480 px on the
+    short side, larger ones after it, then the smaller ones, largest first. The HLS variant is left out."""
+    sized = []
+    for variant in item.get("variants") or []:
+        if variant.get("content_type") != "video/mp4" or not variant.get("url"):
+            continue
+        found = VARIANT_SIZE.search(variant["url"])
+        # A GIF's single variant names no size: the media's own size is its size.
+        width, height = (int(found[1]), int(found[2])) if found else (item.get("width") or 0, item.get("height") or 0)
+        sized.append((min(width, height), variant.get("bit_rate") or 0, variant["url"]))
+    large_enough = sorted(entry for entry in sized if entry[0] >= MIN_VIDEO_SHORT_SIDE)
+    smaller = sorted((entry for entry in sized if entry[0] < MIN_VIDEO_SHORT_SIDE), reverse=True)
+    return [url for _side, _rate, url in large_enough + smaller]
+
+
 def media_ref(item: Mapping) -> MediaRef | None:
-    """A MediaRef for one `includes.media` object, or None when it carries no image URL."""
+    """A MediaRef for one `includes.media` object, or None when it carries no image or video URL."""
     kind = item.get("type")
     alt = item.get("alt_text") or None
     if kind == "photo" and item.get("url"):
         return MediaRef(url=photo_url(item["url"], PHOTO_SIZES[0]), kind="photo", alt=alt)
-    if kind in ("animated_gif", "video") and item.get("preview_image_url"):
-        return MediaRef(url=item["preview_image_url"], kind=kind, alt=alt)
+    if kind in ("animated_gif", "video"):
+        renditions = video_variants(item) + ([item["preview_image_url"]] if item.get("preview_image_url") else [])
+        if renditions:
+            return MediaRef(url=renditions[0], kind=kind, alt=alt, fallbacks=tuple(renditions[1:]))
     return None
 
 
@@ -236,7 +256,9 @@ class XSource(ListedAccountsSource):
 
     def fetch(self, ref: MediaRef) -> bytes:
         """The largest rendition that can be fetched under the byte limit; DownloadRefused if none ever can."""
-        candidates = photo_candidates(ref.url) if ref.kind == "photo" else [ref.url]
+        if ref.kind != "photo":
+            return self.http.download_first([ref.url, *ref.fallbacks], MEDIA_HOSTS, self.max_bytes)
+        candidates = photo_candidates(ref.url)
         errors = []
         every_size_too_large = True
         for url in candidates:
