@@ -24,6 +24,11 @@ from classifier.versions import (
     rollback,
 )
 from tests.conftest import run_cli
+from classifier.model import read_model_file
+from classifier.versions import default_model_file
+
+# The shipped default model's version: the root of every rollback chain.
+SHIPPED = read_model_file(default_model_file()).version
 
 pytestmark = pytest.mark.slow
 
@@ -257,9 +262,9 @@ def test_promotion_refuses_a_worse_model_and_rollback_restores_the_parent(traine
     assert rollback(store)["version"] == first["version"]
     assert store.active_model()["version"] == first["version"]
     # ... and from the first trained model back to the shipped default, the root of the chain.
-    assert rows[first["version"]]["parent"] == "default-2"
-    assert rollback(store)["version"] == "default-2"
-    with pytest.raises(ModelVersionError, match="default-2 has no parent"):
+    assert rows[first["version"]]["parent"] == SHIPPED
+    assert rollback(store)["version"] == SHIPPED
+    with pytest.raises(ModelVersionError, match=f"{SHIPPED} has no parent"):
         rollback(store)
 
 
@@ -374,7 +379,7 @@ def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
     assert labels == list(LABELS)
     back = run_cli("model", "rollback", cwd=tmp_path, env=env)
     # The shipped default is the active model of a fresh store, and the root of every rollback chain.
-    assert back.returncode == 1 and "default-2 has no parent" in back.stderr and "Traceback" not in back.stderr
+    assert back.returncode == 1 and f"{SHIPPED} has no parent" in back.stderr and "Traceback" not in back.stderr
     missing = run_cli("eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"),
                       cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr

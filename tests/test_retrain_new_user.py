@@ -16,6 +16,11 @@ import pytest
 
 from classifier import LABELS
 from tests.conftest import SHARED, run_cli
+from classifier.model import read_model_file
+from classifier.versions import default_model_file
+
+# The shipped default model's version: the root of every rollback chain.
+SHIPPED = read_model_file(default_model_file()).version
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +101,7 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     outcome = json.loads(cli("retrain", "--force", "--json").stdout)
     assert outcome["new_labels"] == len(chosen) == 3 * LABELLED_PER_CLASS  # media, not the 22 label rows
     # Trained from what the shipped model knows, validated on every class.
-    assert outcome["previous"] == "default-2" and outcome["base_images"] > 500
+    assert outcome["previous"] == SHIPPED and outcome["base_images"] > 500
     validated = {label: outcome["validation"]["base"][label] + outcome["validation"]["human"][label] for label in LABELS}
     assert all(count >= 5 for count in validated.values()), validated
     assert outcome["status"] in ("promoted", "refused"), outcome["reason"]
@@ -108,5 +113,5 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     assert len(review_after) <= MAX_REVIEW_SHARE * len(unlabelled), (len(review_before), len(review_after))
 
     listed = {row["version"]: row for row in json.loads(cli("model", "list", "--json").stdout)}
-    assert listed["default-2"]["parent"] is None and listed[outcome["version"]]["parent"] == "default-2"
+    assert listed[SHIPPED]["parent"] is None and listed[outcome["version"]]["parent"] == SHIPPED
     assert listed[outcome["version"]]["active"] == (outcome["status"] == "promoted")
