@@ -470,7 +470,11 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
     config = parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}})
     first = train_and_register(store, config, items, TrainOptions(progress=False), source="store-labels",
                                base=trained["base"])
-    assert first["activated"] and first["metrics"]["accuracy"] >= 0.5  # a few validation accounts only
+    assert first["metrics"]["accuracy"] >= 0.5  # a few validation accounts only
+    # Promotion is tested above; against the shipped default a tiny model on generated images rightly loses,
+    # and this test is about the next training run reusing the cached vectors of the active model's trunk.
+    if not first["activated"]:
+        activate(store, first["version"])
     assert store.scalar("SELECT COUNT(*) FROM features WHERE backbone = ?", (trained["base"].feature_key,)) == 48
     for row in store.query("SELECT sha256, ext FROM media"):
         store.blobs.path(row["sha256"], row["ext"]).unlink()  # the conv net cannot run any more
