@@ -34,7 +34,7 @@ from classifier.model import (
     ImageClassifier, LinearHead, ModelRecord, head_from_record, read_model_file,
 )
 from classifier.train import (
-    feature_vectors, fit_linear_head, fit_temperature, new_version, origin_weights,
+    feature_vectors, fit_linear_head, fit_review_policy, fit_temperature, new_version, origin_weights,
 )
 from classifier.versions import (
     DEFAULT_MODEL_DIR, PromotionDecision, compare_for_promotion, ensure_default_registered,
@@ -176,6 +176,9 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
         "base_set": {"model_version": base.model_version, "images": len(base), "refit_on_validation": head is not held_out_head}
         if base is not None else {"unused": base_note},
     }
+    # The review policy is refitted on the validation predictions, with the owner's targets, as training
+    # fits it: a retrained model keeps deciding by feed targets, not by the old borderline rule.
+    metrics["feed"] = fit_review_policy(model, val_logits, truth, config.classifier.policy_targets())
     model.version = new_version(model)
     return Candidate(model, metrics, active_metrics, active_row["version"] if active_row else None, decision,
                      labelled=sum(isinstance(item.key, int) for item in human),

@@ -28,6 +28,7 @@ from classifier.model import load_model
 from classifier.versions import DEFAULT_MODEL_DIR
 from research.corpus import shared_dir
 from research.extract import OUT_DIR
+from research.cv15 import VARIANTS
 from research.grid import variant_named
 from research.heads import fit_head
 from research.train_default import CHOSEN_VARIANT
@@ -110,7 +111,8 @@ def main() -> None:
     subgroups = [group for part in parts for group in part["subgroups"]]
     label_indices = torch.tensor([LABELS.index(label) for label in labels])
     torch.set_num_threads(1)
-    settings = variant_named(args.head_variant).head
+    # default-3's recipes are research.cv15's (dev + train); default-2's were research.grid's.
+    settings = VARIANTS.get(args.head_variant) or variant_named(args.head_variant).head
     validation = cross_validate(Dataset(vectors, label_indices, groups), settings)
     held = choose_validation(labels, groups)
     # On the validation part, the shipped recipe trained on every other base image: exactly what a retrain's

@@ -142,6 +142,11 @@ def test_retrain_promotes_a_better_model_and_rescores_the_queue(generated):
     assert outcome.status == PROMOTED, outcome.reason
     active = store.active_model()
     assert active["version"] == outcome.version != "tiny-0" and active["parent"] == "tiny-0"
+    from classifier.model import read_model_file
+
+    refitted = read_model_file(active["path"])  # the review policy is refitted with the owner's targets
+    assert refitted.policy is not None and refitted.policy.targets == config.classifier.policy_targets()
+    assert 0.0 <= refitted.policy.floor <= refitted.policy.feed_threshold
     assert outcome.labelled == 3 * PER_LABEL and outcome.new_labels == 3 * PER_LABEL
     # The constant "photo" model finds no illustration; the trained head does, on the same validation images.
     assert outcome.previous_scores["illustration_recall"] == 0.0
