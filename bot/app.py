@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from bot.classify import ClassifySummary, OverlayRenderer, classify_pending
 from bot.config import ClassifierConfig, Config
 from storage import Store
 
 if TYPE_CHECKING:
+    from bot.classify import ClassifySummary, OverlayRenderer
     from classifier.inference import FeatureRunner
     from classifier.model import ImageClassifier
 
@@ -56,6 +56,8 @@ def overlay_renderer(settings: ClassifierConfig) -> OverlayRenderer | None:
 def classify(store: Store, config: Config, model: ImageClassifier, runner: FeatureRunner | None = None, *,
              limit: int | None = None, progress: bool = False) -> ClassifySummary:
     """`classify_pending` with the [classifier] settings (borderline thresholds, batches, overlays)."""
+    from bot.classify import classify_pending
+
     settings = config.classifier
     return classify_pending(store, model, runner=runner or make_runner(model, settings),
                             borderline_confidence=settings.borderline_confidence,

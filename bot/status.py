@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bot import review
+from classifier import shipped_default_version
 from storage import Store
 
 
@@ -28,6 +29,8 @@ def store_status(store: Store) -> dict:
         "review_skipped": store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'skipped'"),
         "labels_total": store.scalar("SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL"),
         "active_model": active["version"] if active else None,
+        # What classifies while no version is active (a fresh store registers it on its first classify).
+        "shipped_default": None if active else shipped_default_version(),
         "damaged": store.damaged_count(),
         "read_only": store.read_only,
     }
@@ -41,7 +44,13 @@ def format_status(status: dict) -> str:
         f"final labels: {labels}; undecided {status['undecided']}",
         f"review queue: {status['review_pending']} waiting ({status['review_skipped']} skipped); "
         f"human labels: {status['labels_total']}",
-        f"active model: {status['active_model'] or 'none'}",
+        f"active model: {status['active_model'] or _no_active_model(status)}",
     ] + ([f"damaged: {status['damaged']} media whose stored file is missing or wrong (see `illustfeed check`; "
           "importing or crawling the originals again restores them)"] if status["damaged"] else [])
       + (["data dir: read-only (opened for reading only)"] if status["read_only"] else []))
+
+
+def _no_active_model(status: dict) -> str:
+    shipped = status.get("shipped_default")
+    return f"{shipped} (the shipped default; no trained model yet)" if shipped else "none"
+

@@ -1,9 +1,20 @@
 """Sorting images into illustration / screenshot / photo with a VGG16 backbone."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 LABELS: tuple[str, ...] = ("illustration", "screenshot", "photo")
+# The model a fresh install classifies with (issue 4, retrained in issue 15), and its version written beside it
+# (`research/train_default.py`) for readers that must not load torch, such as `illustfeed status`.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+
+def shipped_default_version() -> str | None:
+    try:
+        return (SHIPPED_MODEL_DIR / "VERSION").read_text().strip() or None
+    except OSError:
+        return None
 
 __all__ = ["LABELS", "build_vgg16", "load_model", "run_classifier", "save_model"]
 

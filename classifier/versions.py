@@ -19,11 +19,12 @@ from pathlib import Path
 from classifier.model import (
     MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, ModelRecord, check_head_fits, read_model_file, save_model,
 )
+from classifier import SHIPPED_MODEL_DIR
 from storage.files import atomic_write_bytes
 
 MODELS_DIR = "models"
 # The shipped model (issue 4 trains it): used when no model is active.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_DIR = SHIPPED_MODEL_DIR
 # Metrics compared for promotion, most important first.
 PROMOTION_METRICS = ("illustration_recall", "macro_f1")
 METRIC_TITLES = {"illustration_recall": "illustration recall", "macro_f1": "macro-F1"}

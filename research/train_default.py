@@ -88,6 +88,8 @@ def main() -> None:
         },
     )
     save_model(model, args.out)
+    # Beside the model: its version, for readers that must not load torch (`illustfeed status`).
+    (Path(args.out).parent / "VERSION").write_text(f"{DEFAULT_VERSION}\n")
     np.savez(OUT_DIR / "default_oof.npz", files=np.array(data.files), labels=np.array(truth),
              origins=np.array(data.origins), probabilities=probabilities.astype(np.float32))
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.monotonic() - started:.0f} s; policy {policy}")

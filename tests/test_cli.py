@@ -149,3 +149,20 @@ def test_bench_needs_a_labelled_folder(tmp_path, monkeypatch, capsys):
     config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
     assert main(["bench", "--config", str(config)]) == 1
     assert "give --data DIR" in capsys.readouterr().err
+
+
+def test_status_names_the_shipped_default_and_never_loads_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from classifier.model import read_model_file
+    from classifier.versions import default_model_file
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    probe = ("import sys; from bot.cli import main; code = main(['--config', sys.argv[1], 'status']); "
+             "assert 'torch' not in sys.modules, 'status imported torch'; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shipped = read_model_file(default_model_file()).version  # the VERSION file beside the model says the same
+    assert f"active model: {shipped} (the shipped default; no trained model yet)" in result.stdout
