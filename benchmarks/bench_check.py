@@ -5,6 +5,7 @@ store, then `check_store` runs on each; the 100k store also gets a few faults, w
 Prints media/s and MB/s for each run, measured in this one run, the ratio between them, and the CPU flags
 that matter for hashing (sha_ni).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def fill_store(data_dir: Path, media: int, blob_bytes: int) -> Store:
         path.write_bytes(data)
         rows.append((digest, "png", "image/png", len(data), "ok", now))
     with store.transaction():
-        store.conn.executemany("INSERT INTO media (sha256, ext, mime, bytes, status, first_seen_at)"
-                               " VALUES (?, ?, ?, ?, ?, ?)", rows)
+        store.conn.executemany(
+            "INSERT INTO media (sha256, ext, mime, bytes, status, first_seen_at) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
     return store
 
 
@@ -62,11 +64,18 @@ def main() -> int:
     parser.add_argument("--media", type=int, default=100_000, help="media for the sizes-only check")
     parser.add_argument("--read-data-media", type=int, default=10_000, help="media for the --read-data check")
     parser.add_argument("--blob-bytes", type=int, default=4096)
-    parser.add_argument("--dir", help="where to build the stores (default: the system temp folder); "
-                                      "/dev/shm measures check itself, a disk folder adds the disk's speed")
+    parser.add_argument(
+        "--dir",
+        help="where to build the stores (default: the system temp folder); "
+        "/dev/shm measures check itself, a disk folder adds the disk's speed",
+    )
     args = parser.parse_args()
-    result: dict = {"cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "blob_bytes": args.blob_bytes,
-                    "dir": args.dir or tempfile.gettempdir()}
+    result: dict = {
+        "cpu_flags": cpu_flags(),
+        "cpus": os.cpu_count(),
+        "blob_bytes": args.blob_bytes,
+        "dir": args.dir or tempfile.gettempdir(),
+    }
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         started = time.perf_counter()
         with fill_store(Path(tmp) / "big", args.media, args.blob_bytes) as store:
@@ -79,19 +88,25 @@ def main() -> int:
             seconds, report = timed_check(store, read_data=False)
             found = sorted(problem.kind for problem in report.problems)
             assert found == sorted([MISSING_FILE, WRONG_SIZE, ORPHAN]), found
-            result["sizes_only"] = {"media": args.media, "seconds": round(seconds, 2),
-                                    "media_per_s": round(args.media / seconds)}
+            result["sizes_only"] = {
+                "media": args.media,
+                "seconds": round(seconds, 2),
+                "media_per_s": round(args.media / seconds),
+            }
         with fill_store(Path(tmp) / "small", args.read_data_media, args.blob_bytes) as store:
             seconds, report = timed_check(store, read_data=False)
             assert report.ok, report.problems
             sizes_rate = args.read_data_media / seconds
             seconds, report = timed_check(store, read_data=True)
             assert report.ok and report.bytes_hashed == args.read_data_media * args.blob_bytes, report.problems
-            result["read_data"] = {"media": args.read_data_media, "seconds": round(seconds, 2),
-                                   "media_per_s": round(args.read_data_media / seconds),
-                                   "mb_per_s": round(report.bytes_hashed / seconds / 1e6, 1),
-                                   "sizes_only_media_per_s_same_store": round(sizes_rate),
-                                   "read_data_cost_ratio": round(sizes_rate / (args.read_data_media / seconds), 1)}
+            result["read_data"] = {
+                "media": args.read_data_media,
+                "seconds": round(seconds, 2),
+                "media_per_s": round(args.read_data_media / seconds),
+                "mb_per_s": round(report.bytes_hashed / seconds / 1e6, 1),
+                "sizes_only_media_per_s_same_store": round(sizes_rate),
+                "read_data_cost_ratio": round(sizes_rate / (args.read_data_media / seconds), 1),
+            }
     print(json.dumps(result))
     return 0
 

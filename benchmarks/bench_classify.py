@@ -4,6 +4,7 @@ Usage: python benchmarks/bench_classify.py [--data DIR] [--limit 64] [--model VE
 Prints the JSON object `illustfeed bench --json` prints (same function: classifier.bench.benchmark).
 Target on a 2-core CPU, full-width VGG16 at 224 px: speedup >= 2.5 with label agreement >= 0.99.
 """
+
 import sys
 from pathlib import Path
 

@@ -6,6 +6,7 @@ blob write, one SQLite transaction per post). Network time is zero, so this meas
 
     python benchmarks/bench_crawl.py [--images 1000] [--size 512]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,23 @@ def main() -> int:
 
     XSource.fetch = timed_fetch
     with tempfile.TemporaryDirectory() as tmp:
-        config = parse_config({
-            "data_dir": f"{tmp}/data", "ingest": {"progress": False},
-            "sources": {"folder": {"enabled": False},
-                        "x": {"bearer_token": "bench", "accounts": ["alice"], "backfill_tweets": args.images,
-                              "page_size": 100, "daily_read_budget": 0}},
-        }, environ={})
+        config = parse_config(
+            {
+                "data_dir": f"{tmp}/data",
+                "ingest": {"progress": False},
+                "sources": {
+                    "folder": {"enabled": False},
+                    "x": {
+                        "bearer_token": "bench",
+                        "accounts": ["alice"],
+                        "backfill_tweets": args.images,
+                        "page_size": 100,
+                        "daily_read_budget": 0,
+                    },
+                },
+            },
+            environ={},
+        )
         with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
             x.install(mock)
             with Store.open(config.data_path) as store:
@@ -67,14 +79,20 @@ def main() -> int:
                 crawl_s, crawl_cpu_s = time.perf_counter() - begin, time.process_time() - begin_cpu
                 stored = store.scalar("SELECT COUNT(*) FROM media WHERE status = 'ok'")
     assert stored == args.images, summary.text()
-    print(f"generated {args.images} JPEGs of {args.size}x{args.size * 3 // 4} "
-          f"({total_bytes / args.images / 1024:.0f} KiB each) in {generated_s:.1f} s")
+    print(
+        f"generated {args.images} JPEGs of {args.size}x{args.size * 3 // 4} "
+        f"({total_bytes / args.images / 1024:.0f} KiB each) in {generated_s:.1f} s"
+    )
     print(summary.text())
-    print(f"crawl: {stored} media in {crawl_s:.2f} s = {stored / crawl_s:.1f} media/s "
-          f"({total_bytes / crawl_s / 1e6:.1f} MB/s); {stored / crawl_cpu_s:.1f} media per CPU second "
-          f"(wall/CPU {crawl_s / crawl_cpu_s:.2f}: above 1 means waiting on disk sync or a busy machine)")
-    print(f"share of crawl time in fetch (HTTP through responses, streaming, limits): {fetch_seconds / crawl_s:.1%}; "
-          f"validate + dedupe + store: {1 - fetch_seconds / crawl_s:.1%}")
+    print(
+        f"crawl: {stored} media in {crawl_s:.2f} s = {stored / crawl_s:.1f} media/s "
+        f"({total_bytes / crawl_s / 1e6:.1f} MB/s); {stored / crawl_cpu_s:.1f} media per CPU second "
+        f"(wall/CPU {crawl_s / crawl_cpu_s:.2f}: above 1 means waiting on disk sync or a busy machine)"
+    )
+    print(
+        f"share of crawl time in fetch (HTTP through responses, streaming, limits): {fetch_seconds / crawl_s:.1%}; "
+        f"validate + dedupe + store: {1 - fetch_seconds / crawl_s:.1%}"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ the ratio holds on any machine. Memory: resident set size over --calls Grad-CAM 
 and over --small-calls calls on a reduced-width VGG16; flat memory means no hooks, graphs or gradients
 are left behind.
 """
+
 from __future__ import annotations
 
 import argparse

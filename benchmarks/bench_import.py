@@ -3,6 +3,7 @@
 Prints images/s for a fresh import and for a re-import of the same folder (which must skip every file),
 both measured in this one run, and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ media from the cache) and prints the figures, phase by phase.
 
     python benchmarks/bench_retrain.py [--items 10000] [--weights /path/vgg16_features_imagenet.pth]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,18 @@ def build_store(data_dir: Path, config, items: int, accounts: int, seed: int) ->
     from storage import Store, utc_now
 
     trunk = make_features(1.0)
-    trunk.load_state_dict({name.removeprefix("features."): tensor for name, tensor
-                           in trunk_weights_loader(config.classifier, data_dir)().items()})
+    trunk.load_state_dict(
+        {
+            name.removeprefix("features."): tensor
+            for name, tensor in trunk_weights_loader(config.classifier, data_dir)().items()
+        }
+    )
     model = new_classifier(trunk, read_model_file(default_model_file()).feature_spec)
     model.version = "bench-initial"
     # The previous model always answers "photo", so a trained head beats it and the benchmark times the
     # whole path: train, score both, promote, and re-score every media from the cache.
     import torch
+
     with torch.no_grad():
         for parameter in model.head.parameters():
             parameter.zero_()
@@ -69,16 +75,31 @@ def build_store(data_dir: Path, config, items: int, accounts: int, seed: int) ->
             for media_id in range(1, items + 1):
                 label_index = int(rng.integers(len(LABELS)))
                 sha = hashlib.sha256(f"bench-{media_id}".encode()).hexdigest()
-                store.insert_media(id=media_id, sha256=sha, phash="0" * 16, mime="image/jpeg", ext="jpg",
-                                   width=640, height=480, frames=1, bytes=100_000, status="ok")
-                post_id, _ = store.upsert_post(account_ids[media_id % accounts], "folder", f"post-{media_id}",
-                                               None, None, now)
+                store.insert_media(
+                    id=media_id,
+                    sha256=sha,
+                    phash="0" * 16,
+                    mime="image/jpeg",
+                    ext="jpg",
+                    width=640,
+                    height=480,
+                    frames=1,
+                    bytes=100_000,
+                    status="ok",
+                )
+                post_id, _ = store.upsert_post(
+                    account_ids[media_id % accounts], "folder", f"post-{media_id}", None, None, now
+                )
                 store.link_post_media(post_id, media_id, 0, None, None)
-                store.execute('INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
-                              (media_id, LABELS[label_index], "bench", "cli", now))
+                store.execute(
+                    'INSERT INTO labels (media_id, label, "by", via, at) VALUES (?, ?, ?, ?, ?)',
+                    (media_id, LABELS[label_index], "bench", "cli", now),
+                )
                 vector = np.maximum(centres[label_index] + rng.normal(0, 0.8, dim).astype(np.float32), 0)
-                store.execute("INSERT INTO features (media_id, backbone, vector, dim, created_at) "
-                              "VALUES (?, ?, ?, ?, ?)", (media_id, model.feature_key, vector.tobytes(), dim, now))
+                store.execute(
+                    "INSERT INTO features (media_id, backbone, vector, dim, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (media_id, model.feature_key, vector.tobytes(), dim, now),
+                )
         return model.feature_key, dim
 
 
@@ -99,35 +120,54 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as temp:
         data_dir = Path(temp) / "data"
-        config = parse_config({
-            "data_dir": str(data_dir),
-            "classifier": {"weights_path": str(args.weights), "weights_download": False, "progress": False,
-                           "overlays": False},
-        }, environ={})
+        config = parse_config(
+            {
+                "data_dir": str(data_dir),
+                "classifier": {
+                    "weights_path": str(args.weights),
+                    "weights_download": False,
+                    "progress": False,
+                    "overlays": False,
+                },
+            },
+            environ={},
+        )
         started = time.perf_counter()
         feature_key, dim = build_store(data_dir, config, args.items, args.accounts, args.seed)
-        print(f"store: {args.items} labelled media from {args.accounts} accounts, cached {dim}-d vectors "
-              f"({feature_key}), built in {time.perf_counter() - started:.1f} s")
+        print(
+            f"store: {args.items} labelled media from {args.accounts} accounts, cached {dim}-d vectors "
+            f"({feature_key}), built in {time.perf_counter() - started:.1f} s"
+        )
         with Store.open(data_dir) as store:
             started = time.perf_counter()
             outcome = run_retrain(store, config, force=True)
             total = time.perf_counter() - started
             cached_hits = store.scalar("SELECT COUNT(*) FROM features")
         print(f"outcome: {outcome.summary()}")
-        print(f"training set: {outcome.labelled} labelled media + {outcome.base_images} shipped base vectors "
-              f"(validation {outcome.validation})")
-        print(f"validation: illustration recall {outcome.scores['illustration_recall']:.3f}, "
-              f"macro-F1 {outcome.scores['macro_f1']:.3f}, accuracy {outcome.scores['accuracy']:.3f}")
-        print(f"train (L-BFGS, full batch) + score both + register: {outcome.train_seconds:.1f} s; "
-              f"re-scored {outcome.rescored} media from the cache in {outcome.rescore_seconds:.1f} s; "
-              f"report and the rest {total - outcome.train_seconds - outcome.rescore_seconds:.1f} s; "
-              f"features rows {cached_hits} (no image decoded)")
-        print(f"retrain total: {total:.1f} s for {args.items} items; target {TARGET_SECONDS:.0f} s; "
-              f"ratio {total / TARGET_SECONDS:.2f} of target ({'OK' if total < TARGET_SECONDS else 'OVER'})")
+        print(
+            f"training set: {outcome.labelled} labelled media + {outcome.base_images} shipped base vectors "
+            f"(validation {outcome.validation})"
+        )
+        print(
+            f"validation: illustration recall {outcome.scores['illustration_recall']:.3f}, "
+            f"macro-F1 {outcome.scores['macro_f1']:.3f}, accuracy {outcome.scores['accuracy']:.3f}"
+        )
+        print(
+            f"train (L-BFGS, full batch) + score both + register: {outcome.train_seconds:.1f} s; "
+            f"re-scored {outcome.rescored} media from the cache in {outcome.rescore_seconds:.1f} s; "
+            f"report and the rest {total - outcome.train_seconds - outcome.rescore_seconds:.1f} s; "
+            f"features rows {cached_hits} (no image decoded)"
+        )
+        print(
+            f"retrain total: {total:.1f} s for {args.items} items; target {TARGET_SECONDS:.0f} s; "
+            f"ratio {total / TARGET_SECONDS:.2f} of target ({'OK' if total < TARGET_SECONDS else 'OVER'})"
+        )
         import torch
 
-        print(f"cpu cores visible: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
-              f"cpu capability: {torch.backends.cpu.get_cpu_capability()}")
+        print(
+            f"cpu cores visible: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
+            f"cpu capability: {torch.backends.cpu.get_cpu_capability()}"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ The store is filled as bench_feed.py fills it; every borderline prediction is qu
 the classifier's 1 - margin spreads, and 10% of the queue is skipped. The page reads the queue's head, its prediction,
 credit and overlay, which is what must stay fast as the queue grows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,8 @@ def queue_borderline(store: Store) -> int:
             "INSERT OR IGNORE INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
             "SELECT media_id, 'bench', 0.85 + (abs(random()) % 1000) / 10000.0, "
             "CASE WHEN media_id % 10 = 0 THEN 'skipped' ELSE 'pending' END, "
-            "printf('2026-01-01T00:00:%05d', media_id), 't' FROM predictions WHERE borderline = 1")
+            "printf('2026-01-01T00:00:%05d', media_id), 't' FROM predictions WHERE borderline = 1"
+        )
     store.execute("ANALYZE")
     return store.scalar("SELECT COUNT(*) FROM review_queue")
 
@@ -80,8 +82,10 @@ async def run(root: Path, media_count: int, requests: int) -> None:
     print(f"\n{'store':34} {'p50 ms':>8} {'p95 ms':>8}")
     print(f"{f'{media_count} media, {queued} queued':34} {big_p50:8.2f} {big_p95:8.2f}")
     print(f"{'10 media, 1 queued':34} {small_p50:8.2f} {small_p95:8.2f}")
-    print(f"\np95 ratio big/small {big_p95 / small_p95:.2f}; p95 vs target {TARGET_P95_MS:.0f} ms: "
-          f"{'OK' if big_p95 < TARGET_P95_MS else 'MISSED'}")
+    print(
+        f"\np95 ratio big/small {big_p95 / small_p95:.2f}; p95 vs target {TARGET_P95_MS:.0f} ms: "
+        f"{'OK' if big_p95 < TARGET_P95_MS else 'MISSED'}"
+    )
 
 
 def main() -> int:

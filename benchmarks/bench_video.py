@@ -7,6 +7,7 @@ any machine:
 - sampling: `load_rgb_frames(clip, max_frames)`, what classification, Grad-CAM and thumbnails decode;
 - the same for one still, a JPEG of the clip's first frame (validate_image, load_rgb_frames).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def encode_clip(source: Image.Image, gop: int | None = None) -> bytes:
         stream.options = {"preset": "veryfast", **({"g": str(gop)} if gop else {})}
         for index in range(frames):
             left = round((scaled.width - width) * index / (frames - 1))
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[:, left:left + width]), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[:, left : left + width]), format="rgb24")
             for packet in stream.encode(frame):
                 output.mux(packet)
         for packet in stream.encode():
@@ -95,25 +96,36 @@ def main() -> int:
     validate_still_s = median_seconds(lambda: validate_image(still, max_pixels=80_000_000), args.repeats)
     sample_clip_s = median_seconds(lambda: load_rgb_frames(clip, max_frames=args.max_frames), args.repeats)
     sample_still_s = median_seconds(lambda: load_rgb_frames(still, max_frames=1), args.repeats)
-    sample_short_gop_s = median_seconds(lambda: load_rgb_frames(short_gop_clip, max_frames=args.max_frames),
-                                        args.repeats)
+    sample_short_gop_s = median_seconds(
+        lambda: load_rgb_frames(short_gop_clip, max_frames=args.max_frames), args.repeats
+    )
     flags = cpu_flags()
-    print(json.dumps({
-        "cpu_count": os.cpu_count(), "cpu_flags": [flag for flag in REPORTED_FLAGS if flag in flags],
-        "clip": {"width": info.width, "height": info.height, "frames": info.frames, "seconds": info.duration_s,
-                 "bytes": len(clip)},
-        "still_bytes": len(still),
-        "validate_clip_s": round(validate_clip_s, 3),
-        "decode_frames_per_s": round(info.frames / validate_clip_s, 1),
-        "validate_still_ms": round(validate_still_s * 1000, 1),
-        "validate_clip_over_still": round(validate_clip_s / validate_still_s, 1),
-        "sample_frames": args.max_frames,
-        "sample_clip_s": round(sample_clip_s, 3),
-        "sample_still_ms": round(sample_still_s * 1000, 1),
-        "sample_clip_over_still": round(sample_clip_s / sample_still_s, 1),
-        "sample_clip_2s_gop_s": round(sample_short_gop_s, 3),
-        "sample_clip_2s_gop_over_still": round(sample_short_gop_s / sample_still_s, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "cpu_count": os.cpu_count(),
+                "cpu_flags": [flag for flag in REPORTED_FLAGS if flag in flags],
+                "clip": {
+                    "width": info.width,
+                    "height": info.height,
+                    "frames": info.frames,
+                    "seconds": info.duration_s,
+                    "bytes": len(clip),
+                },
+                "still_bytes": len(still),
+                "validate_clip_s": round(validate_clip_s, 3),
+                "decode_frames_per_s": round(info.frames / validate_clip_s, 1),
+                "validate_still_ms": round(validate_still_s * 1000, 1),
+                "validate_clip_over_still": round(validate_clip_s / validate_still_s, 1),
+                "sample_frames": args.max_frames,
+                "sample_clip_s": round(sample_clip_s, 3),
+                "sample_still_ms": round(sample_still_s * 1000, 1),
+                "sample_clip_over_still": round(sample_clip_s / sample_still_s, 1),
+                "sample_clip_2s_gop_s": round(sample_short_gop_s, 3),
+                "sample_clip_2s_gop_over_still": round(sample_short_gop_s / sample_still_s, 1),
+            }
+        )
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ are unpacked once (`classify`), and the explanation wiring (Grad-CAM overlay for
 explainer for `/why`) lives nowhere else. torch is imported inside the functions: every CLI command imports
 this module and most of them never load a model.
 """
+
 from __future__ import annotations
 
 import threading
@@ -53,17 +54,31 @@ def overlay_renderer(settings: ClassifierConfig) -> OverlayRenderer | None:
     return render
 
 
-def classify(store: Store, config: Config, model: ImageClassifier, runner: FeatureRunner | None = None, *,
-             limit: int | None = None, progress: bool = False) -> ClassifySummary:
+def classify(
+    store: Store,
+    config: Config,
+    model: ImageClassifier,
+    runner: FeatureRunner | None = None,
+    *,
+    limit: int | None = None,
+    progress: bool = False,
+) -> ClassifySummary:
     """`classify_pending` with the [classifier] settings (borderline thresholds, batches, overlays)."""
     from bot.classify import classify_pending
 
     settings = config.classifier
-    return classify_pending(store, model, runner=runner or make_runner(model, settings),
-                            borderline_confidence=settings.borderline_confidence,
-                            borderline_margin=settings.borderline_margin, batch_size=settings.batch_size,
-                            max_frames=settings.max_frames, overlay=overlay_renderer(settings), limit=limit,
-                            progress=progress)
+    return classify_pending(
+        store,
+        model,
+        runner=runner or make_runner(model, settings),
+        borderline_confidence=settings.borderline_confidence,
+        borderline_margin=settings.borderline_margin,
+        batch_size=settings.batch_size,
+        max_frames=settings.max_frames,
+        overlay=overlay_renderer(settings),
+        limit=limit,
+        progress=progress,
+    )
 
 
 class ActiveModel:
@@ -96,13 +111,19 @@ class ActiveModel:
         return self._loaded[1], self._loaded[2]
 
 
-def explain_media(model: ImageClassifier, source: Path | bytes, method: str, *, target: int | None = None,
-                  options: dict | None = None, max_frames: int = 4):
+def explain_media(
+    model: ImageClassifier,
+    source: Path | bytes,
+    method: str,
+    *,
+    target: int | None = None,
+    options: dict | None = None,
+    max_frames: int = 4,
+):
     """The overlay (`EncodedImage`) of `method` for one media, scored by the model's own rule."""
     from explain.media import explain_image
 
-    return explain_image(model, source, method=method, target=target, method_options=options,
-                         max_frames=max_frames)
+    return explain_image(model, source, method=method, target=target, method_options=options, max_frames=max_frames)
 
 
 class ActiveModelExplainer:

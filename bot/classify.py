@@ -4,6 +4,7 @@ The classifier (`classifier/`) turns images into probabilities; this stage reads
 store, decides which calls are borderline, stores predictions and vectors per batch, renders the Grad-CAM
 overlay of a borderline call (through the `OverlayRenderer` the app hands in) and queues it for review.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,8 +49,10 @@ class ClassifySummary:
 
 def pending_media(store: Store, model_version: str, limit: int | None = None) -> list[dict]:
     """Stored media (status ok) without a prediction from `model_version`, oldest first."""
-    sql = ("SELECT m.id, m.sha256, m.ext FROM media m WHERE m.status = 'ok' AND NOT EXISTS "
-           "(SELECT 1 FROM predictions p WHERE p.media_id = m.id AND p.model_version = ?) ORDER BY m.id")
+    sql = (
+        "SELECT m.id, m.sha256, m.ext FROM media m WHERE m.status = 'ok' AND NOT EXISTS "
+        "(SELECT 1 FROM predictions p WHERE p.media_id = m.id AND p.model_version = ?) ORDER BY m.id"
+    )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return store.query(sql, (model_version,))
@@ -89,7 +92,7 @@ def classify_pending(
     def from_cache() -> Iterator[ImageResult]:
         ids = list(cached)
         for start in range(0, len(ids), 256):
-            chunk = ids[start:start + 256]
+            chunk = ids[start : start + 256]
             with torch.inference_mode():
                 probabilities = model.probabilities_from_vectors(torch.stack([cached[i] for i in chunk]))
             for media_id, probs in zip(chunk, probabilities.tolist()):
@@ -99,14 +102,19 @@ def classify_pending(
     sources = dict(to_run)
     if to_run:
         runner = runner or FeatureRunner(model)
-    computed = run_classifier(model, to_run, runner=runner, batch_size=batch_size, max_frames=max_frames) if to_run else iter(())
+    computed = (
+        run_classifier(model, to_run, runner=runner, batch_size=batch_size, max_frames=max_frames)
+        if to_run
+        else iter(())
+    )
     summary.from_cached_features = len(cached)
     chunk: list[ImageResult] = []
     for result in itertools.chain(from_cache(), computed):
         chunk.append(result)
         if len(chunk) >= batch_size:
-            _store_results(store, model, chunk, cached, sources, summary, borderline_confidence,
-                           borderline_margin, overlay)
+            _store_results(
+                store, model, chunk, cached, sources, summary, borderline_confidence, borderline_margin, overlay
+            )
             bar.update(len(chunk))
             chunk = []
     if chunk:
@@ -119,13 +127,18 @@ def classify_pending(
     return summary
 
 
-def restore_missing_overlays(store: Store, model: ImageClassifier, overlay: OverlayRenderer,
-                             summary: ClassifySummary) -> None:
+def restore_missing_overlays(
+    store: Store, model: ImageClassifier, overlay: OverlayRenderer, summary: ClassifySummary
+) -> None:
     """Render again the overlays of this model's queued borderline calls that have none (a full disk when they
     were classified, a file deleted since), so review shows them once there is room."""
+
     def make(store: Store, media_id: int) -> tuple[bytes, str]:
-        prediction = store.query_one("SELECT prob_illustration, prob_screenshot, prob_photo FROM predictions"
-                                     " WHERE media_id = ? AND model_version = ?", (media_id, model.version))
+        prediction = store.query_one(
+            "SELECT prob_illustration, prob_screenshot, prob_photo FROM predictions"
+            " WHERE media_id = ? AND model_version = ?",
+            (media_id, model.version),
+        )
         return overlay(model, _media_source(store, media_id), [prediction[f"prob_{label}"] for label in model.labels])
 
     for media_id in missing_overlays(store, model.version):
@@ -138,9 +151,17 @@ def restore_missing_overlays(store: Store, model: ImageClassifier, overlay: Over
         summary.overlays_restored += 1
 
 
-def _store_results(store: Store, model: ImageClassifier, results: list[ImageResult], cached: dict, sources: dict,
-                   summary: ClassifySummary, borderline_confidence: float, borderline_margin: float,
-                   overlay: OverlayRenderer | None) -> None:
+def _store_results(
+    store: Store,
+    model: ImageClassifier,
+    results: list[ImageResult],
+    cached: dict,
+    sources: dict,
+    summary: ClassifySummary,
+    borderline_confidence: float,
+    borderline_margin: float,
+    overlay: OverlayRenderer | None,
+) -> None:
     now = utc_now()
     decided = []
     for result in results:
@@ -150,8 +171,10 @@ def _store_results(store: Store, model: ImageClassifier, results: list[ImageResu
             log.warning("media %s could not be classified: %s", result.key, result.error)
             # Ingest decoded it once, so its stored file is missing or damaged: record that on the row instead
             # of decoding it again on every poll.
-            store.execute("UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
-                          (f"{CLASSIFY_REJECT_PREFIX} {result.error}", result.key))
+            store.execute(
+                "UPDATE media SET status = 'rejected', reject_reason = ? WHERE id = ? AND status = 'ok'",
+                (f"{CLASSIFY_REJECT_PREFIX} {result.error}", result.key),
+            )
             continue
         decision = decide(result.probabilities, model.labels, borderline_confidence, borderline_margin, model.policy)
         overlay_sha256 = None
@@ -159,8 +182,9 @@ def _store_results(store: Store, model: ImageClassifier, results: list[ImageResu
         if decision.borderline and overlay is not None and store.current_label(result.key) is None:
             # Rendered before the transaction: Grad-CAM takes a forward+backward pass, the write lock should not wait on it.
             try:
-                data, ext = overlay(model, sources.get(result.key) or _media_source(store, result.key),
-                                    result.probabilities)
+                data, ext = overlay(
+                    model, sources.get(result.key) or _media_source(store, result.key), result.probabilities
+                )
                 overlay_sha256 = store.derived.put(data, ext)
                 summary.overlays += 1
             except Exception as error:  # an explanation is a nicety; the prediction must still be stored
@@ -175,9 +199,19 @@ def _store_results(store: Store, model: ImageClassifier, results: list[ImageResu
                 "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot, prob_photo,"
                 " label, confidence, margin, borderline, overlay_sha256, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (media_id, model_version) DO NOTHING",
-                (result.key, model.version, probs["illustration"], probs["screenshot"], probs["photo"],
-                 decision.label, decision.confidence, decision.margin, int(decision.borderline),
-                 overlay_sha256, now),
+                (
+                    result.key,
+                    model.version,
+                    probs["illustration"],
+                    probs["screenshot"],
+                    probs["photo"],
+                    decision.label,
+                    decision.confidence,
+                    decision.margin,
+                    int(decision.borderline),
+                    overlay_sha256,
+                    now,
+                ),
             )
             summary.classified += 1
             if not decision.borderline:
@@ -185,8 +219,9 @@ def _store_results(store: Store, model: ImageClassifier, results: list[ImageResu
             summary.borderline += 1
             if store.current_label(result.key):
                 continue  # a human already answered; nothing to review
-            summary.queued_for_review += review.enqueue(store, result.key, f"{model.version}: {decision.reason}",
-                                                        decision.priority, now)
+            summary.queued_for_review += review.enqueue(
+                store, result.key, f"{model.version}: {decision.reason}", decision.priority, now
+            )
         if new_vectors:
             StoreVectorCache(store, model.feature_key).put(new_vectors)
 

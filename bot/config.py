@@ -3,6 +3,7 @@
 Every key has a default, so no file at all is a valid configuration. An unknown key or a value of the
 wrong type is a ConfigError naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,11 +60,14 @@ class IngestConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"ingest.{name}: must be at least 1, got {getattr(self, name)}")
         if not -1 <= self.near_duplicate_distance <= 64:
-            raise ConfigError(f"ingest.near_duplicate_distance: must be -1 (off) to 64, "
-                              f"got {self.near_duplicate_distance}")
+            raise ConfigError(
+                f"ingest.near_duplicate_distance: must be -1 (off) to 64, got {self.near_duplicate_distance}"
+            )
         if self.near_duplicate_max_block_difference < 0:
-            raise ConfigError(f"ingest.near_duplicate_max_block_difference: must be at least 0, "
-                              f"got {self.near_duplicate_max_block_difference}")
+            raise ConfigError(
+                f"ingest.near_duplicate_max_block_difference: must be at least 0, "
+                f"got {self.near_duplicate_max_block_difference}"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,9 @@ class RetrainConfig:
         try:
             CronTrigger.from_crontab(self.schedule, timezone=self.timezone or None)
         except (ValueError, LookupError) as error:
-            raise ConfigError(f"retrain.schedule/timezone: cannot use {self.schedule!r} "
-                              f"{self.timezone or '(local time)'}: {error}") from None
+            raise ConfigError(
+                f"retrain.schedule/timezone: cannot use {self.schedule!r} {self.timezone or '(local time)'}: {error}"
+            ) from None
         for name in ("misfire_grace_seconds", "min_new_labels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"retrain.{name}: expected >= 0, got {getattr(self, name)}")
@@ -219,8 +224,11 @@ class ClassifierConfig:
     def policy_targets(self):
         from classifier.policy import PolicyTargets
 
-        return PolicyTargets(feed_precision_target=self.feed_precision_target,
-                             review_budget=self.review_budget, max_illustrations_lost=self.max_illustrations_lost)
+        return PolicyTargets(
+            feed_precision_target=self.feed_precision_target,
+            review_budget=self.review_budget,
+            max_illustrations_lost=self.max_illustrations_lost,
+        )
 
 
 FEED_RULES = ("human_then_confident", "human_only", "any_prediction")
@@ -247,8 +255,9 @@ class FeedConfig:
         if self.rule not in FEED_RULES:
             raise ConfigError(f"feed.rule: expected one of {', '.join(FEED_RULES)}, got {self.rule!r}")
         if self.thumbnail_format not in THUMBNAIL_FORMATS:
-            raise ConfigError(f"feed.thumbnail_format: expected one of {', '.join(THUMBNAIL_FORMATS)}, "
-                              f"got {self.thumbnail_format!r}")
+            raise ConfigError(
+                f"feed.thumbnail_format: expected one of {', '.join(THUMBNAIL_FORMATS)}, got {self.thumbnail_format!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"feed.port: expected 0..65535, got {self.port}")
         for name in ("page_size", "max_page_size", "atom_entries", "thumbnail_size"):
@@ -278,8 +287,9 @@ class DiscordConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.feed_batch_size <= DISCORD_MAX_ATTACHMENTS:
-            raise ConfigError(f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, "
-                              f"got {self.feed_batch_size}")
+            raise ConfigError(
+                f"discord.feed_batch_size: must be 1..{DISCORD_MAX_ATTACHMENTS}, got {self.feed_batch_size}"
+            )
         if self.feed_interval_seconds < 1:
             raise ConfigError(f"discord.feed_interval_seconds: must be at least 1, got {self.feed_interval_seconds}")
 
@@ -456,10 +466,12 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 def redacted(config: Config) -> dict[str, Any]:
     """The configuration as a dict with every secret replaced, safe to log or print."""
+
     def walk(value: Any, name: str) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: walk(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
         if value and any(word in name for word in ("token", "secret", "password", "consumer_key")):
             return "***"
         return value
+
     return walk(config, "")

@@ -7,6 +7,7 @@ one validation set holding every class; the classifier's promotion rule decides.
 pending review queue and recent unlabelled media are re-scored: calls that are no longer borderline leave
 the queue and new borderline calls enter it.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,11 @@ class RetrainOutcome:
     rescore_seconds: float = 0.0
 
     def deltas(self) -> dict[str, float]:
-        return {name: self.scores[name] - self.previous_scores[name]
-                for name in REPORT_METRICS if name in self.scores and name in self.previous_scores}
+        return {
+            name: self.scores[name] - self.previous_scores[name]
+            for name in REPORT_METRICS
+            if name in self.scores and name in self.previous_scores
+        }
 
     def summary(self) -> str:
         """One line for the retrain request's result: "promoted v", "refused v: why", "skipped: why"."""
@@ -68,8 +72,13 @@ class RetrainOutcome:
     def log_fields(self) -> dict:
         fields: dict[str, Any] = {"status": self.status, "new_labels": self.new_labels}
         if self.status != SKIPPED:
-            fields.update(version=self.version, previous=self.previous or "none", labelled=self.labelled,
-                          base_images=self.base_images, train_s=self.train_seconds)
+            fields.update(
+                version=self.version,
+                previous=self.previous or "none",
+                labelled=self.labelled,
+                base_images=self.base_images,
+                train_s=self.train_seconds,
+            )
             fields.update({f"{name}": round(value, 4) for name, value in self.scores.items()})
             fields.update({f"delta_{name}": round(value, 4) for name, value in self.deltas().items()})
             fields.update(rescored=self.rescored, queue_added=self.queue_added, queue_removed=self.queue_removed)
@@ -83,21 +92,29 @@ class RetrainOutcome:
         from classifier.evaluate import format_comparison
 
         verdict = "promoted to active" if self.status == PROMOTED else "kept inactive"
-        lines = [f"Retrain: model {self.version} {verdict} ({self.reason}).",
-                 f"Trained on {self.labelled} human-labelled media ({self.new_labels} newly labelled), "
-                 f"{self.base_images} shipped base images" + (f" and {self.extra_images} base_data images"
-                                                               if self.extra_images else "")
-                 + f" ({self.train_seconds:.1f} s)."]
+        lines = [
+            f"Retrain: model {self.version} {verdict} ({self.reason}).",
+            f"Trained on {self.labelled} human-labelled media ({self.new_labels} newly labelled), "
+            f"{self.base_images} shipped base images"
+            + (f" and {self.extra_images} base_data images" if self.extra_images else "")
+            + f" ({self.train_seconds:.1f} s).",
+        ]
         if self.validation:
-            sets = "; ".join(f"{name}: " + ", ".join(f"{count} {label}" for label, count in counts.items())
-                             for name, counts in self.validation.items() if sum(counts.values()))
+            sets = "; ".join(
+                f"{name}: " + ", ".join(f"{count} {label}" for label, count in counts.items())
+                for name, counts in self.validation.items()
+                if sum(counts.values())
+            )
             lines.append(f"Validation images ({sets}):")
         if self.metrics is not None:
-            lines.append(format_comparison(self.metrics, self.previous_metrics, self.version,
-                                           self.previous or "active"))
+            lines.append(
+                format_comparison(self.metrics, self.previous_metrics, self.version, self.previous or "active")
+            )
         if self.status == PROMOTED:
-            lines.append(f"Re-scored {self.rescored} media in {self.rescore_seconds:.1f} s: {self.queue_added} "
-                         f"entered the review queue, {self.queue_removed} left it.")
+            lines.append(
+                f"Re-scored {self.rescored} media in {self.rescore_seconds:.1f} s: {self.queue_added} "
+                f"entered the review queue, {self.queue_removed} left it."
+            )
         return "\n".join(lines)
 
 
@@ -116,8 +133,9 @@ def request(store: Store, by: str, via: str) -> tuple[int | None, dict | None]:
         pending = pending_request(store)
         if pending is not None:
             return None, pending
-        return store.execute("INSERT INTO retrain_requests (requested_by, via, requested_at) VALUES (?, ?, ?)",
-                             (by, via, utc_now())).lastrowid, None
+        return store.execute(
+            "INSERT INTO retrain_requests (requested_by, via, requested_at) VALUES (?, ?, ?)", (by, via, utc_now())
+        ).lastrowid, None
 
 
 def claim_request(store: Store) -> dict | None:
@@ -131,9 +149,11 @@ def claim_request(store: Store) -> dict | None:
 
 def finish_request(store: Store, request_id: int, result: str) -> None:
     """For the runner: record the outcome ("promoted v7: ...", "failed: ...") of the requests it claimed."""
-    store.execute("UPDATE retrain_requests SET finished_at = ?, result = ? "
-                  "WHERE started_at IS NOT NULL AND finished_at IS NULL AND id >= ?",
-                  (utc_now(), result, request_id))
+    store.execute(
+        "UPDATE retrain_requests SET finished_at = ?, result = ? "
+        "WHERE started_at IS NOT NULL AND finished_at IS NULL AND id >= ?",
+        (utc_now(), result, request_id),
+    )
 
 
 # --- the retrain ----------------------------------------------------------------------------------------
@@ -163,9 +183,14 @@ def count_new_labels(store: Store) -> int:
     return store.scalar(current + " AND at >= ?", (active["created_at"],))
 
 
-def run_retrain(store: Store, config: Config, *, force: bool = False,
-                model_lock: threading.Lock | None = None,
-                report: Callable[[str, Path | None], None] | None = None) -> RetrainOutcome:
+def run_retrain(
+    store: Store,
+    config: Config,
+    *,
+    force: bool = False,
+    model_lock: threading.Lock | None = None,
+    report: Callable[[str, Path | None], None] | None = None,
+) -> RetrainOutcome:
     """Train, evaluate, maybe promote and re-score; post the report. `force` ignores `min_new_labels`."""
     from classifier.versions import ensure_default_registered
 
@@ -173,8 +198,11 @@ def run_retrain(store: Store, config: Config, *, force: bool = False,
     ensure_default_registered(store)  # the shipped default is the active model until another is promoted
     new_labels = count_new_labels(store)
     if not force and new_labels < settings.min_new_labels:
-        return RetrainOutcome(SKIPPED, f"{new_labels} newly labelled media, fewer than min_new_labels "
-                                       f"{settings.min_new_labels}", new_labels)
+        return RetrainOutcome(
+            SKIPPED,
+            f"{new_labels} newly labelled media, fewer than min_new_labels {settings.min_new_labels}",
+            new_labels,
+        )
     with model_lock or nullcontext():
         outcome = train_and_rescore(store, config, new_labels)
     text = outcome.report_text()
@@ -217,14 +245,21 @@ def train_and_rescore(store: Store, config: Config, new_labels: int) -> RetrainO
         activate(store, model.version)
     metrics, previous_metrics = candidate.metrics, candidate.active_metrics
     outcome = RetrainOutcome(
-        PROMOTED if candidate.decision.promote else REFUSED, candidate.decision.reason, new_labels,
+        PROMOTED if candidate.decision.promote else REFUSED,
+        candidate.decision.reason,
+        new_labels,
         labelled=candidate.labelled,
-        base_images=candidate.base_images, extra_images=len(extra), validation=candidate.validation,
-        version=model.version, previous=candidate.active_version,
+        base_images=candidate.base_images,
+        extra_images=len(extra),
+        validation=candidate.validation,
+        version=model.version,
+        previous=candidate.active_version,
         scores={**promotion_scores(metrics), "accuracy": metrics["accuracy"]},
-        previous_scores=({**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]}
-                         if previous_metrics else {}),
-        metrics=metrics, previous_metrics=previous_metrics,
+        previous_scores=(
+            {**promotion_scores(previous_metrics), "accuracy": previous_metrics["accuracy"]} if previous_metrics else {}
+        ),
+        metrics=metrics,
+        previous_metrics=previous_metrics,
         train_seconds=time.monotonic() - started,
     )
     if candidate.base_note:

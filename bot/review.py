@@ -11,6 +11,7 @@ Conventions:
 - `state`: 'pending' (waiting), 'skipped' (set aside by a reviewer: it comes back after the pending ones),
   'done' (a human answered).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ def head(store: Store) -> dict | None:
     for state, order in _HEAD.items():
         row = store.query_one(
             f"SELECT q.media_id, q.reason, q.state FROM review_queue q JOIN media m ON m.id = q.media_id "
-            f"WHERE q.state = ? AND m.status = 'ok' {order} LIMIT 1", (state,))
+            f"WHERE q.state = ? AND m.status = 'ok' {order} LIMIT 1",
+            (state,),
+        )
         if row is not None:
             return row
     return None
@@ -63,8 +66,10 @@ def head(store: Store) -> dict | None:
 
 def pending_ids(store: Store) -> set[int]:
     """Items the model put in the queue and nobody answered yet (skipped ones included)."""
-    return {row["media_id"] for row in store.query(
-        "SELECT media_id FROM review_queue WHERE state IN ('pending', 'skipped')")}
+    return {
+        row["media_id"]
+        for row in store.query("SELECT media_id FROM review_queue WHERE state IN ('pending', 'skipped')")
+    }
 
 
 def pending_count(store: Store) -> int:
@@ -93,7 +98,10 @@ def review_item(store: Store, media_id: int, reason: str = "", pending_total: in
         probabilities={label: prediction[f"prob_{label}"] for label in LABELS} if prediction else None,
         predicted=prediction["label"] if prediction else None,
         model_version=prediction["model_version"] if prediction else None,
-        author=author, post_url=post_url, reason=reason, pending=pending_total,
+        author=author,
+        post_url=post_url,
+        reason=reason,
+        pending=pending_total,
     )
 
 
@@ -102,8 +110,10 @@ def next_item(store: Store) -> ReviewItem | None:
     row = head(store)
     if row is None:
         return None
-    waiting = store.scalar("SELECT COUNT(*) FROM review_queue q JOIN media m ON m.id = q.media_id "
-                           "WHERE q.state IN ('pending', 'skipped') AND m.status = 'ok'")
+    waiting = store.scalar(
+        "SELECT COUNT(*) FROM review_queue q JOIN media m ON m.id = q.media_id "
+        "WHERE q.state IN ('pending', 'skipped') AND m.status = 'ok'"
+    )
     return review_item(store, row["media_id"], row["reason"], waiting)
 
 
@@ -119,7 +129,8 @@ def enqueue(store: Store, media_id: int, reason: str, priority: float, now: str 
         " VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (media_id) DO UPDATE SET"
         " reason = excluded.reason, priority = excluded.priority, updated_at = excluded.updated_at"
         " WHERE review_queue.state = 'pending'",
-        (media_id, reason, priority, now, now)).rowcount
+        (media_id, reason, priority, now, now),
+    ).rowcount
 
 
 def record_label(store: Store, media_id: int, label: str, by: str, via: str) -> tuple[int, dict | None]:
@@ -129,8 +140,10 @@ def record_label(store: Store, media_id: int, label: str, by: str, via: str) -> 
     with store.transaction():
         previous = store.current_label(media_id)
         label_id = store.add_label(media_id, label, by=by, via=via)
-        store.execute("UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
-                      (utc_now(), media_id))
+        store.execute(
+            "UPDATE review_queue SET state = 'done', updated_at = ? WHERE media_id = ? AND state != 'done'",
+            (utc_now(), media_id),
+        )
     return label_id, previous
 
 
@@ -141,14 +154,17 @@ def skip(store: Store, media_id: int) -> int:
     skipped_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return store.execute(
         "UPDATE review_queue SET state = 'skipped', updated_at = ? WHERE media_id = ? "
-        "AND state IN ('pending', 'skipped')", (skipped_at, media_id)).rowcount
+        "AND state IN ('pending', 'skipped')",
+        (skipped_at, media_id),
+    ).rowcount
 
 
 def requeue(store: Store, media_id: int) -> int:
     """An answered item whose label was undone waits again; returns how many rows changed."""
     return store.execute(
         "UPDATE review_queue SET state = 'pending', updated_at = ? WHERE media_id = ? AND state = 'done'",
-        (utc_now(), media_id)).rowcount
+        (utc_now(), media_id),
+    ).rowcount
 
 
 def drop_settled(store: Store, model_version: str) -> int:
@@ -156,4 +172,5 @@ def drop_settled(store: Store, model_version: str) -> int:
     return store.execute(
         "DELETE FROM review_queue WHERE state IN ('pending', 'skipped') AND media_id IN "
         "(SELECT media_id FROM latest_prediction WHERE model_version = ? AND borderline = 0)",
-        (model_version,)).rowcount
+        (model_version,),
+    ).rowcount

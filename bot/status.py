@@ -1,4 +1,5 @@
 """The store at a glance: counts by final label, queue, labels, the active model and damaged media."""
+
 from __future__ import annotations
 
 from bot import review
@@ -38,19 +39,27 @@ def store_status(store: Store) -> dict:
 
 def format_status(status: dict) -> str:
     labels = ", ".join(f"{label} {count}" for label, count in sorted(status["by_label"].items())) or "none yet"
-    return "\n".join([
-        f"media: {status['media_total']} stored, {status['rejected_total']} rejected, "
-        f"{status['posts_total']} posts from {status['accounts_total']} accounts",
-        f"final labels: {labels}; undecided {status['undecided']}",
-        f"review queue: {status['review_pending']} waiting ({status['review_skipped']} skipped); "
-        f"human labels: {status['labels_total']}",
-        f"active model: {status['active_model'] or _no_active_model(status)}",
-    ] + ([f"damaged: {status['damaged']} media whose stored file is missing or wrong (see `illustfeed check`; "
-          "importing or crawling the originals again restores them)"] if status["damaged"] else [])
-      + (["data dir: read-only (opened for reading only)"] if status["read_only"] else []))
+    return "\n".join(
+        [
+            f"media: {status['media_total']} stored, {status['rejected_total']} rejected, "
+            f"{status['posts_total']} posts from {status['accounts_total']} accounts",
+            f"final labels: {labels}; undecided {status['undecided']}",
+            f"review queue: {status['review_pending']} waiting ({status['review_skipped']} skipped); "
+            f"human labels: {status['labels_total']}",
+            f"active model: {status['active_model'] or _no_active_model(status)}",
+        ]
+        + (
+            [
+                f"damaged: {status['damaged']} media whose stored file is missing or wrong (see `illustfeed check`; "
+                "importing or crawling the originals again restores them)"
+            ]
+            if status["damaged"]
+            else []
+        )
+        + (["data dir: read-only (opened for reading only)"] if status["read_only"] else [])
+    )
 
 
 def _no_active_model(status: dict) -> str:
     shipped = status.get("shipped_default")
     return f"{shipped} (the shipped default; no trained model yet)" if shipped else "none"
-

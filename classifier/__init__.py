@@ -1,4 +1,5 @@
 """Sorting images into illustration / screenshot / photo with a VGG16 backbone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +17,16 @@ def shipped_default_version() -> str | None:
     except OSError:
         return None
 
+
 __all__ = ["LABELS", "build_vgg16", "load_model", "run_classifier", "save_model"]
 
 # Public name -> module that defines it.
-_LAZY = {"build_vgg16": "classifier.vgg", "run_classifier": "classifier.inference",
-         "load_model": "classifier.model", "save_model": "classifier.model"}
+_LAZY = {
+    "build_vgg16": "classifier.vgg",
+    "run_classifier": "classifier.inference",
+    "load_model": "classifier.model",
+    "save_model": "classifier.model",
+}
 
 
 def __getattr__(name: str) -> Any:

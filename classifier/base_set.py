@@ -15,6 +15,7 @@ groups / subgroups (origin and full origin string), validation bool [N], shipped
 and the feature key and model version the vectors belong to. Vectors are usable only by a model with the
 same feature key.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,13 +52,17 @@ class BaseSet:
 
     def items(self) -> list[LabelledImage]:
         """One LabelledImage per vector, keyed `("base", index)` so they never collide with media ids."""
-        return [LabelledImage(("base", index), None, label, group, subgroup)
-                for index, (label, group, subgroup) in enumerate(zip(self.labels, self.groups, self.subgroups))]
+        return [
+            LabelledImage(("base", index), None, label, group, subgroup)
+            for index, (label, group, subgroup) in enumerate(zip(self.labels, self.groups, self.subgroups))
+        ]
 
     def split(self) -> tuple[list[int], list[int]]:
         """(training indices, validation indices): the file's fixed split by origin."""
-        return ([index for index, held in enumerate(self.validation) if not held],
-                [index for index, held in enumerate(self.validation) if held])
+        return (
+            [index for index, held in enumerate(self.validation) if not held],
+            [index for index, held in enumerate(self.validation) if held],
+        )
 
     def per_label(self) -> dict[str, int]:
         return {label: self.labels.count(label) for label in LABELS}
@@ -92,18 +97,37 @@ def load_base_set(path: str | Path) -> BaseSet:
         raise BaseSetError(f"base vector file {path} is corrupt ({type(error).__name__}: {error})") from error
     if str(arrays.get("format", "")) != BASE_SET_FORMAT:
         raise BaseSetError(f"base vector file {path} is not a {BASE_SET_FORMAT} file")
-    missing = [name for name in ("vectors", "labels", "groups", "subgroups", "feature_key", "model_version",
-                                 "shipped_probabilities", "validation") if name not in arrays]
+    missing = [
+        name
+        for name in (
+            "vectors",
+            "labels",
+            "groups",
+            "subgroups",
+            "feature_key",
+            "model_version",
+            "shipped_probabilities",
+            "validation",
+        )
+        if name not in arrays
+    ]
     if missing:
         raise BaseSetError(f"base vector file {path} lacks {missing}")
     vectors, labels = arrays["vectors"], arrays["labels"]
     count = len(labels)
-    shapes_fit = (vectors.ndim == 2 and len(vectors) == count and len(arrays["groups"]) == count
-                  and len(arrays["subgroups"]) == count and len(arrays["validation"]) == count
-                  and arrays["shipped_probabilities"].shape == (count, len(LABELS)))
+    shapes_fit = (
+        vectors.ndim == 2
+        and len(vectors) == count
+        and len(arrays["groups"]) == count
+        and len(arrays["subgroups"]) == count
+        and len(arrays["validation"]) == count
+        and arrays["shipped_probabilities"].shape == (count, len(LABELS))
+    )
     if not shapes_fit or count == 0:
-        raise BaseSetError(f"base vector file {path}: arrays of different lengths or no vectors "
-                           f"(vectors {vectors.shape}, labels {labels.shape})")
+        raise BaseSetError(
+            f"base vector file {path}: arrays of different lengths or no vectors "
+            f"(vectors {vectors.shape}, labels {labels.shape})"
+        )
     if labels.max() >= len(LABELS):
         raise BaseSetError(f"base vector file {path} has label index {int(labels.max())}; expected < {len(LABELS)}")
     return BaseSet(

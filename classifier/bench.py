@@ -5,6 +5,7 @@
 Both run on the same chunks, alternating, so a change in machine load hits both alike. One-time setup
 (TorchScript freezing, int8 calibration and its agreement check) is reported apart from throughput.
 """
+
 from __future__ import annotations
 
 import resource
@@ -32,15 +33,27 @@ def naive_labels(model: ImageClassifier, sources: Sequence[Any], max_frames: int
     return labels
 
 
-def project_labels(model: ImageClassifier, sources: Sequence[Any], runner: FeatureRunner, batch_size: int,
-                   max_frames: int) -> list[int]:
-    results = {r.key: r for r in run_classifier(model, list(enumerate(sources)), runner=runner,
-                                                batch_size=batch_size, max_frames=max_frames)}
+def project_labels(
+    model: ImageClassifier, sources: Sequence[Any], runner: FeatureRunner, batch_size: int, max_frames: int
+) -> list[int]:
+    results = {
+        r.key: r
+        for r in run_classifier(
+            model, list(enumerate(sources)), runner=runner, batch_size=batch_size, max_frames=max_frames
+        )
+    }
     return [int(torch.tensor(results[i].probabilities).argmax()) for i in range(len(sources))]
 
 
-def benchmark(model: ImageClassifier, sources: Sequence[Any], *, precision: str = "auto", batch_size: int = 16,
-              chunk_size: int = 32, max_frames: int = 4) -> dict:
+def benchmark(
+    model: ImageClassifier,
+    sources: Sequence[Any],
+    *,
+    precision: str = "auto",
+    batch_size: int = 16,
+    chunk_size: int = 32,
+    max_frames: int = 4,
+) -> dict:
     """`{"naive_images_per_s", "images_per_s", "speedup", "label_agreement", "peak_rss_mb", ...}`."""
     if len(sources) < 2:
         raise ValueError(f"benchmark needs at least 2 images, got {len(sources)}")
@@ -53,7 +66,7 @@ def benchmark(model: ImageClassifier, sources: Sequence[Any], *, precision: str 
     naive_s = project_s = 0.0
     naive, project = [], []
     for start in range(0, len(sources), chunk_size):
-        chunk = sources[start:start + chunk_size]
+        chunk = sources[start : start + chunk_size]
         began = time.perf_counter()
         naive += naive_labels(model, chunk, max_frames)
         naive_s += time.perf_counter() - began

@@ -3,6 +3,7 @@
 A vector depends only on the trunk's weights and the FeatureSpec (the model's `feature_key`), so every
 head trained on the same trunk reuses them: retraining and re-scoring never rerun the conv net.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ class StoreVectorCache:
         found: dict[int, torch.Tensor] = {}
         ids = list(media_ids)
         for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" for _ in chunk)
             for row in self.store.query(
                 f"SELECT media_id, vector, dim FROM features WHERE backbone = ? AND media_id IN ({marks})",

@@ -4,6 +4,7 @@ Images that share a group (the account that posted them, or the `origin` of a fo
 never split between training and validation, so validation measures unseen sources, not near-copies.
 A group's side is a hash of its name: adding data never moves an existing group to the other side.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,9 @@ class LabelledImage:
     subgroup: str  # finer source (post, file origin), used only for big validation-side groups
 
 
-def scan_folder(root: str | Path, labels: Sequence[str] = LABELS,
-                problems: list[str] | None = None) -> list[LabelledImage]:
+def scan_folder(
+    root: str | Path, labels: Sequence[str] = LABELS, problems: list[str] | None = None
+) -> list[LabelledImage]:
     """`root/<label>/*` images. Groups come from `root/manifest.csv` (`file`, `origin`) when present:
     the origin's first word (package or repository), else each image is its own group.
 
@@ -62,15 +64,16 @@ def scan_folder(root: str | Path, labels: Sequence[str] = LABELS,
             items.append(LabelledImage(path, path, label, origin.split(" ")[0], origin))
     if problems is not None:
         found = {item.key.relative_to(root).as_posix() for item in items}
-        problems.extend(f"{manifest}: row for {name} skipped: no such image under {'/, '.join(labels)}/"
-                        for name in sorted(set(origins) - found))
+        problems.extend(
+            f"{manifest}: row for {name} skipped: no such image under {'/, '.join(labels)}/"
+            for name in sorted(set(origins) - found)
+        )
     if not items:
         raise DatasetError(f"dataset folder {root} has no images under {', '.join(f'{label}/' for label in labels)}")
     return items
 
 
-def scan_folders(roots: Sequence[str | Path], labels: Sequence[str] = LABELS
-                 ) -> tuple[list[LabelledImage], list[str]]:
+def scan_folders(roots: Sequence[str | Path], labels: Sequence[str] = LABELS) -> tuple[list[LabelledImage], list[str]]:
     """Every folder's images together, and the manifest rows skipped (see `scan_folder`).
 
     Training needs every class: a class with no image in any folder is a DatasetError naming it.
@@ -82,8 +85,10 @@ def scan_folders(roots: Sequence[str | Path], labels: Sequence[str] = LABELS
     counts = Counter(item.label for item in items)
     empty = [label for label in labels if not counts[label]]
     if empty:
-        raise DatasetError(f"no {' or '.join(empty)} images in {', '.join(str(root) for root in roots)}: "
-                           f"every class needs training images (put them in <folder>/{empty[0]}/)")
+        raise DatasetError(
+            f"no {' or '.join(empty)} images in {', '.join(str(root) for root in roots)}: "
+            f"every class needs training images (put them in <folder>/{empty[0]}/)"
+        )
     return items, problems
 
 
@@ -127,8 +132,9 @@ def _bucket(name: str) -> float:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
 
 
-def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION
-                   ) -> tuple[list[LabelledImage], list[LabelledImage]]:
+def split_by_group(
+    items: Sequence[LabelledImage], validation_fraction: float = VALIDATION_FRACTION
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """(train, validation): a group goes to validation when the hash of its name falls below the fraction;
     a big one only with its sub-groups whose hash does too.
 
@@ -139,7 +145,8 @@ def split_by_group(items: Sequence[LabelledImage], validation_fraction: float = 
     train, validation = [], []
     for item in items:
         in_validation = _bucket(item.group) < validation_fraction and (
-            sizes[item.group] <= SPLIT_GROUP_SIZE or _bucket(item.subgroup) < validation_fraction)
+            sizes[item.group] <= SPLIT_GROUP_SIZE or _bucket(item.subgroup) < validation_fraction
+        )
         (validation if in_validation else train).append(item)
     return train, validation
 

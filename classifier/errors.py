@@ -4,6 +4,7 @@ Mistakes are ordered worst first (lowest probability of the true class), so the 
 the sheet are the confident errors, the ones a threshold cannot fix. The sheet shows at most
 MAX_SHEET_TILES of them (a PNG of thousands of tiles helps nobody); the CSV lists all.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,14 +54,22 @@ def mistakes_of(scored: Sequence[ScoredImage], labels: Sequence[str], root: Path
         path = Path(str(item.key))
         if root is not None and path.is_relative_to(root):
             path = path.relative_to(root)
-        found.append(Mistake(path.as_posix(), item.label, predicted, tuple(float(p) for p in probabilities),
-                             item.group, item.source))
+        found.append(
+            Mistake(
+                path.as_posix(), item.label, predicted, tuple(float(p) for p in probabilities), item.group, item.source
+            )
+        )
     found.sort(key=lambda mistake: (mistake.probabilities[list(labels).index(mistake.true_label)], mistake.path))
     return found
 
 
-def write_errors(scored: Sequence[ScoredImage], labels: Sequence[str], directory: str | Path,
-                 root: Path | None = None, title: str = "") -> ErrorReport:
+def write_errors(
+    scored: Sequence[ScoredImage],
+    labels: Sequence[str],
+    directory: str | Path,
+    root: Path | None = None,
+    title: str = "",
+) -> ErrorReport:
     """`directory/errors.csv` (file, true, predicted, one probability column per label, origin) and
     `directory/errors.png` (the contact sheet)."""
     directory = Path(directory)
@@ -71,8 +80,15 @@ def write_errors(scored: Sequence[ScoredImage], labels: Sequence[str], directory
         writer = csv.writer(text)
         writer.writerow(["file", "true", "predicted", *(f"p_{label}" for label in labels), "origin"])
         for mistake in mistakes:
-            writer.writerow([mistake.path, mistake.true_label, mistake.predicted,
-                             *(f"{p:.4f}" for p in mistake.probabilities), mistake.group])
+            writer.writerow(
+                [
+                    mistake.path,
+                    mistake.true_label,
+                    mistake.predicted,
+                    *(f"{p:.4f}" for p in mistake.probabilities),
+                    mistake.group,
+                ]
+            )
 
     csv_path = directory / CSV_NAME
     atomic_write(csv_path, write_csv)
@@ -112,8 +128,9 @@ def draw_contact_sheet(mistakes: Sequence[Mistake], labels: Sequence[str], out: 
             draw.rectangle((left + 4, top + 4, left + TILE - 4, top + TILE - 4), fill=(90, 90, 90))
             draw.text((left + 10, top + TILE // 2), "(unreadable now)", fill=(230, 230, 230), font=face)
         probabilities = "  ".join(f"{label[:5]} {p:.2f}" for label, p in zip(labels, mistake.probabilities))
-        draw.text((left + 4, top + TILE), f"true {mistake.true_label} -> {mistake.predicted}",
-                  fill=(255, 210, 120), font=face)
+        draw.text(
+            (left + 4, top + TILE), f"true {mistake.true_label} -> {mistake.predicted}", fill=(255, 210, 120), font=face
+        )
         draw.text((left + 4, top + TILE + 16), probabilities, fill=(230, 230, 230), font=face)
         draw.text((left + 4, top + TILE + 32), Path(mistake.path).name[:34], fill=(160, 160, 160), font=face)
         draw.text((left + 4, top + TILE + 46), mistake.group[:34], fill=(160, 160, 160), font=face)

@@ -2,6 +2,7 @@
 
 Illustration recall comes first in every human-readable report: a missed illustration is the costly error.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any, NamedTuple, Sequence
 from classifier import LABELS
 
 
-def compute_metrics(true_labels: Sequence[str], predicted_labels: Sequence[str],
-                    labels: Sequence[str] = LABELS) -> dict:
+def compute_metrics(
+    true_labels: Sequence[str], predicted_labels: Sequence[str], labels: Sequence[str] = LABELS
+) -> dict:
     """`{"accuracy", "macro_f1", "labels", "per_class": {label: {precision, recall, f1, support}}, "confusion"}`.
 
     `confusion[i][j]` counts images whose true label is `labels[i]` and predicted label `labels[j]`.
@@ -46,8 +48,9 @@ def compute_metrics(true_labels: Sequence[str], predicted_labels: Sequence[str],
     }
 
 
-def per_origin_results(true_labels: Sequence[str], predicted_labels: Sequence[str], origins: Sequence[str],
-                       labels: Sequence[str] = LABELS) -> list[dict]:
+def per_origin_results(
+    true_labels: Sequence[str], predicted_labels: Sequence[str], origins: Sequence[str], labels: Sequence[str] = LABELS
+) -> list[dict]:
     """One row per (true class, origin): `{"label", "origin", "images", "recall", "predicted_as"}`, classes in
     `labels` order, biggest origin first; `predicted_as` counts the wrong calls by predicted class."""
     groups: dict[tuple[str, str], list[str]] = {}
@@ -59,9 +62,15 @@ def per_origin_results(true_labels: Sequence[str], predicted_labels: Sequence[st
         for predicted in predictions:
             if predicted != true:
                 wrong[predicted] = wrong.get(predicted, 0) + 1
-        rows.append({"label": true, "origin": origin, "images": len(predictions),
-                     "recall": (len(predictions) - sum(wrong.values())) / len(predictions),
-                     "predicted_as": dict(sorted(wrong.items(), key=lambda item: -item[1]))})
+        rows.append(
+            {
+                "label": true,
+                "origin": origin,
+                "images": len(predictions),
+                "recall": (len(predictions) - sum(wrong.values())) / len(predictions),
+                "predicted_as": dict(sorted(wrong.items(), key=lambda item: -item[1])),
+            }
+        )
     order = {label: index for index, label in enumerate(labels)}
     return sorted(rows, key=lambda row: (order[row["label"]], -row["images"], row["origin"]))
 
@@ -71,8 +80,10 @@ def format_per_origin(rows: Sequence[dict]) -> str:
     lines = [f"{'class':<14}{'images':>7}{'recall':>8}  origin (missed as)"]
     for row in rows:
         missed = ", ".join(f"{label} {count}" for label, count in row["predicted_as"].items())
-        lines.append(f"{row['label']:<14}{row['images']:>7d}{row['recall']:>8.2f}  {row['origin']}"
-                     + (f" ({missed})" if missed else ""))
+        lines.append(
+            f"{row['label']:<14}{row['images']:>7d}{row['recall']:>8.2f}  {row['origin']}"
+            + (f" ({missed})" if missed else "")
+        )
     return "\n".join(lines)
 
 
@@ -85,8 +96,10 @@ def format_report(metrics: dict) -> str:
     lines.append(f"accuracy: {metrics['accuracy']:.3f}   macro-F1: {metrics['macro_f1']:.3f}")
     lines.append(f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
     for label, scores in per_class.items():
-        lines.append(f"{label:<14}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
-                     f"{scores['f1']:>10.3f}{scores['support']:>9d}")
+        lines.append(
+            f"{label:<14}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
+            f"{scores['f1']:>10.3f}{scores['support']:>9d}"
+        )
     width = max(len(label) for label in metrics["labels"]) + 2
     lines.append("confusion (rows = true, columns = predicted):")
     lines.append(" " * width + "".join(f"{label:>{width}}" for label in metrics["labels"]))
@@ -162,8 +175,9 @@ class ScoredImage(NamedTuple):
     probabilities: list[float] | None
 
 
-def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4
-                   ) -> tuple[dict, list[ScoredImage]]:
+def evaluate_model(
+    model, items, *, runner=None, batch_size: int = 16, max_frames: int = 4
+) -> tuple[dict, list[ScoredImage]]:
     """Classify labelled `items` and score them; returns (metrics, one ScoredImage per item, in order).
 
     Undecodable images are left out of the metrics and reported as `skipped`. `feed` holds the feed figures
@@ -174,19 +188,22 @@ def evaluate_model(model, items, *, runner=None, batch_size: int = 16, max_frame
     runner = runner or FeatureRunner(model)
     by_key = {item.key: item for item in items}
     probabilities = {}
-    for result in run_classifier(model, [(item.key, item.source) for item in items], runner=runner,
-                                 batch_size=batch_size, max_frames=max_frames):
+    for result in run_classifier(
+        model, [(item.key, item.source) for item in items], runner=runner, batch_size=batch_size, max_frames=max_frames
+    ):
         if result.error is None:
             probabilities[result.key] = result.probabilities
-    predictions = {key: model.labels[max(range(len(model.labels)), key=lambda i: probs[i])]
-                   for key, probs in probabilities.items()}
+    predictions = {
+        key: model.labels[max(range(len(model.labels)), key=lambda i: probs[i])] for key, probs in probabilities.items()
+    }
     scored = [key for key in by_key if key in predictions]
     metrics = compute_metrics([by_key[k].label for k in scored], [predictions[k] for k in scored], model.labels)
     metrics["feed"] = None
     if model.policy is not None and scored:
         from classifier.policy import feed_figures
 
-        metrics["feed"] = feed_figures([by_key[k].label for k in scored], [probabilities[k] for k in scored],
-                                       model.labels, model.policy)
+        metrics["feed"] = feed_figures(
+            [by_key[k].label for k in scored], [probabilities[k] for k in scored], model.labels, model.policy
+        )
     metrics["skipped"] = len(items) - len(scored)
     return metrics, [ScoredImage(by_key[key], predictions.get(key), probabilities.get(key)) for key in by_key]

@@ -4,6 +4,7 @@ A `FeatureSpec` names everything that decides the vector (backbone, which layers
 non-square image is framed, input size, which pixel statistics join the conv features), so a trained head
 is stored with the spec that produced its inputs and cached vectors are never mixed across specs.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ class FeatureSpec:
         if not self.layers:
             raise FeatureSpecError("layers must name at least one trunk index")
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
-            raise FeatureSpecError(f"layers must be distinct non-negative indices in ascending order, got {self.layers}")
+            raise FeatureSpecError(
+                f"layers must be distinct non-negative indices in ascending order, got {self.layers}"
+            )
         if not self.pooling or len(set(self.pooling)) != len(self.pooling):
             raise FeatureSpecError(f"pooling must name distinct methods, got {self.pooling}")
         for pool in self.pooling:
@@ -194,7 +197,9 @@ def _image_statistics(rgb: torch.Tensor, valid: torch.Tensor, wanted: tuple[str,
         # Sharp edges: among clear edges, the share that jumps within one pixel (drawn lines, hard fills)
         # rather than ramping over several (optical blur).
         edge = (step >= 16.0).to(rgb.dtype) * step_valid
-        values["edges"] = (edge * (step >= 64.0).to(rgb.dtype)).flatten(1).sum(1) / edge.flatten(1).sum(1).clamp_min(1.0)
+        values["edges"] = (edge * (step >= 64.0).to(rgb.dtype)).flatten(1).sum(1) / edge.flatten(1).sum(1).clamp_min(
+            1.0
+        )
 
     if "noise" in wanted:
         # Fine noise in smooth areas: grey minus its 3x3 mean, where the 3x3 neighbourhood is calm.

@@ -6,6 +6,7 @@ tensors (oneDNN's native layout), a frozen TorchScript graph (conv+ReLU fused, w
 weights, activations calibrated on real images) whose labels are checked against fp32 before it is used.
 bf16 autocast is used only on CPUs with native bf16 (avx512_bf16 / AMX); emulated bf16 is slower than fp32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -76,8 +77,9 @@ def auto_candidates(flags: set[str] | None = None) -> tuple[str, ...]:
     """What `auto` tries beside fp32 on this CPU. Which is fastest depends on the chip (on one AMX machine int8
     ran at 11.2 img/s and bf16 at 6-7), so the runner times them rather than trusting the flags."""
     flags = cpu_flags() if flags is None else flags
-    return tuple(name for name, supported in (("int8", cpu_has_vnni(flags)), ("bf16", cpu_has_native_bf16(flags)))
-                 if supported)
+    return tuple(
+        name for name, supported in (("int8", cpu_has_vnni(flags)), ("bf16", cpu_has_native_bf16(flags))) if supported
+    )
 
 
 # --- decisions ------------------------------------------------------------------------------------------
@@ -99,8 +101,13 @@ def _below(value: float) -> str:
     return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
-def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence: float, min_margin: float,
-           policy: ReviewPolicy | None = None) -> Decision:
+def decide(
+    probabilities: Sequence[float],
+    labels: Sequence[str],
+    min_confidence: float,
+    min_margin: float,
+    policy: ReviewPolicy | None = None,
+) -> Decision:
     """Label, confidence and margin; with the model's review `policy` (classifier.policy) it decides label
     and review; without one, borderline when confidence < min_confidence or margin < min_margin."""
     ranked = sorted(range(len(labels)), key=lambda i: probabilities[i], reverse=True)
@@ -108,9 +115,14 @@ def decide(probabilities: Sequence[float], labels: Sequence[str], min_confidence
     margin = confidence - float(probabilities[ranked[1]])
     if policy is not None:
         chosen = policy_decide(probabilities, labels, policy)
-        return Decision(label=chosen.label, confidence=float(probabilities[labels.index(chosen.label)]),
-                        margin=margin, borderline=chosen.review, reason=chosen.reason,
-                        priority=round(1.0 - margin, 6))
+        return Decision(
+            label=chosen.label,
+            confidence=float(probabilities[labels.index(chosen.label)]),
+            margin=margin,
+            borderline=chosen.review,
+            reason=chosen.reason,
+            priority=round(1.0 - margin, 6),
+        )
     reasons = []
     if confidence < min_confidence:
         reasons.append(f"confidence {_below(confidence)} < {min_confidence:g}")
@@ -141,8 +153,11 @@ def quantize_trunk(trunk: nn.Sequential, tapped: set[int], calibration: torch.Te
     from torch.ao import quantization as quant
 
     trunk = copy.deepcopy(trunk).eval()
-    pairs = [[str(i), str(i + 1)] for i in range(len(trunk) - 1)
-             if isinstance(trunk[i], nn.Conv2d) and isinstance(trunk[i + 1], nn.ReLU)]
+    pairs = [
+        [str(i), str(i + 1)]
+        for i in range(len(trunk) - 1)
+        if isinstance(trunk[i], nn.Conv2d) and isinstance(trunk[i + 1], nn.ReLU)
+    ]
     quant.fuse_modules(trunk, pairs, inplace=True)  # conv i -> ConvReLU2d, ReLU i+1 -> Identity
     is_quantized = False
     for index in range(len(trunk)):
@@ -152,7 +167,9 @@ def quantize_trunk(trunk: nn.Sequential, tapped: set[int], calibration: torch.Te
                 module = nn.Sequential(quant.QuantStub(), module)
                 is_quantized = True
         if index in tapped and is_quantized:
-            module = quant.DeQuantStub() if isinstance(module, nn.Identity) else nn.Sequential(module, quant.DeQuantStub())
+            module = (
+                quant.DeQuantStub() if isinstance(module, nn.Identity) else nn.Sequential(module, quant.DeQuantStub())
+            )
             is_quantized = False
         trunk[index] = module
     engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
@@ -168,7 +185,7 @@ def quantize_trunk(trunk: nn.Sequential, tapped: set[int], calibration: torch.Te
         quant.prepare(trunk, inplace=True)
         with torch.inference_mode():
             for start in range(0, len(calibration), 8):
-                trunk(calibration[start:start + 8])
+                trunk(calibration[start : start + 8])
         quant.convert(trunk, inplace=True)
     return trunk
 
@@ -188,13 +205,15 @@ def _frozen(module: nn.Module, example: torch.Tensor) -> nn.Module:
 class FeatureRunner:
     """Pooled feature vectors [N, D] for image batches, on a trunk prepared for this CPU."""
 
-    def __init__(self, model: ImageClassifier, *, precision: str = "auto", channels_last: bool = True,
-                 freeze: bool = True):
+    def __init__(
+        self, model: ImageClassifier, *, precision: str = "auto", channels_last: bool = True, freeze: bool = True
+    ):
         self.model = model.eval()
         self.requested_precision = precision
         self.precision = choose_precision(precision)
-        self.candidates = auto_candidates() if precision == "auto" else (
-            () if self.precision == "fp32" else (self.precision,))
+        self.candidates = (
+            auto_candidates() if precision == "auto" else (() if self.precision == "fp32" else (self.precision,))
+        )
         self.channels_last = channels_last
         self.freeze = freeze
         self.agreement: float | None = None
@@ -218,13 +237,18 @@ class FeatureRunner:
             if agreements[precision] >= MIN_PRECISION_AGREEMENT:
                 usable[precision] = candidate
             else:
-                log.warning("%s labels agree with fp32 on %.1f%% of the check batch only; not using it",
-                            precision, 100 * agreements[precision])
+                log.warning(
+                    "%s labels agree with fp32 on %.1f%% of the check batch only; not using it",
+                    precision,
+                    100 * agreements[precision],
+                )
         if self.requested_precision == "auto" and len(usable) > 1:
             self.seconds_per_batch = {name: self._time(extractor, batch) for name, extractor in usable.items()}
             chosen = min(self.seconds_per_batch, key=self.seconds_per_batch.get)
-            log.info("precision auto: %s", ", ".join(f"{name} {seconds:.2f} s/batch"
-                                                    for name, seconds in self.seconds_per_batch.items()))
+            log.info(
+                "precision auto: %s",
+                ", ".join(f"{name} {seconds:.2f} s/batch" for name, seconds in self.seconds_per_batch.items()),
+            )
         else:
             chosen = next((name for name in self.candidates if name in usable), "fp32")
         self.precision = chosen
@@ -257,6 +281,7 @@ class FeatureRunner:
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return extractor(x).float()
+
         return run
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,8 +328,9 @@ def decode_views(source: Any, spec, max_frames: int) -> tuple[torch.Tensor, int]
     return torch.cat([image_views(frame, spec) for frame in frames]), len(frames)
 
 
-def _decode_worker(sources: Iterable[tuple[Hashable, Any]], spec, max_frames: int, out: queue.Queue,
-                   stop: threading.Event) -> None:
+def _decode_worker(
+    sources: Iterable[tuple[Hashable, Any]], spec, max_frames: int, out: queue.Queue, stop: threading.Event
+) -> None:
     try:
         for key, source in sources:
             if stop.is_set():
@@ -335,8 +361,12 @@ def run_classifier(
     runner = runner or FeatureRunner(model)
     decoded: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
-    worker = threading.Thread(target=_decode_worker, args=(sources, model.spec, max_frames, decoded, stop),
-                              name="illustfeed-decode", daemon=True)
+    worker = threading.Thread(
+        target=_decode_worker,
+        args=(sources, model.spec, max_frames, decoded, stop),
+        name="illustfeed-decode",
+        daemon=True,
+    )
     worker.start()
     pending: list[_Decoded] = []
     pending_views = 0
@@ -368,10 +398,12 @@ def _score(model: ImageClassifier, runner: FeatureRunner, items: list[_Decoded])
     start = 0
     for item in items:
         views_per_frame = len(item.views) // item.frames
-        frame_vectors = torch.stack([
-            aggregate_views(vectors[start + f * views_per_frame:start + (f + 1) * views_per_frame])
-            for f in range(item.frames)
-        ])
+        frame_vectors = torch.stack(
+            [
+                aggregate_views(vectors[start + f * views_per_frame : start + (f + 1) * views_per_frame])
+                for f in range(item.frames)
+            ]
+        )
         start += len(item.views)
         with torch.inference_mode():
             probabilities = model.media_probabilities(frame_vectors)

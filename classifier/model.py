@@ -7,6 +7,7 @@ not in it; they come from `classifier.weights`. Only a fine-tuned model carries 
 The file is a `torch.save` of plain dicts, lists, strings, numbers and tensors, read back with
 `torch.load(weights_only=True)`, so opening a model file never runs code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,9 @@ class LinearHead(nn.Module):
         return self.linear((vectors - self.feature_mean) / self.feature_scale)
 
 
-def feature_key(backbone: str, backbone_width: float, backbone_delta: dict[str, torch.Tensor],
-                spec: FeatureSpec) -> str:
+def feature_key(
+    backbone: str, backbone_width: float, backbone_delta: dict[str, torch.Tensor], spec: FeatureSpec
+) -> str:
     """The cache key of the vectors a trunk (backbone, width, fine-tuned tensors) and a FeatureSpec produce."""
     spec_json = json.dumps(spec.to_dict(), sort_keys=True)
     spec_digest = hashlib.sha256(spec_json.encode()).hexdigest()[:12]
@@ -156,7 +158,8 @@ class ImageClassifier(nn.Module):
         an animated overlay shows them frame by frame)."""
         with torch.inference_mode():
             return self.probabilities_from_vectors(
-                torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame]))
+                torch.stack([aggregate_views(self.extractor(views)) for views in views_per_frame])
+            )
 
     def probabilities_of_views(self, views_per_frame) -> list[float]:
         """One media's probabilities from its frames' views, run through the eager trunk."""
@@ -168,9 +171,7 @@ def new_classifier(
 ) -> ImageClassifier:
     """An untrained head on `trunk`; training fills in head, temperature, version and metrics."""
     extractor = FeatureExtractor(trunk, spec)
-    return ImageClassifier(
-        extractor, LinearHead(extractor.dim), backbone=backbone, backbone_width=backbone_width
-    )
+    return ImageClassifier(extractor, LinearHead(extractor.dim), backbone=backbone, backbone_width=backbone_width)
 
 
 @dataclass
@@ -318,7 +319,9 @@ def build_from_record(
     trunk_state.update(record.backbone_delta)
     try:
         trunk.load_state_dict({name.removeprefix("features."): t for name, t in trunk_state.items()}, strict=True)
-        model = new_classifier(trunk, record.feature_spec, backbone=record.backbone, backbone_width=record.backbone_width)
+        model = new_classifier(
+            trunk, record.feature_spec, backbone=record.backbone, backbone_width=record.backbone_width
+        )
         model.head = _loaded_head(model.head, record.head_state)
     except (RuntimeError, ValueError) as error:
         raise ModelFileError(f"model file {source} does not fit its backbone: {error}") from error

@@ -12,6 +12,7 @@ out-of-fold predictions (images scored by models that never saw their origin) ag
 feed precision, the share of illustrations silently lost (decided as something else), and the review
 budget. numpy only: the decision runs per image at classify time and the fit runs wherever a model is trained.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -50,8 +51,10 @@ class ReviewPolicy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.floor <= self.feed_threshold <= 1.0 + 1e-9:
-            raise PolicyError(f"policy thresholds must satisfy 0 <= floor <= feed_threshold <= 1, "
-                              f"got floor {self.floor}, feed_threshold {self.feed_threshold}")
+            raise PolicyError(
+                f"policy thresholds must satisfy 0 <= floor <= feed_threshold <= 1, "
+                f"got floor {self.floor}, feed_threshold {self.feed_threshold}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"feed_threshold": self.feed_threshold, "floor": self.floor, "targets": asdict(self.targets)}
@@ -82,8 +85,12 @@ def decide(probabilities: Sequence[float], labels: Sequence[str], policy: Review
     best_other = labels[max(others, key=lambda i: probabilities[i])]
     if p_illustration >= policy.floor:
         likeliest = labels[int(np.argmax(probabilities))]
-        return PolicyDecision(likeliest, True, f"P(illustration) {p_illustration:.3f} between the floor "
-                                               f"{policy.floor:.3f} and the feed threshold {policy.feed_threshold:.3f}")
+        return PolicyDecision(
+            likeliest,
+            True,
+            f"P(illustration) {p_illustration:.3f} between the floor "
+            f"{policy.floor:.3f} and the feed threshold {policy.feed_threshold:.3f}",
+        )
     return PolicyDecision(best_other, False, None)
 
 
@@ -103,8 +110,12 @@ def _outcomes(p_illustration: np.ndarray, is_illustration: np.ndarray, feed: np.
     return fed, fed_ill, reviewed, lost, total, illustrations
 
 
-def fit_policy(probabilities: np.ndarray, true_labels: Sequence[str], labels: Sequence[str],
-               targets: PolicyTargets = PolicyTargets()) -> ReviewPolicy:
+def fit_policy(
+    probabilities: np.ndarray,
+    true_labels: Sequence[str],
+    labels: Sequence[str],
+    targets: PolicyTargets = PolicyTargets(),
+) -> ReviewPolicy:
     """Thresholds from out-of-fold probabilities [N, classes] and true labels.
 
     Within the review budget, pick the (floor, feed threshold) pair whose larger shortfall against the feed
@@ -122,14 +133,25 @@ def fit_policy(probabilities: np.ndarray, true_labels: Sequence[str], labels: Se
     if not is_illustration.any() or is_illustration.all():
         raise PolicyError("fitting a review policy needs illustrations and other images among the predictions")
     quantiles = np.quantile(p_illustration, np.linspace(0.0, 1.0, MAX_CANDIDATES))
-    candidates = np.unique(np.concatenate([[0.0, np.nextafter(1.0, 2.0)], quantiles, p_illustration[is_illustration]
-                                           if is_illustration.sum() <= MAX_CANDIDATES else []]))
+    candidates = np.unique(
+        np.concatenate(
+            [
+                [0.0, np.nextafter(1.0, 2.0)],
+                quantiles,
+                p_illustration[is_illustration] if is_illustration.sum() <= MAX_CANDIDATES else [],
+            ]
+        )
+    )
     floor, feed = np.meshgrid(candidates, candidates, indexing="ij")
     usable = floor <= feed
     fed, fed_ill, reviewed, lost, total, illustrations = _outcomes(p_illustration, is_illustration, feed, floor)
     precision = np.where(fed > 0, fed_ill / np.maximum(fed, 1), 1.0)
-    precision_gap = np.maximum(0.0, targets.feed_precision_target - precision) / max(1e-6, 1 - targets.feed_precision_target)
-    lost_gap = np.maximum(0.0, lost / illustrations - targets.max_illustrations_lost) / max(1e-6, targets.max_illustrations_lost)
+    precision_gap = np.maximum(0.0, targets.feed_precision_target - precision) / max(
+        1e-6, 1 - targets.feed_precision_target
+    )
+    lost_gap = np.maximum(0.0, lost / illustrations - targets.max_illustrations_lost) / max(
+        1e-6, targets.max_illustrations_lost
+    )
     review_rate = reviewed / total
     # Feeding nothing meets the precision target trivially; every illustration then waits in review or is
     # lost, which the lost target and the budget already price.
@@ -144,8 +166,9 @@ def fit_policy(probabilities: np.ndarray, true_labels: Sequence[str], labels: Se
     return ReviewPolicy(float(feed.ravel()[best]), float(floor.ravel()[best]), targets)
 
 
-def feed_figures(true_labels: Sequence[str], probabilities: np.ndarray, labels: Sequence[str],
-                 policy: ReviewPolicy) -> dict[str, Any]:
+def feed_figures(
+    true_labels: Sequence[str], probabilities: np.ndarray, labels: Sequence[str], policy: ReviewPolicy
+) -> dict[str, Any]:
     """What a user would see under `policy`: `review_rate` and `feed_precision` (fractions; precision is None
     when nothing is fed), `illustrations_lost` (illustrations decided as another class without review),
     `illustrations_in_feed` (illustrations fed automatically), `illustrations` (all of them)."""
@@ -157,10 +180,16 @@ def feed_figures(true_labels: Sequence[str], probabilities: np.ndarray, labels: 
 
 def figures_of_decisions(true_labels: Sequence[str], decisions: Sequence[PolicyDecision]) -> dict[str, Any]:
     """`feed_figures` for decisions already made (e.g. each fold by its own policy)."""
-    fed = [truth for truth, decision in zip(true_labels, decisions, strict=True)
-           if not decision.review and decision.label == ILLUSTRATION]
-    lost = sum(1 for truth, decision in zip(true_labels, decisions)
-               if truth == ILLUSTRATION and not decision.review and decision.label != ILLUSTRATION)
+    fed = [
+        truth
+        for truth, decision in zip(true_labels, decisions, strict=True)
+        if not decision.review and decision.label == ILLUSTRATION
+    ]
+    lost = sum(
+        1
+        for truth, decision in zip(true_labels, decisions)
+        if truth == ILLUSTRATION and not decision.review and decision.label != ILLUSTRATION
+    )
     reviewed = sum(decision.review for decision in decisions)
     in_feed = sum(truth == ILLUSTRATION for truth in fed)
     return {
@@ -177,5 +206,7 @@ def format_feed_figures(figures: dict[str, Any]) -> str:
     precision = "n/a" if figures["feed_precision"] is None else f"{figures['feed_precision']:.3f}"
     illustrations = figures["illustrations"]
     lost_share = figures["illustrations_lost"] / illustrations if illustrations else 0.0
-    return (f"feed: precision {precision}, {figures['illustrations_in_feed']} of {illustrations} illustrations fed, "
-            f"{figures['illustrations_lost']} lost ({lost_share:.1%}), review rate {figures['review_rate']:.1%}")
+    return (
+        f"feed: precision {precision}, {figures['illustrations_in_feed']} of {illustrations} illustrations fed, "
+        f"{figures['illustrations_lost']} lost ({lost_share:.1%}), review rate {figures['review_rate']:.1%}"
+    )

@@ -2,6 +2,7 @@
 
 Shared by ingest (validation) and the classifier, so every stage sees an image the same way.
 """
+
 from __future__ import annotations
 
 import io

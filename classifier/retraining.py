@@ -14,6 +14,7 @@ refitted it on them, through its own head otherwise. The head that ships is the 
 with the base set's held-out origins. Only heads are trained, on cached vectors; the VGG16 trunk is loaded
 only for labelled media whose vectors are not cached yet.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,13 +32,25 @@ from classifier.data import VALIDATION_FRACTION, DatasetError, LabelledImage, sp
 from classifier.evaluate import compute_metrics
 from classifier.features import FeatureExtractor
 from classifier.model import (
-    ImageClassifier, LinearHead, ModelRecord, head_from_record, read_model_file,
+    ImageClassifier,
+    LinearHead,
+    ModelRecord,
+    head_from_record,
+    read_model_file,
 )
 from classifier.train import (
-    feature_vectors, fit_linear_head, fit_review_policy, fit_temperature, new_version, origin_weights,
+    feature_vectors,
+    fit_linear_head,
+    fit_review_policy,
+    fit_temperature,
+    new_version,
+    origin_weights,
 )
 from classifier.versions import (
-    DEFAULT_MODEL_DIR, PromotionDecision, compare_for_promotion, ensure_default_registered,
+    DEFAULT_MODEL_DIR,
+    PromotionDecision,
+    compare_for_promotion,
+    ensure_default_registered,
 )
 from classifier.vgg import make_features
 
@@ -78,9 +91,15 @@ def shape_only_trunk(width: float) -> nn.Sequential:
         return make_features(width)
 
 
-def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
-                    validation_fraction: float = VALIDATION_FRACTION, base_set_path: Path | None = DEFAULT_BASE_SET,
-                    source: str = "retrain") -> Candidate:
+def build_candidate(
+    store,
+    config,
+    labelled: Sequence[LabelledImage],
+    *,
+    validation_fraction: float = VALIDATION_FRACTION,
+    base_set_path: Path | None = DEFAULT_BASE_SET,
+    source: str = "retrain",
+) -> Candidate:
     """Train a head on base vectors + human labels from the active model's features, score it and the active
     model on one validation set, and decide promotion (nothing is saved)."""
     from classifier.runtime import base_model, trunk_weights_loader
@@ -99,8 +118,9 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
         if full_model is None:
             from classifier.model import build_from_record
 
-            full_model = build_from_record(record, trunk_weights_loader(config.classifier, config.data_path),
-                                           source=active_row["path"])
+            full_model = build_from_record(
+                record, trunk_weights_loader(config.classifier, config.data_path), source=active_row["path"]
+            )
         return full_model
 
     human, human_x = _human_vectors(store, config, labelled, key, trunk_model)
@@ -119,13 +139,16 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
         return _fit_head(base, base_rows, human_rows, human_vector, len(spec.stats), start)
 
     if not (b_train or human_train) or not (b_val or h_val):
-        raise DatasetError(f"cannot retrain: the training or validation split is empty: {len(h_train)} human labels "
-                           f"and {len(b_train)} base images to train on, {len(h_val) + len(b_val)} to validate on "
-                           f"({len(human)} labelled media in {len({i.group for i in human})} accounts"
-                           f"{'; ' + base_note if base_note else ''})")
+        raise DatasetError(
+            f"cannot retrain: the training or validation split is empty: {len(h_train)} human labels "
+            f"and {len(b_train)} base images to train on, {len(h_val) + len(b_val)} to validate on "
+            f"({len(human)} labelled media in {len({i.group for i in human})} accounts"
+            f"{'; ' + base_note if base_note else ''})"
+        )
     val_x = torch.cat(([base.vectors[b_val]] if b_val else []) + ([human_x[h_val]] if h_val else []))
-    val_y = torch.tensor([labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val],
-                         dtype=torch.long)
+    val_y = torch.tensor(
+        [labels.index(base.labels[i]) for i in b_val] + [labels.index(human[i].label) for i in h_val], dtype=torch.long
+    )
     # The candidate as validated: trained without any validation image.
     held_out_head = fit(b_train, human_train)
     with torch.no_grad():
@@ -133,22 +156,35 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
     temperature = fit_temperature(val_logits, val_y)
     truth = [labels[t] for t in val_y.tolist()]
     metrics = compute_metrics(truth, [labels[p] for p in val_logits.argmax(1).tolist()], labels)
-    validation = {"base": _per_label([base.labels[i] for i in b_val]) if base is not None else _per_label([]),
-                  "human": _per_label([human[i].label for i in h_val])}
-    metrics.update(temperature=temperature, validation_sets=validation,
-                   validation_nll=float(nn.functional.cross_entropy(val_logits / temperature, val_y)))
+    validation = {
+        "base": _per_label([base.labels[i] for i in b_val]) if base is not None else _per_label([]),
+        "human": _per_label([human[i].label for i in h_val]),
+    }
+    metrics.update(
+        temperature=temperature,
+        validation_sets=validation,
+        validation_nll=float(nn.functional.cross_entropy(val_logits / temperature, val_y)),
+    )
 
     active_metrics = None
     if active_row is not None:
-        twin = _held_out_twin(store, record, base, b_train, human_train, lambda rows, seen: fit(rows, seen, held_out_head))
+        twin = _held_out_twin(
+            store, record, base, b_train, human_train, lambda rows, seen: fit(rows, seen, held_out_head)
+        )
         active_probabilities = _active_probabilities(record, val_x, base, b_val, twin)
         active_metrics = compute_metrics(truth, [labels[p] for p in active_probabilities.argmax(1).tolist()], labels)
-    short = {label: count for label, count in zip(labels, [truth.count(label) for label in labels])
-             if count < MIN_VALIDATION_PER_CLASS}
+    short = {
+        label: count
+        for label, count in zip(labels, [truth.count(label) for label in labels])
+        if count < MIN_VALIDATION_PER_CLASS
+    }
     if short:
         counts = ", ".join(f"{count} {label}" for label, count in short.items())
-        decision = PromotionDecision(False, f"too few validation images of a class ({counts}; "
-                                            f"{MIN_VALIDATION_PER_CLASS} of each needed): keeping the active model")
+        decision = PromotionDecision(
+            False,
+            f"too few validation images of a class ({counts}; "
+            f"{MIN_VALIDATION_PER_CLASS} of each needed): keeping the active model",
+        )
     else:
         decision = compare_for_promotion(metrics, active_metrics)
 
@@ -161,54 +197,110 @@ def build_candidate(store, config, labelled: Sequence[LabelledImage], *,
         head = fit(b_train + b_val, human_train, start=held_out_head) if b_val else held_out_head
     shipped_rows = b_train + b_val if head is not held_out_head else b_train
     trunk_source = record if record is not None else full_model
-    model = ImageClassifier(FeatureExtractor(shape_only_trunk(trunk_source.backbone_width), spec), head,
-                            labels=labels, temperature=temperature, backbone=trunk_source.backbone,
-                            backbone_width=trunk_source.backbone_width, backbone_delta=trunk_source.backbone_delta,
-                            metrics=metrics, parent=active_row["version"] if active_row else None)
+    model = ImageClassifier(
+        FeatureExtractor(shape_only_trunk(trunk_source.backbone_width), spec),
+        head,
+        labels=labels,
+        temperature=temperature,
+        backbone=trunk_source.backbone,
+        backbone_width=trunk_source.backbone_width,
+        backbone_delta=trunk_source.backbone_delta,
+        metrics=metrics,
+        parent=active_row["version"] if active_row else None,
+    )
     model.data_summary = {
-        "source": source, "mode": "head", "recipe": {"fit": "lbfgs", "weighting": "class_origin",
-                                                     "illustration_boost": ILLUSTRATION_BOOST, "l2": HEAD_L2},
+        "source": source,
+        "mode": "head",
+        "recipe": {
+            "fit": "lbfgs",
+            "weighting": "class_origin",
+            "illustration_boost": ILLUSTRATION_BOOST,
+            "l2": HEAD_L2,
+        },
         "human_label_weight": HUMAN_LABEL_WEIGHT,
-        "train": {"human": summarise(human_train) if human_train else {"images": 0},
-                  "base": {"images": len(shipped_rows), "per_label": _per_label([base.labels[i] for i in shipped_rows])}
-                  if base is not None else {"images": 0}},
+        "train": {
+            "human": summarise(human_train) if human_train else {"images": 0},
+            "base": {"images": len(shipped_rows), "per_label": _per_label([base.labels[i] for i in shipped_rows])}
+            if base is not None
+            else {"images": 0},
+        },
         "validation": validation,
-        "base_set": {"model_version": base.model_version, "images": len(base), "refit_on_validation": head is not held_out_head}
-        if base is not None else {"unused": base_note},
+        "base_set": {
+            "model_version": base.model_version,
+            "images": len(base),
+            "refit_on_validation": head is not held_out_head,
+        }
+        if base is not None
+        else {"unused": base_note},
     }
     # The review policy is refitted on the validation predictions, with the owner's targets, as training
     # fits it: a retrained model keeps deciding by feed targets, not by the old borderline rule.
     metrics["feed"] = fit_review_policy(model, val_logits, truth, config.classifier.policy_targets())
     model.version = new_version(model)
-    return Candidate(model, metrics, active_metrics, active_row["version"] if active_row else None, decision,
-                     labelled=sum(isinstance(item.key, int) for item in human),
-                     base_images=len(b_train) + len(b_val), base_note=base_note, validation=validation)
+    return Candidate(
+        model,
+        metrics,
+        active_metrics,
+        active_row["version"] if active_row else None,
+        decision,
+        labelled=sum(isinstance(item.key, int) for item in human),
+        base_images=len(b_train) + len(b_val),
+        base_note=base_note,
+        validation=validation,
+    )
 
 
-def _fit_head(base: BaseSet | None, base_rows: list[int], human_rows: Sequence[LabelledImage],
-              human_vector: dict, tail_columns: int, start: LinearHead | None) -> LinearHead:
+def _fit_head(
+    base: BaseSet | None,
+    base_rows: list[int],
+    human_rows: Sequence[LabelledImage],
+    human_vector: dict,
+    tail_columns: int,
+    start: LinearHead | None,
+) -> LinearHead:
     """The shipped recipe on base rows + human labels (each weighing HUMAN_LABEL_WEIGHT base images)."""
-    x = torch.cat(([base.vectors[base_rows]] if base_rows else [])
-                  + ([torch.stack([human_vector[item.key] for item in human_rows])] if human_rows else []))
-    y = torch.tensor([LABELS.index(base.labels[i]) for i in base_rows] + [LABELS.index(item.label) for item in human_rows],
-                     dtype=torch.long)
+    x = torch.cat(
+        ([base.vectors[base_rows]] if base_rows else [])
+        + ([torch.stack([human_vector[item.key] for item in human_rows])] if human_rows else [])
+    )
+    y = torch.tensor(
+        [LABELS.index(base.labels[i]) for i in base_rows] + [LABELS.index(item.label) for item in human_rows],
+        dtype=torch.long,
+    )
     groups = [base.groups[i] for i in base_rows] + [item.group for item in human_rows]
     weights = origin_weights(y, groups, "class_origin", ILLUSTRATION_BOOST, len(LABELS))
-    weights[len(base_rows):] *= HUMAN_LABEL_WEIGHT
-    return fit_linear_head(x, y, weights / weights.mean(), l2=HEAD_L2, tail_columns=tail_columns, tail_l2=0.0,
-                           classes=len(LABELS), start=start)
+    weights[len(base_rows) :] *= HUMAN_LABEL_WEIGHT
+    return fit_linear_head(
+        x,
+        y,
+        weights / weights.mean(),
+        l2=HEAD_L2,
+        tail_columns=tail_columns,
+        tail_l2=0.0,
+        classes=len(LABELS),
+        start=start,
+    )
 
 
-def _held_out_twin(store, record: ModelRecord, base: BaseSet | None, b_train: list[int],
-                   human_train: Sequence[LabelledImage], fit) -> LinearHead | None:
+def _held_out_twin(
+    store, record: ModelRecord, base: BaseSet | None, b_train: list[int], human_train: Sequence[LabelledImage], fit
+) -> LinearHead | None:
     """For an active model a retrain refitted on the base set's validation origins: the same recipe on the
     same data without them (the recipe is deterministic), so it is judged there on unseen images."""
     trained_with = record.data_summary.get("base_set", {})
-    if base is None or not trained_with.get("refit_on_validation") or trained_with.get("model_version") != base.model_version:
+    if (
+        base is None
+        or not trained_with.get("refit_on_validation")
+        or trained_with.get("model_version") != base.model_version
+    ):
         return None
     last_label_id = record.data_summary.get("last_label_id") or 0
-    newest = {row["media_id"]: row["newest"] for row in store.query(
-        "SELECT media_id, MAX(id) AS newest FROM labels WHERE revoked_at IS NULL GROUP BY media_id")}
+    newest = {
+        row["media_id"]: row["newest"]
+        for row in store.query(
+            "SELECT media_id, MAX(id) AS newest FROM labels WHERE revoked_at IS NULL GROUP BY media_id"
+        )
+    }
     # The labels it was trained on: those not changed since (a later correction is not what it saw).
     seen = [item for item in human_train if newest.get(item.key, last_label_id + 1) <= last_label_id]
     return fit(b_train, seen)
@@ -218,8 +310,9 @@ def _per_label(labels: Sequence[str]) -> dict[str, int]:
     return {label: list(labels).count(label) for label in LABELS}
 
 
-def _human_vectors(store, config, labelled: Sequence[LabelledImage], key: str, trunk_model
-                   ) -> tuple[list[LabelledImage], torch.Tensor]:
+def _human_vectors(
+    store, config, labelled: Sequence[LabelledImage], key: str, trunk_model
+) -> tuple[list[LabelledImage], torch.Tensor]:
     """Cached vectors of the labelled media; the trunk runs (and caches) only the missing ones."""
     from classifier.runtime import make_runner
 
@@ -261,13 +354,16 @@ def _usable_base_set(path: Path | None, key: str) -> tuple[BaseSet | None, str]:
         log.warning("retrain without the base set: %s", error)
         return None, str(error)
     if base.feature_key != key:
-        return None, (f"the base vectors ({base.feature_key}) do not fit the active model's features ({key}); "
-                      "trained on human labels alone")
+        return None, (
+            f"the base vectors ({base.feature_key}) do not fit the active model's features ({key}); "
+            "trained on human labels alone"
+        )
     return base, ""
 
 
-def _active_probabilities(record: ModelRecord | None, val_x: torch.Tensor, base: BaseSet | None,
-                          base_rows: list[int], twin: LinearHead | None) -> torch.Tensor:
+def _active_probabilities(
+    record: ModelRecord | None, val_x: torch.Tensor, base: BaseSet | None, base_rows: list[int], twin: LinearHead | None
+) -> torch.Tensor:
     """The active model's probabilities on the validation vectors (base rows first, then human ones): on base
     rows the shipped model's held-out probabilities, or its retrained twin's, when it was trained on them."""
     head: LinearHead = head_from_record(record)

@@ -1,4 +1,5 @@
 """Wiring the classifier to a config and a store: weights, model loading, runners, train-and-register."""
+
 from __future__ import annotations
 
 import logging
@@ -30,11 +31,14 @@ log = logging.getLogger(__name__)
 
 def trunk_weights_loader(classifier_config, data_dir: Path):
     """The weights chain as `build_from_record` wants it: called only when a model needs ImageNet weights."""
+
     def load() -> dict[str, torch.Tensor]:
-        resolved = resolve_vgg16_features(classifier_config.weights_path or None, data_dir,
-                                          allow_download=classifier_config.weights_download)
+        resolved = resolve_vgg16_features(
+            classifier_config.weights_path or None, data_dir, allow_download=classifier_config.weights_download
+        )
         log.info("VGG16 ImageNet weights from %s (%s)", resolved.path, resolved.origin)
         return resolved.state
+
     return load
 
 
@@ -67,13 +71,22 @@ def base_model(store, config) -> ImageClassifier:
         else:
             raise  # a model exists but is damaged: say so rather than silently train from scratch
     trunk = make_features(1.0)
-    trunk.load_state_dict({name.removeprefix("features."): tensor
-                           for name, tensor in trunk_weights_loader(config.classifier, config.data_path)().items()})
+    trunk.load_state_dict(
+        {
+            name.removeprefix("features."): tensor
+            for name, tensor in trunk_weights_loader(config.classifier, config.data_path)().items()
+        }
+    )
     return new_classifier(trunk, FeatureSpec())
 
 
-def score_on(model: ImageClassifier, items: Sequence[LabelledImage], vectors: torch.Tensor | None,
-             vectors_key: str | None, runner_factory) -> dict:
+def score_on(
+    model: ImageClassifier,
+    items: Sequence[LabelledImage],
+    vectors: torch.Tensor | None,
+    vectors_key: str | None,
+    runner_factory,
+) -> dict:
     """Metrics of `model` on `items`, reusing `vectors` when they come from the same trunk and recipe."""
     if vectors is None or vectors_key != model.feature_key:
         items, vectors = feature_vectors(model, items, runner=runner_factory(model))
@@ -82,8 +95,16 @@ def score_on(model: ImageClassifier, items: Sequence[LabelledImage], vectors: to
     return compute_metrics([item.label for item in items], [model.labels[p] for p in predicted], model.labels)
 
 
-def train_and_register(store, config, items: Sequence[LabelledImage], options: TrainOptions, *,
-                       source: str, base: ImageClassifier | None = None, problems: Sequence[str] = ()) -> dict:
+def train_and_register(
+    store,
+    config,
+    items: Sequence[LabelledImage],
+    options: TrainOptions,
+    *,
+    source: str,
+    base: ImageClassifier | None = None,
+    problems: Sequence[str] = (),
+) -> dict:
     """Train on `items`, save and register the version, and activate it unless it is worse than the active
     model on the same validation images. Returns a report (version, path, metrics, promotion)."""
     ensure_default_registered(store)
@@ -91,14 +112,26 @@ def train_and_register(store, config, items: Sequence[LabelledImage], options: T
     active_row = store.query_one("SELECT * FROM models WHERE active = 1")
     cache = StoreVectorCache(store, base.feature_key) if _keys_are_media_ids(items) else None
     runner = make_runner(base, config.classifier)
-    result: TrainResult = train_model(base, items, options, runner=runner, cache=cache,
-                                      parent=active_row["version"] if active_row else None, source=source,
-                                      problems=problems)
+    result: TrainResult = train_model(
+        base,
+        items,
+        options,
+        runner=runner,
+        cache=cache,
+        parent=active_row["version"] if active_row else None,
+        source=source,
+        problems=problems,
+    )
     active_metrics = None
     if active_row is not None:
         active_model = load_model(active_row["path"], trunk_weights_loader(config.classifier, config.data_path))
-        active_metrics = score_on(active_model, result.validation_items, result.validation_vectors,
-                                  base.feature_key, lambda m: make_runner(m, config.classifier))
+        active_metrics = score_on(
+            active_model,
+            result.validation_items,
+            result.validation_vectors,
+            base.feature_key,
+            lambda m: make_runner(m, config.classifier),
+        )
     decision = compare_for_promotion(result.model.metrics, active_metrics)
     path = register_model(store, result.model)
     if decision.promote:

@@ -4,6 +4,7 @@ Head training is class-balanced, seeded, and stops early on the validation split
 temperature is then fitted on the same split so confidences are calibrated for borderline routing.
 Fine-tuning (last conv block or whole trunk) uses RandomResizedCrop + horizontal flip and a GPU if present.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,9 +67,17 @@ class TrainResult:
 # --- features -------------------------------------------------------------------------------------------
 
 
-def feature_vectors(model: ImageClassifier, items: Sequence[LabelledImage], *, runner: FeatureRunner,
-                    cache=None, batch_size: int = 16, max_frames: int = 4, progress: bool = False,
-                    problems: list[str] | None = None) -> tuple[list[LabelledImage], torch.Tensor]:
+def feature_vectors(
+    model: ImageClassifier,
+    items: Sequence[LabelledImage],
+    *,
+    runner: FeatureRunner,
+    cache=None,
+    batch_size: int = 16,
+    max_frames: int = 4,
+    progress: bool = False,
+    problems: list[str] | None = None,
+) -> tuple[list[LabelledImage], torch.Tensor]:
     """Pooled vectors for `items` (cached ones read, the rest computed and cached); undecodable images are
     left out with a warning (and a line in `problems` when given). Returns the items kept and their
     vectors [N, D] in the same order."""
@@ -105,15 +114,24 @@ class EarlyStopping:
         self.stale = 0
         self.history: list[dict] = []
 
-    def epoch_done(self, train_loss: float, val_logits: torch.Tensor, val_y: torch.Tensor,
-                   labels: Sequence[str]) -> bool:
+    def epoch_done(
+        self, train_loss: float, val_logits: torch.Tensor, val_y: torch.Tensor, labels: Sequence[str]
+    ) -> bool:
         """Record the epoch; True when training should stop."""
         scores = _scores(val_logits, val_y, labels)
         val_loss = float(nn.functional.cross_entropy(val_logits, val_y))
-        self.history.append({"epoch": len(self.history) + 1, "loss": train_loss, "val_loss": val_loss,
-                             "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
-        self.bar.set_postfix(loss=f"{train_loss:.3f}", val_f1=f"{scores['macro_f1']:.3f}",
-                             val_acc=f"{scores['accuracy']:.3f}")
+        self.history.append(
+            {
+                "epoch": len(self.history) + 1,
+                "loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": scores["accuracy"],
+                "val_macro_f1": scores["macro_f1"],
+            }
+        )
+        self.bar.set_postfix(
+            loss=f"{train_loss:.3f}", val_f1=f"{scores['macro_f1']:.3f}", val_acc=f"{scores['accuracy']:.3f}"
+        )
         key = (round(scores["macro_f1"], 6), -round(val_loss, 3))
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_state, self.stale = key, copy.deepcopy(self.module.state_dict()), 0
@@ -142,8 +160,14 @@ def _scores(logits: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) 
     return compute_metrics([labels[t] for t in targets.tolist()], [labels[p] for p in predicted], labels)
 
 
-def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-               labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
+def train_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    labels: Sequence[str],
+    options: TrainOptions,
+) -> tuple[LinearHead, list[dict]]:
     """Adam on weighted cross-entropy, mini-batches in a seeded order; keeps the epoch with the best
     validation macro-F1 (ties: validation loss lower by >= 0.001) and stops after `patience` epochs without one."""
     # The head's tensors are tiny: with more than one thread every op waits on a thread barrier, which on a
@@ -156,8 +180,14 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
         torch.set_num_threads(threads)
 
 
-def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                labels: Sequence[str], options: TrainOptions) -> tuple[LinearHead, list[dict]]:
+def _train_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    labels: Sequence[str],
+    options: TrainOptions,
+) -> tuple[LinearHead, list[dict]]:
     generator = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
     head = LinearHead(train_x.shape[1], len(labels))
@@ -171,7 +201,7 @@ def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
         order = torch.randperm(len(train_x), generator=generator)
         total = 0.0
         for start in range(0, len(order), options.batch_size):
-            batch = order[start:start + options.batch_size]
+            batch = order[start : start + options.batch_size]
             optimizer.zero_grad()
             loss = loss_fn(head(train_x[batch]), train_y[batch])
             loss.backward()
@@ -190,8 +220,13 @@ def _train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
 WEIGHTINGS = ("none", "class", "class_origin")
 
 
-def origin_weights(labels: torch.Tensor, groups: Sequence[str], weighting: str = "class_origin",
-                   illustration_boost: float = 1.0, classes: int = 3) -> torch.Tensor:
+def origin_weights(
+    labels: torch.Tensor,
+    groups: Sequence[str],
+    weighting: str = "class_origin",
+    illustration_boost: float = 1.0,
+    classes: int = 3,
+) -> torch.Tensor:
     """Per-image weights, mean 1. "none": every image counts once; "class": classes weigh equally;
     "class_origin": additionally each origin's images share weight ~ sqrt(count), so one game's 179 portraits
     do not define "illustration". Illustration images then weigh `illustration_boost` times more: a missed
@@ -213,9 +248,18 @@ def origin_weights(labels: torch.Tensor, groups: Sequence[str], weighting: str =
     return weights / weights.mean()
 
 
-def fit_linear_head(vectors: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *, l2: float = 1e-2,
-                    tail_columns: int = 0, tail_l2: float = 0.0, iterations: int = 200, classes: int = 3,
-                    start: LinearHead | None = None) -> LinearHead:
+def fit_linear_head(
+    vectors: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    l2: float = 1e-2,
+    tail_columns: int = 0,
+    tail_l2: float = 0.0,
+    iterations: int = 200,
+    classes: int = 3,
+    start: LinearHead | None = None,
+) -> LinearHead:
     """Full-batch L-BFGS on weighted cross-entropy + L2 (the shipped model's recipe): deterministic, seconds.
 
     The last `tail_columns` inputs (pixel statistics: a handful of columns after thousands of conv ones) get
@@ -233,9 +277,17 @@ def fit_linear_head(vectors: torch.Tensor, labels: torch.Tensor, weights: torch.
         torch.set_num_threads(threads)
 
 
-def _fit_linear_head(vectors: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, l2: float,
-                     tail_columns: int, tail_l2: float, iterations: int, classes: int,
-                     start: LinearHead | None) -> LinearHead:
+def _fit_linear_head(
+    vectors: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    l2: float,
+    tail_columns: int,
+    tail_l2: float,
+    iterations: int,
+    classes: int,
+    start: LinearHead | None,
+) -> LinearHead:
     vectors = vectors.float()
     head = LinearHead(vectors.shape[1], classes)
     head.set_standardisation(vectors)
@@ -283,9 +335,13 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
 # --- augmentation and fine-tuning ----------------------------------------------------------------------
 
 
-def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+    image: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
     """torchvision's RandomResizedCrop: a random area share and aspect ratio, resized to size x size."""
     width, height = image.size
     area = width * height
@@ -332,14 +388,21 @@ def _eval_vectors(model: ImageClassifier, images: list[list[Image.Image]], devic
     vectors = []
     with torch.inference_mode():
         for frames in images:
-            per_frame = [aggregate_views(model.extractor(image_views(frame, model.spec).to(device)).float().cpu())
-                         for frame in frames]
+            per_frame = [
+                aggregate_views(model.extractor(image_views(frame, model.spec).to(device)).float().cpu())
+                for frame in frames
+            ]
             vectors.append(torch.stack(per_frame).mean(0))
     return torch.stack(vectors)
 
 
-def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_items: list[LabelledImage],
-              labels: Sequence[str], options: TrainOptions) -> tuple[ImageClassifier, list[dict]]:
+def fine_tune(
+    model: ImageClassifier,
+    train_items: list[LabelledImage],
+    val_items: list[LabelledImage],
+    labels: Sequence[str],
+    options: TrainOptions,
+) -> tuple[ImageClassifier, list[dict]]:
     """Train the head together with the last conv block (`last_block`) or the whole trunk (`full`)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(options.seed)
@@ -355,20 +418,24 @@ def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_item
     train_y = torch.tensor([labels.index(item.label) for item in train_items])
     val_y = torch.tensor([labels.index(item.label) for item in val_items])
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_y, len(labels)).to(device))
-    optimizer = torch.optim.Adam([
-        {"params": list(trunk_parameters.values()), "lr": options.fine_tune_learning_rate},
-        {"params": list(model.head.parameters()), "lr": options.learning_rate},
-    ], weight_decay=options.weight_decay)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": list(trunk_parameters.values()), "lr": options.fine_tune_learning_rate},
+            {"params": list(model.head.parameters()), "lr": options.learning_rate},
+        ],
+        weight_decay=options.weight_decay,
+    )
     size = model.spec.image_size
-    bar = tqdm(range(options.epochs), desc=f"fine-tune {options.mode}", unit="epoch",
-               disable=not options.progress, leave=False)
+    bar = tqdm(
+        range(options.epochs), desc=f"fine-tune {options.mode}", unit="epoch", disable=not options.progress, leave=False
+    )
     stopper = EarlyStopping(model, options.patience, bar)
     for _epoch in bar:
         model.train()
         order = rng.permutation(len(train_images))
         total = 0.0
         for start in range(0, len(order), options.batch_size):
-            batch = order[start:start + options.batch_size]
+            batch = order[start : start + options.batch_size]
             inputs = torch.stack([augmented_tensor(train_images[i], size, rng) for i in batch]).to(device)
             optimizer.zero_grad()
             loss = loss_fn(model(inputs), train_y[batch].to(device))
@@ -386,14 +453,19 @@ def fine_tune(model: ImageClassifier, train_items: list[LabelledImage], val_item
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     delta = dict(model.backbone_delta)
-    delta.update({name: parameter.detach().clone()
-                  for name, parameter in _trainable_trunk_parameters(model, options.mode).items()})
+    delta.update(
+        {
+            name: parameter.detach().clone()
+            for name, parameter in _trainable_trunk_parameters(model, options.mode).items()
+        }
+    )
     model.backbone_delta = delta
     return model, history
 
 
-def fit_review_policy(model: ImageClassifier, logits: torch.Tensor, true_labels: Sequence[str],
-                      targets: PolicyTargets) -> dict | None:
+def fit_review_policy(
+    model: ImageClassifier, logits: torch.Tensor, true_labels: Sequence[str], targets: PolicyTargets
+) -> dict | None:
     """Fit `model.policy` on held-out logits (after temperature scaling); returns the feed figures it gives
     there, or None (and no policy: the borderline rule applies) when the held-out images lack a class."""
     probabilities = torch.softmax(logits / model.temperature, dim=1).numpy()
@@ -417,9 +489,17 @@ def new_version(model: ImageClassifier) -> str:
     return f"{stamp}-{digest.hexdigest()[:6]}"
 
 
-def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: TrainOptions, *,
-                runner: FeatureRunner | None = None, cache=None, parent: str | None = None,
-                source: str = "", problems: Sequence[str] = ()) -> TrainResult:
+def train_model(
+    base: ImageClassifier,
+    items: Sequence[LabelledImage],
+    options: TrainOptions,
+    *,
+    runner: FeatureRunner | None = None,
+    cache=None,
+    parent: str | None = None,
+    source: str = "",
+    problems: Sequence[str] = (),
+) -> TrainResult:
     """Split by group, train, calibrate, and score on the validation split; returns an unsaved model.
 
     `problems` are inputs already skipped (e.g. manifest rows without a file); undecodable images join
@@ -433,40 +513,57 @@ def train_model(base: ImageClassifier, items: Sequence[LabelledImage], options: 
     train_items, val_items = split_by_group(items, options.validation_fraction)
     for name, part in (("training", train_items), ("validation", val_items)):
         if not part:
-            raise DatasetError(f"the {name} split is empty ({len(items)} images in "
-                               f"{len({i.group for i in items})} groups); add images from more sources")
+            raise DatasetError(
+                f"the {name} split is empty ({len(items)} images in "
+                f"{len({i.group for i in items})} groups); add images from more sources"
+            )
     runner = runner or FeatureRunner(base)
-    train_items, train_x = feature_vectors(base, train_items, runner=runner, cache=cache, progress=options.progress,
-                                           problems=skipped)
-    val_items, val_x = feature_vectors(base, val_items, runner=runner, cache=cache, progress=options.progress,
-                                       problems=skipped)
+    train_items, train_x = feature_vectors(
+        base, train_items, runner=runner, cache=cache, progress=options.progress, problems=skipped
+    )
+    val_items, val_x = feature_vectors(
+        base, val_items, runner=runner, cache=cache, progress=options.progress, problems=skipped
+    )
     train_y = torch.tensor([labels.index(item.label) for item in train_items])
     val_y = torch.tensor([labels.index(item.label) for item in val_items])
     head, history = train_head(train_x, train_y, val_x, val_y, labels, options)
-    model = ImageClassifier(base.extractor, head, labels=labels, backbone=base.backbone,
-                            backbone_width=base.backbone_width, backbone_delta=base.backbone_delta)
+    model = ImageClassifier(
+        base.extractor,
+        head,
+        labels=labels,
+        backbone=base.backbone,
+        backbone_width=base.backbone_width,
+        backbone_delta=base.backbone_delta,
+    )
     validation_vectors: torch.Tensor | None = val_x
     if options.mode != "head":
         model, tune_history = fine_tune(model, train_items, val_items, labels, options)
         history += tune_history
-        val_x = _eval_vectors(model, [load_rgb_frames(i.source, max_frames=4) for i in val_items],
-                              torch.device("cpu"))
+        val_x = _eval_vectors(model, [load_rgb_frames(i.source, max_frames=4) for i in val_items], torch.device("cpu"))
         validation_vectors = None
     with torch.no_grad():
         val_logits = model.head(val_x)
     model.temperature = fit_temperature(val_logits, val_y)
     metrics = _scores(val_logits, val_y, labels)
     metrics["per_origin"] = per_origin_results(
-        [item.label for item in val_items], [labels[p] for p in val_logits.argmax(1).tolist()],
-        [item.group for item in val_items], labels)
+        [item.label for item in val_items],
+        [labels[p] for p in val_logits.argmax(1).tolist()],
+        [item.group for item in val_items],
+        labels,
+    )
     metrics["temperature"] = model.temperature
-    metrics["feed"] = fit_review_policy(model, val_logits, [item.label for item in val_items],
-                                        options.policy_targets)
+    metrics["feed"] = fit_review_policy(model, val_logits, [item.label for item in val_items], options.policy_targets)
     metrics["validation_nll"] = float(nn.functional.cross_entropy(val_logits / model.temperature, val_y))
     model.metrics = metrics
-    model.data_summary = {"source": source, "mode": options.mode, "seed": options.seed,
-                          "train": summarise(train_items), "validation": summarise(val_items),
-                          "epochs": len(history), "skipped": {"count": len(skipped), "inputs": skipped}}
+    model.data_summary = {
+        "source": source,
+        "mode": options.mode,
+        "seed": options.seed,
+        "train": summarise(train_items),
+        "validation": summarise(val_items),
+        "epochs": len(history),
+        "skipped": {"count": len(skipped), "inputs": skipped},
+    }
     model.parent = parent
     model.version = new_version(model)
     return TrainResult(model, val_items, validation_vectors, history)

@@ -9,6 +9,7 @@ looked at, its file is copied to `<data_dir>/models/` and registered, active whe
 copy (56 KB) keeps every version the folder has used reachable: after an upgrade ships `default-3`, a model
 trained from `default-2` can still be rolled back to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from classifier.model import (
-    MODEL_FILE_SUFFIX, ImageClassifier, ModelFileError, ModelRecord, check_head_fits, read_model_file, save_model,
+    MODEL_FILE_SUFFIX,
+    ImageClassifier,
+    ModelFileError,
+    ModelRecord,
+    check_head_fits,
+    read_model_file,
+    save_model,
 )
 from classifier import SHIPPED_MODEL_DIR
 from storage.files import atomic_write_bytes
@@ -39,8 +46,10 @@ def utc_now() -> str:
 
 
 def promotion_scores(metrics: dict) -> dict[str, float]:
-    return {"illustration_recall": float(metrics["per_class"]["illustration"]["recall"]),
-            "macro_f1": float(metrics["macro_f1"])}
+    return {
+        "illustration_recall": float(metrics["per_class"]["illustration"]["recall"]),
+        "macro_f1": float(metrics["macro_f1"]),
+    }
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,9 @@ def compare_for_promotion(candidate: dict, active: dict | None, tolerance: float
     worse = [METRIC_TITLES[name] for name in PROMOTION_METRICS if new[name] < old[name] - tolerance]
     if worse:
         return PromotionDecision(False, "worse than the active model on " + " and ".join(worse))
-    return PromotionDecision(True, " and ".join(METRIC_TITLES[name] for name in PROMOTION_METRICS)
-                             + " not below the active model's")
+    return PromotionDecision(
+        True, " and ".join(METRIC_TITLES[name] for name in PROMOTION_METRICS) + " not below the active model's"
+    )
 
 
 def model_path(data_dir: Path, version: str) -> Path:
@@ -86,8 +96,14 @@ def ensure_default_registered(store, directory: Path | None = None) -> str | Non
         store.execute(
             "INSERT OR IGNORE INTO models (version, path, backbone, metrics, data_summary, parent, active, created_at)"
             " VALUES (?, ?, ?, ?, ?, NULL, NOT EXISTS (SELECT 1 FROM models WHERE active = 1), ?)",
-            (record.version, str(path), record.backbone, json.dumps(record.metrics),
-             json.dumps({**record.data_summary, "source": "shipped"}), utc_now()),
+            (
+                record.version,
+                str(path),
+                record.backbone,
+                json.dumps(record.metrics),
+                json.dumps({**record.data_summary, "source": "shipped"}),
+                utc_now(),
+            ),
         )
     return record.version
 
@@ -113,8 +129,15 @@ def register_model(store, model: ImageClassifier) -> Path:
         store.execute(
             "INSERT INTO models (version, path, backbone, metrics, data_summary, parent, active, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-            (model.version, str(path), model.feature_key, json.dumps(model.metrics),
-             json.dumps(model.data_summary), model.parent, utc_now()),
+            (
+                model.version,
+                str(path),
+                model.feature_key,
+                json.dumps(model.metrics),
+                json.dumps(model.data_summary),
+                model.parent,
+                utc_now(),
+            ),
         )
     return path
 

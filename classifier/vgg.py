@@ -2,6 +2,7 @@
 
 torchvision cannot be used with the CPU torch build we pin, so the architecture is rebuilt here.
 """
+
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,24 @@ from torch import nn
 
 # torchvision's configuration "D": channel counts, "M" = 2x2 max-pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 # Indices of the conv layers inside `features`, as in torchvision's state dict.
 VGG16_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

@@ -5,6 +5,7 @@ Shared by ingest (validation) and everything that reads frames through `classifi
 The demuxer is always named from the sniffed magic bytes, never guessed by FFmpeg: a text playlist cannot
 reach FFmpeg's HLS demuxer, which would open the segment URLs it lists.
 """
+
 from __future__ import annotations
 
 import io
@@ -127,8 +128,10 @@ def _check_frame_size(width: int, height: int, limits: VideoLimits, video_format
     if width <= 0 or height <= 0:
         raise VideoError(f"{video_format.name} video stream has no frame size")
     if width * height > limits.max_frame_pixels:
-        raise VideoError(f"decompression bomb: video frame {width}x{height} = {width * height} pixels, over the "
-                         f"limit of {limits.max_frame_pixels}")
+        raise VideoError(
+            f"decompression bomb: video frame {width}x{height} = {width * height} pixels, over the "
+            f"limit of {limits.max_frame_pixels}"
+        )
 
 
 def _frames(container, stream, video_format: VideoFormat, limits: VideoLimits) -> Iterator:
@@ -144,14 +147,16 @@ def _frames(container, stream, video_format: VideoFormat, limits: VideoLimits) -
             if count > limits.max_frames:
                 raise VideoError(f"video has more than {limits.max_frames} frames (the limit)")
             if total_pixels > limits.max_total_pixels:
-                raise VideoError(f"decompression bomb: more than {limits.max_total_pixels} decoded pixels "
-                                 f"after {count} frames")
+                raise VideoError(
+                    f"decompression bomb: more than {limits.max_total_pixels} decoded pixels after {count} frames"
+                )
             if frame.time is not None and frame.time > limits.max_seconds:
                 raise VideoError(f"video runs longer than {limits.max_seconds:g} s (the limit)")
             yield frame
     except av.FFmpegError as error:
-        raise VideoError(f"truncated or corrupt {video_format.name} data after {count} frames: "
-                         f"{_reason(error)}") from None
+        raise VideoError(
+            f"truncated or corrupt {video_format.name} data after {count} frames: {_reason(error)}"
+        ) from None
 
 
 def _video_stream(container, video_format: VideoFormat, limits: VideoLimits):
@@ -167,9 +172,11 @@ def _video_stream(container, video_format: VideoFormat, limits: VideoLimits):
         raise VideoError(f"video has {stream.frames} frames, over the limit of {limits.max_frames}")
     declared_pixels = stream.frames * stream.codec_context.width * stream.codec_context.height
     if declared_pixels > limits.max_total_pixels:
-        raise VideoError(f"decompression bomb: {stream.frames} frames of {stream.codec_context.width}x"
-                         f"{stream.codec_context.height} = {declared_pixels} pixels, over the limit of "
-                         f"{limits.max_total_pixels}")
+        raise VideoError(
+            f"decompression bomb: {stream.frames} frames of {stream.codec_context.width}x"
+            f"{stream.codec_context.height} = {declared_pixels} pixels, over the limit of "
+            f"{limits.max_total_pixels}"
+        )
     return stream
 
 
@@ -194,15 +201,17 @@ def probe_video(source: str | Path | bytes, limits: VideoLimits = DEFAULT_LIMITS
         # The container's sample table says how many frames it stored: fewer decoded means data is missing
         # (an edit list may hide a frame or two of a sound file).
         if stream.frames and stream.frames - count > max(2, stream.frames // 100):
-            raise VideoError(f"truncated {video_format.name} data: decoded {count} of the {stream.frames} frames "
-                             "the file declares")
+            raise VideoError(
+                f"truncated {video_format.name} data: decoded {count} of the {stream.frames} frames the file declares"
+            )
         rate = float(stream.average_rate or 0)
         duration_s = _declared_seconds(container, stream) or (end_s + (1 / rate if rate else 0.0))
         return VideoInfo(video_format, first.width, first.height, count, round(duration_s, 3), first)
 
 
-def sample_frames(source: str | Path | bytes, choose: Callable[[int], list[int]],
-                  limits: VideoLimits = DEFAULT_LIMITS) -> list[Image.Image]:
+def sample_frames(
+    source: str | Path | bytes, choose: Callable[[int], list[int]], limits: VideoLimits = DEFAULT_LIMITS
+) -> list[Image.Image]:
     """RGB frames at the positions `choose(frame count)` picks, in order (load_rgb_frames spreads them evenly).
 
     The packets are listed first without decoding (cheap), which gives the exact frame count, every frame's
@@ -225,8 +234,11 @@ def sample_frames(source: str | Path | bytes, choose: Callable[[int], list[int]]
         stream = _video_stream(container, video_format, limits)
         if any(pts is None for pts, _key in packets):  # no timestamps to seek by: decode in order
             wanted = set(positions)
-            return [frame.to_image() for index, frame in enumerate(_frames(container, stream, video_format, limits))
-                    if index in wanted]
+            return [
+                frame.to_image()
+                for index, frame in enumerate(_frames(container, stream, video_format, limits))
+                if index in wanted
+            ]
         times = sorted(pts for pts, _key in packets)
         keyframes = sorted(pts for pts, key in packets if key) or times[:1]
         picked: list[Image.Image] = []

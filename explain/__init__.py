@@ -6,6 +6,7 @@ can list them without loading torch: adding a method is its module (one function
 animated) is `explain.media`. `grad_cam` and `guided_grad_cam` are importable from here too, loaded on first
 use (LIME's function shares its module's name: import it from `explain.lime`).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ A method module states only its own idea (how to weigh channels, how to treat Re
 perturb); this module owns the forward/backward passes, the hooks and their removal, upsampling and
 normalisation, so adding a method never touches the others (the shape of pytorch-grad-cam's base_cam).
 """
+
 from __future__ import annotations
 
 import contextlib

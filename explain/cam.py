@@ -1,4 +1,5 @@
 """Class activation maps: a weighted sum of a conv layer's channels, weights chosen by each CAM method."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Grad-CAM (Selvaraju et al., 2017): a channel's weight is the spatial mean of the class score's gradient."""
+
 from __future__ import annotations
 
 import numpy as np

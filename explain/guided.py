@@ -4,6 +4,7 @@ Guided backprop (Springenberg et al., 2015) lets only positive gradients pass ba
 which keeps the fine edges that drive a class; multiplying by the coarse Grad-CAM keeps the edges of
 the region that mattered for the chosen class.
 """
+
 from __future__ import annotations
 
 import contextlib

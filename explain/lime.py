@@ -5,6 +5,7 @@ the first sample keeps everything, samples weighted by an exponential kernel (wi
 distance to the full image, a ridge fit (alpha 1) of the target class probability on the on/off vector.
 The sampling and the fit are a dozen lines of numpy, so no LIME library is pulled in for them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -102,9 +103,7 @@ def lime(
                 chosen = resolve_target(batch_probabilities[0], target)
             probabilities[start : start + len(on)] = batch_probabilities[:, chosen].double().numpy()
 
-    cosine_distance = 1.0 - switched_on.sum(axis=1) / (
-        np.sqrt(switched_on.sum(axis=1)) * np.sqrt(num_segments) + 1e-12
-    )
+    cosine_distance = 1.0 - switched_on.sum(axis=1) / (np.sqrt(switched_on.sum(axis=1)) * np.sqrt(num_segments) + 1e-12)
     kernel = np.sqrt(np.exp(-(cosine_distance**2) / KERNEL_WIDTH**2))
     weights, intercept, r2 = weighted_ridge(switched_on, probabilities, kernel)
     return LimeExplanation(segments=segments, weights=weights, intercept=intercept, fit_r2=r2, target=chosen)

@@ -6,6 +6,7 @@ Stills, animated GIF/APNG/WebP and videos (MP4, QuickTime, WebM) take the same p
 `gradcam_overlay` is what the classifier calls for borderline calls; `explain_image` is what the CLI
 calls on a file or a stored blob.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -60,30 +61,41 @@ def explain_frames(
     if not 0 <= explained < len(labels):
         raise ExplainError(f"target class {explained} is outside the {len(labels)} labels")
     if frame_probabilities is not None and len(frame_probabilities) != len(views_per_frame):
-        raise ExplainError(f"got probabilities for {len(frame_probabilities)} frames, but {len(views_per_frame)} frames")
+        raise ExplainError(
+            f"got probabilities for {len(frame_probabilities)} frames, but {len(views_per_frame)} frames"
+        )
     chosen = METHODS[method]
     compute = method_function(method)
     rendered = []
     for index, views in enumerate(views_per_frame):
         views = views.reshape(-1, *views.shape[-3:])
-        painted = [
-            paint(view, compute(model, view[None], explained, **(method_options or {}))) for view in views
-        ]
-        rendered.append(compose(painted, frame_call(chosen.title, labels, probabilities, explained, index,
-                                                    len(views_per_frame), frame_probabilities)))
+        painted = [paint(view, compute(model, view[None], explained, **(method_options or {}))) for view in views]
+        rendered.append(
+            compose(
+                painted,
+                frame_call(
+                    chosen.title, labels, probabilities, explained, index, len(views_per_frame), frame_probabilities
+                ),
+            )
+        )
     return encode(rendered)
 
 
-def frame_call(method: str, labels: Sequence[str], probabilities: Sequence[float], target: int, index: int,
-               frames: int, frame_probabilities: Sequence[Sequence[float]] | None) -> Call:
+def frame_call(
+    method: str,
+    labels: Sequence[str],
+    probabilities: Sequence[float],
+    target: int,
+    index: int,
+    frames: int,
+    frame_probabilities: Sequence[Sequence[float]] | None,
+) -> Call:
     """What frame `index` of `frames` states: its own probabilities when known, else the media's."""
     if frame_probabilities is None:
         return Call(method=method, labels=labels, probabilities=probabilities, target=target)
     media_label = labels[int(np.argmax(probabilities))]
-    caption = (f"frame {index + 1}/{frames}; whole media: {media_label} "
-               f"{float(max(probabilities)):.0%}")
-    return Call(method=method, labels=labels, probabilities=frame_probabilities[index], target=target,
-                caption=caption)
+    caption = f"frame {index + 1}/{frames}; whole media: {media_label} {float(max(probabilities)):.0%}"
+    return Call(method=method, labels=labels, probabilities=frame_probabilities[index], target=target, caption=caption)
 
 
 def gradcam_overlay(
@@ -100,8 +112,9 @@ def gradcam_overlay(
     "png" for a still and "gif" or "mp4" for animated media and videos, for
     `store.derived.put(overlay.data, overlay.ext)`.
     """
-    return explain_frames(model, views_per_frame, probabilities, labels, method="gradcam",
-                          frame_probabilities=frame_probabilities)
+    return explain_frames(
+        model, views_per_frame, probabilities, labels, method="gradcam", frame_probabilities=frame_probabilities
+    )
 
 
 def decode_frames(source: bytes | Path, max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image.Image]:

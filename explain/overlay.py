@@ -6,6 +6,7 @@ view holds, and drawing on the view itself is exact for every framing. A frame w
 them side by side; several frames become an animation: a looping GIF, or an H.264 MP4 when that is smaller
 (it nearly always is: the colour-map gradients cost a GIF palette dearly).
 """
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 Written here instead of pulling scikit-image: its `slic` would bring scipy, imageio, tifffile and
 lazy_loader (about 55 MB of wheels) for one function used on 224 px crops.
 """
+
 from __future__ import annotations
 
 import numpy as np

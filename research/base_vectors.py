@@ -11,6 +11,7 @@ so adding a folder later reruns only that folder.
     nice -n 10 python -m research.base_vectors ../shared/corpus/dev [../shared/corpus/train] \
         [--model classifier/default_model/model.pt] [--out classifier/default_model/base_vectors.npz]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,10 @@ def folder_vectors(model, folder: Path, threads: int) -> dict:
     runner = FeatureRunner(model, precision="fp32")
     by_key = {item.key: item for item in items}
     kept, vectors, started = [], [], time.monotonic()
-    for done, result in enumerate(run_classifier(model, [(item.key, item.source) for item in items],
-                                                 runner=runner, batch_size=16, max_frames=4), 1):
+    for done, result in enumerate(
+        run_classifier(model, [(item.key, item.source) for item in items], runner=runner, batch_size=16, max_frames=4),
+        1,
+    ):
         if result.error is not None:
             print(f"  skipped {result.key}: {result.error}")
             continue
@@ -85,9 +88,13 @@ def folder_vectors(model, folder: Path, threads: int) -> dict:
         vectors.append(result.vector)
         if done % 100 == 0:
             print(f"  {folder.name}: {done}/{len(items)} images, {time.monotonic() - started:.0f} s", flush=True)
-    data = {"keys": [str(item.key.relative_to(folder)) for item in kept], "vectors": torch.stack(vectors),
-            "labels": [item.label for item in kept], "groups": [item.group for item in kept],
-            "subgroups": [item.subgroup for item in kept]}
+    data = {
+        "keys": [str(item.key.relative_to(folder)) for item in kept],
+        "vectors": torch.stack(vectors),
+        "labels": [item.label for item in kept],
+        "groups": [item.group for item in kept],
+        "subgroups": [item.subgroup for item in kept],
+    }
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(data, cache)
     return data
@@ -98,8 +105,11 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+", help="labelled corpus folders (dev, train)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR / "model.pt")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR / BASE_SET_FILE)
-    parser.add_argument("--head-variant", default=CHOSEN_VARIANT,
-                        help="research.grid variant whose head settings trained the shipped model")
+    parser.add_argument(
+        "--head-variant",
+        default=CHOSEN_VARIANT,
+        help="research.grid variant whose head settings trained the shipped model",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     weights = shared_dir() / "weights" / "vgg16_features_imagenet.pth"
@@ -122,18 +132,31 @@ def main() -> None:
     head = fit_head(vectors[kept], label_indices[kept], [g for g, k in zip(groups, kept.tolist()) if k], settings)
     with torch.no_grad():
         probabilities[~kept] = torch.softmax(head(vectors[~kept]) / validation.temperature, dim=1)
-    base = BaseSet(vectors=vectors, labels=labels, groups=groups, subgroups=subgroups,
-                   feature_key=model.feature_key, model_version=model.version,
-                   shipped_probabilities=probabilities, validation=held)
+    base = BaseSet(
+        vectors=vectors,
+        labels=labels,
+        groups=groups,
+        subgroups=subgroups,
+        feature_key=model.feature_key,
+        model_version=model.version,
+        shipped_probabilities=probabilities,
+        validation=held,
+    )
     path = save_base_set(args.out, base)
     metrics = validation.metrics
-    print(f"{path}: {len(labels)} vectors x {vectors.shape[1]} ({base.per_label()}), {len(set(groups))} origins, "
-          f"{path.stat().st_size / 1e6:.2f} MB; feature key {model.feature_key}")
+    print(
+        f"{path}: {len(labels)} vectors x {vectors.shape[1]} ({base.per_label()}), {len(set(groups))} origins, "
+        f"{path.stat().st_size / 1e6:.2f} MB; feature key {model.feature_key}"
+    )
     held = [label for label, is_held in zip(labels, base.validation) if is_held]
-    print(f"validation part: {len(set(g for g, h in zip(groups, base.validation) if h))} origins, "
-          f"{ {label: held.count(label) for label in LABELS} }")
-    print(f"shipped recipe out-of-fold: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
-          f"illustration recall {metrics['per_class']['illustration']['recall']:.3f}")
+    print(
+        f"validation part: {len(set(g for g, h in zip(groups, base.validation) if h))} origins, "
+        f"{ {label: held.count(label) for label in LABELS} }"
+    )
+    print(
+        f"shipped recipe out-of-fold: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+        f"illustration recall {metrics['per_class']['illustration']['recall']:.3f}"
+    )
 
 
 if __name__ == "__main__":

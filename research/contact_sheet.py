@@ -5,6 +5,7 @@ images, so it stays under research/out (git-ignored) or wherever --out points, n
 
     python -m research.contact_sheet --variant "multi conv4+5 + generated" [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,11 @@ def oof_path(variant_name: str) -> Path:
 def draw_sheet(images: list[CorpusImage], probs: torch.Tensor, out: Path) -> int:
     """Write the sheet of misclassified images (the product's `illustfeed eval --errors` sheet), worst first."""
     predicted = probs.argmax(dim=1).tolist()
-    mistakes = [Mistake(str(image.path), image.label, LABELS[guess], tuple(probs[index].tolist()), image.origin,
-                        image.path)
-                for index, (image, guess) in enumerate(zip(images, predicted)) if LABELS[guess] != image.label]
+    mistakes = [
+        Mistake(str(image.path), image.label, LABELS[guess], tuple(probs[index].tolist()), image.origin, image.path)
+        for index, (image, guess) in enumerate(zip(images, predicted))
+        if LABELS[guess] != image.label
+    ]
     mistakes.sort(key=lambda mistake: mistake.probabilities[LABELS.index(mistake.true_label)])
     return draw_contact_sheet(mistakes, LABELS, out)
 

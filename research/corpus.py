@@ -1,4 +1,5 @@
 """The dev corpus as rows (path, label, origin group), read from its manifest."""
+
 from __future__ import annotations
 
 import csv

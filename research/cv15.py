@@ -7,6 +7,7 @@ each fold the thresholds are fitted on the other folds' out-of-fold predictions 
 
     nice -n 10 python -m research.cv15 [--variant NAME ...] [--finetuned research/out/finetune_oof.pt]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def load_corpus(corpora_wanted: tuple[str, ...] = CORPORA, aggregate: str = "mea
         per_view = data["vectors"].float()
         start = 0
         for count in data["view_counts"]:
-            views = per_view[start:start + count]
+            views = per_view[start : start + count]
             if aggregate == "whole_half" and count > 1:
                 vectors.append(0.5 * views[0] + 0.5 * views[1:].mean(0))
             else:
@@ -100,9 +101,13 @@ def borderline_figures(truth: list[str], probabilities: np.ndarray) -> dict:
     predicted = [LABELS[i] for i in probabilities.argmax(1)]
     fed = [t for t, p, r in zip(truth, predicted, review) if not r and p == "illustration"]
     lost = sum(1 for t, p, r in zip(truth, predicted, review) if t == "illustration" and not r and p != "illustration")
-    return {"review_rate": float(review.mean()), "feed_precision": sum(t == "illustration" for t in fed) / max(1, len(fed)),
-            "illustrations_lost": lost, "illustrations_in_feed": sum(t == "illustration" for t in fed),
-            "illustrations": sum(t == "illustration" for t in truth)}
+    return {
+        "review_rate": float(review.mean()),
+        "feed_precision": sum(t == "illustration" for t in fed) / max(1, len(fed)),
+        "illustrations_lost": lost,
+        "illustrations_in_feed": sum(t == "illustration" for t in fed),
+        "illustrations": sum(t == "illustration" for t in truth),
+    }
 
 
 def nested_policy_figures(truth: list[str], probabilities: np.ndarray, fold: list[int], targets: PolicyTargets) -> dict:
@@ -131,37 +136,53 @@ def summary(name: str, data: Corpus, logits: torch.Tensor, fold: list[int], targ
     for corpus in sorted(set(data.corpora)):
         members = [i for i, c in enumerate(data.corpora) if c == corpus]
         part = compute_metrics([truth[i] for i in members], [predicted[i] for i in members])
-        by_corpus[corpus] = {"accuracy": part["accuracy"], "macro_f1": part["macro_f1"],
-                             "illustration_recall": part["per_class"]["illustration"]["recall"]}
+        by_corpus[corpus] = {
+            "accuracy": part["accuracy"],
+            "macro_f1": part["macro_f1"],
+            "illustration_recall": part["per_class"]["illustration"]["recall"],
+        }
     policy = fit_policy(probabilities, truth, LABELS, targets)
     return {
-        "name": name, "temperature": temperature, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "name": name,
+        "temperature": temperature,
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
         "recall": {label: metrics["per_class"][label]["recall"] for label in LABELS},
-        "confusion": metrics["confusion"], "by_corpus": by_corpus,
+        "confusion": metrics["confusion"],
+        "by_corpus": by_corpus,
         "feed_nested": nested_policy_figures(truth, probabilities, fold, targets),
         "feed_fitted_on_all": {**feed_figures(truth, probabilities, LABELS, policy), "policy": policy.to_dict()},
         "feed_borderline_rule": borderline_figures(truth, probabilities),
         "per_origin": per_origin_results(truth, predicted, data.origins),
-        "probabilities": probabilities.tolist(), "logits": logits.tolist(),
+        "probabilities": probabilities.tolist(),
+        "logits": logits.tolist(),
     }
 
 
 def subset(data: Corpus, rows: list[int]) -> Corpus:
-    return Corpus(data.vectors[rows], data.labels[rows], [data.origins[i] for i in rows],
-                  [data.corpora[i] for i in rows], [data.files[i] for i in rows], [data.view_counts[i] for i in rows])
+    return Corpus(
+        data.vectors[rows],
+        data.labels[rows],
+        [data.origins[i] for i in rows],
+        [data.corpora[i] for i in rows],
+        [data.files[i] for i in rows],
+        [data.view_counts[i] for i in rows],
+    )
 
 
 def format_summary(result: dict) -> str:
     recall = result["recall"]
     nested = result["feed_nested"] or result["feed_fitted_on_all"]
     rule = result["feed_borderline_rule"]
-    return (f"{result['name']:<28} acc {result['accuracy']:.3f} F1 {result['macro_f1']:.3f} "
-            f"ill {recall['illustration']:.3f} scr {recall['screenshot']:.3f} pho {recall['photo']:.3f} "
-            f"T {result['temperature']:.2f} | dev acc {result['by_corpus']['dev']['accuracy']:.3f} "
-            f"train acc {result['by_corpus'].get('train', {}).get('accuracy', float('nan')):.3f} | policy (nested): prec "
-            f"{nested['feed_precision'] or 0:.3f} lost {nested['illustrations_lost']}/{nested['illustrations']} "
-            f"review {nested['review_rate']:.3f} | rule: prec {rule['feed_precision']:.3f} "
-            f"lost {rule['illustrations_lost']} review {rule['review_rate']:.3f}")
+    return (
+        f"{result['name']:<28} acc {result['accuracy']:.3f} F1 {result['macro_f1']:.3f} "
+        f"ill {recall['illustration']:.3f} scr {recall['screenshot']:.3f} pho {recall['photo']:.3f} "
+        f"T {result['temperature']:.2f} | dev acc {result['by_corpus']['dev']['accuracy']:.3f} "
+        f"train acc {result['by_corpus'].get('train', {}).get('accuracy', float('nan')):.3f} | policy (nested): prec "
+        f"{nested['feed_precision'] or 0:.3f} lost {nested['illustrations_lost']}/{nested['illustrations']} "
+        f"review {nested['review_rate']:.3f} | rule: prec {rule['feed_precision']:.3f} "
+        f"lost {rule['illustrations_lost']} review {rule['review_rate']:.3f}"
+    )
 
 
 def main() -> None:
@@ -174,8 +195,11 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_corpus(tuple(args.corpus or CORPORA), args.aggregate)
     fold = folds_of(data.origins)
-    print(f"{len(data.labels)} images, {sum(data.view_counts)} views, {len(set(data.origins))} origins, "
-          f"fold sizes {sorted(Counter(fold).values())}", flush=True)
+    print(
+        f"{len(data.labels)} images, {sum(data.view_counts)} views, {len(set(data.origins))} origins, "
+        f"fold sizes {sorted(Counter(fold).values())}",
+        flush=True,
+    )
     targets = PolicyTargets()
     results = []
     for name in args.variant or list(VARIANTS):
@@ -193,9 +217,14 @@ def main() -> None:
         done = sorted({fold[i] for i in rows})
         part, part_fold = subset(data, rows), [fold[i] for i in rows]
         suffix = f" [folds {','.join(map(str, done))}]"
-        for name, logits in ((saved["name"], saved["logits"][rows]),
-                             ("linear probe, same split", saved["probe_logits"][rows]),
-                             *[(f"frozen {r['name']}", torch.tensor(r["logits"])[rows]) for r in results[:len(args.variant or VARIANTS)]]):
+        for name, logits in (
+            (saved["name"], saved["logits"][rows]),
+            ("linear probe, same split", saved["probe_logits"][rows]),
+            *[
+                (f"frozen {r['name']}", torch.tensor(r["logits"])[rows])
+                for r in results[: len(args.variant or VARIANTS)]
+            ],
+        ):
             results.append(summary(name + suffix, part, logits, part_fold, targets))
             print(format_summary(results[-1]), flush=True)
     target = OUT_DIR / ("cv15.json" if not args.corpus or set(args.corpus) == set(CORPORA) else "cv15_trial.json")

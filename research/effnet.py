@@ -7,6 +7,7 @@ normalisation itself, so both backbones see identical framings.
     nice -n 10 python -m research.effnet --check      # ImageNet sanity check on dev photos
     nice -n 10 python -m research.effnet --framing multi_view   # cache features like research.extract
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,15 @@ class EfficientNetLite0(nn.Module):
         blocks = []
         for repeats, kernel, stride, expansion, channels_in, channels_out in STAGES:
             for index in range(repeats):
-                blocks.append(MBConv(kernel, stride if index == 0 else 1, expansion, channels_in if index == 0 else channels_out, channels_out))
+                blocks.append(
+                    MBConv(
+                        kernel,
+                        stride if index == 0 else 1,
+                        expansion,
+                        channels_in if index == 0 else channels_out,
+                        channels_out,
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(320, HEAD_CHANNELS, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
@@ -98,12 +107,16 @@ class EfficientNetLite0(nn.Module):
     def pooled_features(self, imagenet_normalised: torch.Tensor) -> torch.Tensor:
         """Avg and max pooled head features, each L2-normalised (same recipe as the VGG extractor)."""
         feature_map = self.feature_map(imagenet_normalised)
-        return torch.cat([F.normalize(feature_map.mean(dim=(2, 3)), dim=1), F.normalize(feature_map.amax(dim=(2, 3)), dim=1)], dim=1)
+        return torch.cat(
+            [F.normalize(feature_map.mean(dim=(2, 3)), dim=1), F.normalize(feature_map.amax(dim=(2, 3)), dim=1)], dim=1
+        )
 
 
 def load_lite0() -> EfficientNetLite0:
     model = EfficientNetLite0()
-    state = torch.load(shared_dir() / "weights" / "efficientnet_lite0_imagenet.pth", map_location="cpu", weights_only=True)
+    state = torch.load(
+        shared_dir() / "weights" / "efficientnet_lite0_imagenet.pth", map_location="cpu", weights_only=True
+    )
     model.load_state_dict(state)
     return model.eval()
 
@@ -150,8 +163,18 @@ def main() -> None:
         for number, image in enumerate(images, 1):
             views.append(model.pooled_features(image_views(load_rgb_frames(image.path, 1)[0], spec)).to(torch.float16))
             if number % 100 == 0:
-                print(f"  {framing}: {number}/{len(images)}, {number / (time.monotonic() - started):.2f} images/s", flush=True)
-        torch.save({"spec": {"backbone": "efficientnet_lite0", "framing": framing}, "files": [str(i.path) for i in images], "views": views}, cache_path(f"dev_lite0_{framing}"))
+                print(
+                    f"  {framing}: {number}/{len(images)}, {number / (time.monotonic() - started):.2f} images/s",
+                    flush=True,
+                )
+        torch.save(
+            {
+                "spec": {"backbone": "efficientnet_lite0", "framing": framing},
+                "files": [str(i.path) for i in images],
+                "views": views,
+            },
+            cache_path(f"dev_lite0_{framing}"),
+        )
 
 
 if __name__ == "__main__":

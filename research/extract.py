@@ -6,6 +6,7 @@ slices of it and aggregation variants need no second pass through the conv net.
 
     nice -n 10 python -m research.extract --framing multi_view --framing center_crop
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ def extract_views(paths: list[Path], spec: FeatureSpec, trunk: torch.nn.Sequenti
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framing", action="append", required=True)
-    parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy shared machine (see research.effnet)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="1 is fastest on a busy shared machine (see research.effnet)"
+    )
     parser.add_argument("--synthetic", choices=SETS, help="a generated set of research.synth instead of the dev corpus")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

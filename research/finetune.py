@@ -11,6 +11,7 @@ validation split of the training origins. bf16 autocast where the CPU has native
     nice -n 10 python -m research.finetune --folds 0 1 2 3    # out-of-fold logits -> research/out/finetune_oof.pt
     nice -n 10 python -m research.finetune --final --epochs N # all images -> research/out/finetune_final.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,11 +66,12 @@ class Views:
         return self.pool4(indices), self.vectors[indices], [self.ranges[i][1] - self.ranges[i][0] for i in images]
 
 
-def image_logits(conv5: torch.nn.Sequential, head: LinearHead, pool4: torch.Tensor, wide: torch.Tensor,
-                 counts: list[int], bf16: bool) -> torch.Tensor:
+def image_logits(
+    conv5: torch.nn.Sequential, head: LinearHead, pool4: torch.Tensor, wide: torch.Tensor, counts: list[int], bf16: bool
+) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         block = conv5_vector(conv5, pool4.contiguous(memory_format=torch.channels_last)).float()
-    vectors = torch.cat([wide[:, :CONV5_COLUMNS.start], block, wide[:, CONV5_COLUMNS.stop:]], dim=1)
+    vectors = torch.cat([wide[:, : CONV5_COLUMNS.start], block, wide[:, CONV5_COLUMNS.stop :]], dim=1)
     per_image = torch.stack([part.mean(0) for part in torch.split(vectors, counts)])
     return head(per_image)
 
@@ -77,26 +79,43 @@ def image_logits(conv5: torch.nn.Sequential, head: LinearHead, pool4: torch.Tens
 @torch.no_grad()
 def predict(views: Views, conv5, head, images: list[int], bf16: bool, batch_images: int = 24) -> torch.Tensor:
     conv5.eval()
-    out = [image_logits(conv5, head, *views.batch(images[i:i + batch_images]), bf16)
-           for i in range(0, len(images), batch_images)]
+    out = [
+        image_logits(conv5, head, *views.batch(images[i : i + batch_images]), bf16)
+        for i in range(0, len(images), batch_images)
+    ]
     return torch.cat(out) if out else torch.zeros(0, len(LABELS))
 
 
-def lp_ft(views: Views, data, train: list[int], inner: list[int], settings: HeadSettings, *, epochs: int,
-          bf16: bool, conv_lr: float, head_lr: float, batch_images: int, seed: int, log=print):
+def lp_ft(
+    views: Views,
+    data,
+    train: list[int],
+    inner: list[int],
+    settings: HeadSettings,
+    *,
+    epochs: int,
+    bf16: bool,
+    conv_lr: float,
+    head_lr: float,
+    batch_images: int,
+    seed: int,
+    log=print,
+):
     """Linear probe on the frozen vectors, then conv5 + head; returns (conv5, head, linear probe, history)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     origins = [data.origins[i] for i in train]
     head = fit_head(data.vectors[train], data.labels[train], origins, settings)
     linear_probe = copy.deepcopy(head)
-    conv5 = copy.deepcopy(load_vgg16_trunk()[POOL4_INDEX + 1:30])
+    conv5 = copy.deepcopy(load_vgg16_trunk()[POOL4_INDEX + 1 : 30])
     weights = sample_weights(data.labels[train], origins, settings, len(LABELS))
     head.train()
     for parameter in head.parameters():
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": conv5.parameters(), "lr": conv_lr},
-                                   {"params": head.linear.parameters(), "lr": head_lr}], weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(
+        [{"params": conv5.parameters(), "lr": conv_lr}, {"params": head.linear.parameters(), "lr": head_lr}],
+        weight_decay=1e-4,
+    )
     labels = data.labels
     history, best = [], None
 
@@ -110,9 +129,17 @@ def lp_ft(views: Views, data, train: list[int], inner: list[int], settings: Head
         metrics = compute_metrics(truth, [LABELS[i] for i in logits.argmax(1).tolist()])
         loss = float(F.cross_entropy(logits, labels[inner]))
         key = (round(metrics["macro_f1"], 4), -loss)
-        history.append({"epoch": state_epoch, "inner_macro_f1": metrics["macro_f1"], "inner_loss": loss,
-                        "inner_accuracy": metrics["accuracy"]})
-        log(f"    epoch {state_epoch}: inner acc {metrics['accuracy']:.3f} F1 {metrics['macro_f1']:.3f} loss {loss:.3f}")
+        history.append(
+            {
+                "epoch": state_epoch,
+                "inner_macro_f1": metrics["macro_f1"],
+                "inner_loss": loss,
+                "inner_accuracy": metrics["accuracy"],
+            }
+        )
+        log(
+            f"    epoch {state_epoch}: inner acc {metrics['accuracy']:.3f} F1 {metrics['macro_f1']:.3f} loss {loss:.3f}"
+        )
         if best is None or key > best[0]:
             best = (key, copy.deepcopy(conv5.state_dict()), copy.deepcopy(head.state_dict()))
 
@@ -123,7 +150,7 @@ def lp_ft(views: Views, data, train: list[int], inner: list[int], settings: Head
         order = rng.permutation(len(train_array))
         started, seen_views, total = time.monotonic(), 0, 0.0
         for start in range(0, len(order), batch_images):
-            positions = order[start:start + batch_images]
+            positions = order[start : start + batch_images]
             pool4, wide, counts = views.batch(train_array[positions].tolist())
             logits = image_logits(conv5, head, pool4, wide, counts, bf16)
             losses = F.cross_entropy(logits.float(), labels[train_array[positions]], reduction="none")
@@ -134,8 +161,10 @@ def lp_ft(views: Views, data, train: list[int], inner: list[int], settings: Head
             seen_views += len(pool4)
             total += float(loss.detach()) * len(positions)
         elapsed = time.monotonic() - started
-        log(f"    epoch {epoch}: train loss {total / len(order):.3f}, {seen_views} views in {elapsed:.0f} s "
-            f"({seen_views / elapsed:.1f} views/s)")
+        log(
+            f"    epoch {epoch}: train loss {total / len(order):.3f}, {seen_views} views in {elapsed:.0f} s "
+            f"({seen_views / elapsed:.1f} views/s)"
+        )
         score(epoch)
     conv5.load_state_dict(best[1])
     head.load_state_dict(best[2])
@@ -164,7 +193,7 @@ def inner_split(data, train: list[int]) -> tuple[list[int], list[int]]:
 
 
 def probe(views: Views) -> None:
-    conv5 = load_vgg16_trunk()[POOL4_INDEX + 1:30]
+    conv5 = load_vgg16_trunk()[POOL4_INDEX + 1 : 30]
     head = LinearHead(2562, 3)
     images = list(range(20))
     pool4, wide, counts = views.batch(images)
@@ -183,7 +212,9 @@ def probe(views: Views) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        print(f"{'bf16' if bf16 else 'fp32'}: conv5 forward+backward {len(pool4) / (time.monotonic() - started):.1f} views/s")
+        print(
+            f"{'bf16' if bf16 else 'fp32'}: conv5 forward+backward {len(pool4) / (time.monotonic() - started):.1f} views/s"
+        )
 
 
 def main() -> None:
@@ -212,29 +243,67 @@ def main() -> None:
     name = f"LP-FT conv5 ({args.variant}, conv lr {args.conv_lr:g}, {args.epochs} ep)"
     if args.final:
         started = time.monotonic()
-        conv5, head, _, history = lp_ft(views, data, list(range(len(data.labels))), [], settings, epochs=args.epochs,
-                                     bf16=bf16, conv_lr=args.conv_lr, head_lr=args.head_lr,
-                                     batch_images=args.batch_images, seed=0)
-        torch.save({"name": name, "conv5": {f"features.{CONV5_INDICES.start + int(k.split('.')[0])}.{k.split('.')[1]}": v
-                                             for k, v in conv5.state_dict().items()},
-                    "head": head.state_dict(), "seconds": time.monotonic() - started}, OUT_DIR / "finetune_final.pt")
+        conv5, head, _, history = lp_ft(
+            views,
+            data,
+            list(range(len(data.labels))),
+            [],
+            settings,
+            epochs=args.epochs,
+            bf16=bf16,
+            conv_lr=args.conv_lr,
+            head_lr=args.head_lr,
+            batch_images=args.batch_images,
+            seed=0,
+        )
+        torch.save(
+            {
+                "name": name,
+                "conv5": {
+                    f"features.{CONV5_INDICES.start + int(k.split('.')[0])}.{k.split('.')[1]}": v
+                    for k, v in conv5.state_dict().items()
+                },
+                "head": head.state_dict(),
+                "seconds": time.monotonic() - started,
+            },
+            OUT_DIR / "finetune_final.pt",
+        )
         print(f"final fine-tune {time.monotonic() - started:.0f} s")
         return
     fold = folds_of(data.origins)
     target = OUT_DIR / ("finetune_oof.pt" if corpora == CORPORA else "finetune_trial.pt")
     saved = torch.load(target, weights_only=False) if target.is_file() else None
     if saved is None or saved["name"] != name:
-        saved = {"name": name, "files": data.files, "logits": torch.full((len(data.labels), 3), float("nan")),
-                 "probe_logits": torch.full((len(data.labels), 3), float("nan")), "folds": {}}
+        saved = {
+            "name": name,
+            "files": data.files,
+            "logits": torch.full((len(data.labels), 3), float("nan")),
+            "probe_logits": torch.full((len(data.labels), 3), float("nan")),
+            "folds": {},
+        }
     for held in args.folds:
         started = time.monotonic()
         train = [i for i, f in enumerate(fold) if f != held]
         test = [i for i, f in enumerate(fold) if f == held]
         fit_on, inner = inner_split(data, train)
-        print(f"fold {held}: {len(fit_on)} training images, {len(inner)} inner validation, {len(test)} held out", flush=True)
-        conv5, head, linear_probe, history = lp_ft(views, data, fit_on, inner, settings, epochs=args.epochs, bf16=bf16,
-                                     conv_lr=args.conv_lr, head_lr=args.head_lr, batch_images=args.batch_images,
-                                     seed=held, log=lambda line: print(line, flush=True))
+        print(
+            f"fold {held}: {len(fit_on)} training images, {len(inner)} inner validation, {len(test)} held out",
+            flush=True,
+        )
+        conv5, head, linear_probe, history = lp_ft(
+            views,
+            data,
+            fit_on,
+            inner,
+            settings,
+            epochs=args.epochs,
+            bf16=bf16,
+            conv_lr=args.conv_lr,
+            head_lr=args.head_lr,
+            batch_images=args.batch_images,
+            seed=held,
+            log=lambda line: print(line, flush=True),
+        )
         saved["logits"][test] = predict(views, conv5, head, test, bf16)
         with torch.no_grad():  # the same split's linear probe alone: what fine-tuning is compared with
             saved["probe_logits"][test] = linear_probe(data.vectors[test])
@@ -243,11 +312,15 @@ def main() -> None:
         truth = [LABELS[i] for i in data.labels[test].tolist()]
         metrics = compute_metrics(truth, [LABELS[i] for i in saved["logits"][test].argmax(1).tolist()])
         probe_metrics = compute_metrics(truth, [LABELS[i] for i in saved["probe_logits"][test].argmax(1).tolist()])
-        print(f"fold {held}: linear probe alone: held-out acc {probe_metrics['accuracy']:.3f} "
-              f"F1 {probe_metrics['macro_f1']:.3f} ill recall {probe_metrics['per_class']['illustration']['recall']:.3f}")
-        print(f"fold {held}: held-out acc {metrics['accuracy']:.3f} F1 {metrics['macro_f1']:.3f} "
-              f"ill recall {metrics['per_class']['illustration']['recall']:.3f} in {time.monotonic() - started:.0f} s",
-              flush=True)
+        print(
+            f"fold {held}: linear probe alone: held-out acc {probe_metrics['accuracy']:.3f} "
+            f"F1 {probe_metrics['macro_f1']:.3f} ill recall {probe_metrics['per_class']['illustration']['recall']:.3f}"
+        )
+        print(
+            f"fold {held}: held-out acc {metrics['accuracy']:.3f} F1 {metrics['macro_f1']:.3f} "
+            f"ill recall {metrics['per_class']['illustration']['recall']:.3f} in {time.monotonic() - started:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ protocol (12 origin folds) so the decision rests on a measurement, not a guess.
 
     nice -n 10 python -m research.finetune_cost [--batch 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,9 @@ def main() -> None:
         timings.append(time.perf_counter() - started)
     per_view = sum(timings[1:]) / args.steps / args.batch  # first step warms up
     epoch = per_view * args.images
-    print(f"conv5 forward+backward: {per_view * 1000:.0f} ms per view -> {epoch / 60:.1f} min per epoch of {args.images} images")
+    print(
+        f"conv5 forward+backward: {per_view * 1000:.0f} ms per view -> {epoch / 60:.1f} min per epoch of {args.images} images"
+    )
     print(f"{args.epochs} epochs x {FOLDS} origin folds: {epoch * args.epochs * FOLDS / 3600:.1f} h of 2-core CPU")
 
 

@@ -5,6 +5,7 @@ and writes the table to stdout and research/out/validation.json.
 
     nice -n 10 python -m research.grid [--only NAME_SUBSTRING]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,28 @@ def load_vectors(prefix: str, variant: Variant) -> torch.Tensor:
     if variant.backbone == "vgg16":
         # "a+b": each image's views from both framing caches, aggregated together.
         names = variant.cache.split("+")
-        columns = torch.cat([torch.arange(s.start, s.stop) for s in block_slices(WIDE_SPEC, variant.layers, variant.pooling)])
-        caches = [[views[:, columns].float() for views in torch.load(cache_path(f"{prefix}_{name}"), weights_only=True)["views"]] for name in names]
+        columns = torch.cat(
+            [torch.arange(s.start, s.stop) for s in block_slices(WIDE_SPEC, variant.layers, variant.pooling)]
+        )
+        caches = [
+            [
+                views[:, columns].float()
+                for views in torch.load(cache_path(f"{prefix}_{name}"), weights_only=True)["views"]
+            ]
+            for name in names
+        ]
         if variant.stats:
             for index, name in enumerate(names):
                 stats = torch.load(stats_path(prefix, name), weights_only=True)
                 picks = [stats["stats"].index(stat) for stat in variant.stats]
-                caches[index] = [torch.cat([conv, extra[:, picks]], dim=1) for conv, extra in zip(caches[index], stats["views"])]
+                caches[index] = [
+                    torch.cat([conv, extra[:, picks]], dim=1) for conv, extra in zip(caches[index], stats["views"])
+                ]
         if variant.square_center:
             crops = load_vectors(prefix, replace(variant, cache="center_crop", aggregate="pad", square_center=False))
-            caches = [[views if len(views) > 1 else torch.cat([views, crop[None]]) for views, crop in zip(caches[0], crops)]]
+            caches = [
+                [views if len(views) > 1 else torch.cat([views, crop[None]]) for views, crop in zip(caches[0], crops)]
+            ]
         return torch.stack([aggregate(torch.cat(views), variant.aggregate) for views in zip(*caches)])
     cache = torch.load(cache_path(f"{prefix}_{variant.backbone}_{variant.cache}"), weights_only=True)
     return torch.stack([aggregate(views, variant.aggregate) for views in cache["views"]])
@@ -76,8 +89,16 @@ def load_vectors(prefix: str, variant: Variant) -> torch.Tensor:
 
 def variants() -> list[Variant]:
     grid = [
-        Variant("crop conv4+5 avg, class-weighted", cache="center_crop", aggregate="pad", pooling=("avg",), head=HeadSettings(weighting="class")),
-        Variant("pad conv4+5 avg, class-weighted", aggregate="pad", pooling=("avg",), head=HeadSettings(weighting="class")),
+        Variant(
+            "crop conv4+5 avg, class-weighted",
+            cache="center_crop",
+            aggregate="pad",
+            pooling=("avg",),
+            head=HeadSettings(weighting="class"),
+        ),
+        Variant(
+            "pad conv4+5 avg, class-weighted", aggregate="pad", pooling=("avg",), head=HeadSettings(weighting="class")
+        ),
         Variant("multi conv4+5 avg, class-weighted", pooling=("avg",), head=HeadSettings(weighting="class")),
         Variant("crop conv4+5 avg+max", cache="center_crop", aggregate="pad"),
         Variant("pad conv4+5 avg+max", aggregate="pad"),
@@ -95,15 +116,57 @@ def variants() -> list[Variant]:
         Variant("multi conv4+5 + ui, illustration x2", generated=("ui",), head=HeadSettings(illustration_boost=2.0)),
         Variant("multi conv3+4+5 + ui", layers=(15, 22, 29), generated=("ui",)),
         Variant("multi conv3+4+5 + ui + stylised", layers=(15, 22, 29), generated=("ui", "stylised")),
-        Variant("multi conv3+4+5 + ui + stylised, illustration x2", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
-        Variant("multi conv4+5 + ui + stylised, illustration x2", generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
-        Variant("pad conv3+4+5 + ui + stylised, illustration x2", aggregate="pad", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=2.0)),
-        Variant("crop conv3+4+5, illustration x2", cache="center_crop", aggregate="pad", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
+        Variant(
+            "multi conv3+4+5 + ui + stylised, illustration x2",
+            layers=(15, 22, 29),
+            generated=("ui", "stylised"),
+            head=HeadSettings(illustration_boost=2.0),
+        ),
+        Variant(
+            "multi conv4+5 + ui + stylised, illustration x2",
+            generated=("ui", "stylised"),
+            head=HeadSettings(illustration_boost=2.0),
+        ),
+        Variant(
+            "pad conv3+4+5 + ui + stylised, illustration x2",
+            aggregate="pad",
+            layers=(15, 22, 29),
+            generated=("ui", "stylised"),
+            head=HeadSettings(illustration_boost=2.0),
+        ),
+        Variant(
+            "crop conv3+4+5, illustration x2",
+            cache="center_crop",
+            aggregate="pad",
+            layers=(15, 22, 29),
+            head=HeadSettings(illustration_boost=2.0),
+        ),
         Variant("multi conv3+4+5, illustration x2", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
-        Variant("multi+crop conv3+4+5, illustration x2", cache="multi_view+center_crop", layers=(15, 22, 29), head=HeadSettings(illustration_boost=2.0)),
-        Variant("multi+crop conv3+4+5, illustration x3", cache="multi_view+center_crop", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
-        Variant("crop conv3+4+5, illustration x3", cache="center_crop", aggregate="pad", layers=(15, 22, 29), head=HeadSettings(illustration_boost=3.0)),
-        Variant("multi conv3+4+5 + ui + stylised, illustration x3", layers=(15, 22, 29), generated=("ui", "stylised"), head=HeadSettings(illustration_boost=3.0)),
+        Variant(
+            "multi+crop conv3+4+5, illustration x2",
+            cache="multi_view+center_crop",
+            layers=(15, 22, 29),
+            head=HeadSettings(illustration_boost=2.0),
+        ),
+        Variant(
+            "multi+crop conv3+4+5, illustration x3",
+            cache="multi_view+center_crop",
+            layers=(15, 22, 29),
+            head=HeadSettings(illustration_boost=3.0),
+        ),
+        Variant(
+            "crop conv3+4+5, illustration x3",
+            cache="center_crop",
+            aggregate="pad",
+            layers=(15, 22, 29),
+            head=HeadSettings(illustration_boost=3.0),
+        ),
+        Variant(
+            "multi conv3+4+5 + ui + stylised, illustration x3",
+            layers=(15, 22, 29),
+            generated=("ui", "stylised"),
+            head=HeadSettings(illustration_boost=3.0),
+        ),
         *stats_variants(),
         Variant("lite0 multi avg+max", backbone="lite0"),
         Variant("lite0 multi avg+max, illustration x2", backbone="lite0", head=HeadSettings(illustration_boost=2.0)),
@@ -121,24 +184,47 @@ def stats_variants() -> list[Variant]:
     return [
         Variant("multi conv3+4+5 + ui + stylised, ill. x3 + stats", stats=ALL_STATS, **SHIPPED_1),
         Variant("multi conv3+4+5 + ui + stylised, ill. x3 + square centre", square_center=True, **SHIPPED_1),
-        Variant("multi conv3+4+5 + ui + stylised, ill. x3 + stats + square centre", stats=ALL_STATS, square_center=True, **SHIPPED_1),
+        Variant(
+            "multi conv3+4+5 + ui + stylised, ill. x3 + stats + square centre",
+            stats=ALL_STATS,
+            square_center=True,
+            **SHIPPED_1,
+        ),
         *[
-            Variant(f"multi conv3+4+5 + ui + stylised, ill. x3 + stats (stats l2 {tail_l2:g})", stats=ALL_STATS,
-                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=3.0, tail_columns=len(ALL_STATS), tail_l2=tail_l2)})
+            Variant(
+                f"multi conv3+4+5 + ui + stylised, ill. x3 + stats (stats l2 {tail_l2:g})",
+                stats=ALL_STATS,
+                **{
+                    **SHIPPED_1,
+                    "head": HeadSettings(illustration_boost=3.0, tail_columns=len(ALL_STATS), tail_l2=tail_l2),
+                },
+            )
             for tail_l2 in (1e-3, 1e-4, 0.0)
         ],
         *[
-            Variant(f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 {tail_l2:g})", stats=stats,
-                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=tail_l2)})
+            Variant(
+                f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 {tail_l2:g})",
+                stats=stats,
+                **{
+                    **SHIPPED_1,
+                    "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=tail_l2),
+                },
+            )
             for boost in (3.0, 4.0)
-            for label, stats in (("stats", ALL_STATS), ("noise+colours+sat", ("colours", "noise", "saturation", "saturation_spread")),
-                                 ("noise+flat", ("flat", "noise")))
+            for label, stats in (
+                ("stats", ALL_STATS),
+                ("noise+colours+sat", ("colours", "noise", "saturation", "saturation_spread")),
+                ("noise+flat", ("flat", "noise")),
+            )
             for tail_l2 in (1e-4, 0.0)
             if not (boost == 3.0 and label == "stats")
         ],
         *[
-            Variant(f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 0)", stats=stats,
-                    **{**SHIPPED_1, "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=0.0)})
+            Variant(
+                f"multi conv3+4+5 + ui + stylised, ill. x{boost:g} + {label} (stats l2 0)",
+                stats=stats,
+                **{**SHIPPED_1, "head": HeadSettings(illustration_boost=boost, tail_columns=len(stats), tail_l2=0.0)},
+            )
             for boost, label, stats in (
                 (4.0, "noise+flat+edges", ("flat", "noise", "edges")),
                 (4.0, "noise+flat+colours", ("colours", "flat", "noise")),

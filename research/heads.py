@@ -5,6 +5,7 @@ corpus where two sources supply half the images, so here each origin's images al
 the loss is full-batch L-BFGS with an L2 penalty (deterministic, seconds per fold). The fitting itself is
 the product's (`classifier.train.fit_linear_head`): nightly retrains use the shipped model's recipe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ def sample_weights(labels: torch.Tensor, origins: list[str], settings: HeadSetti
 def fit_head(
     vectors: torch.Tensor, labels: torch.Tensor, origins: list[str], settings: HeadSettings, classes: int = 3
 ) -> LinearHead:
-    return fit_linear_head(vectors, labels, sample_weights(labels, origins, settings, classes), l2=settings.l2,
-                           tail_columns=settings.tail_columns, tail_l2=settings.tail_l2,
-                           iterations=settings.iterations, classes=classes)
+    return fit_linear_head(
+        vectors,
+        labels,
+        sample_weights(labels, origins, settings, classes),
+        l2=settings.l2,
+        tail_columns=settings.tail_columns,
+        tail_l2=settings.tail_l2,
+        iterations=settings.iterations,
+        classes=classes,
+    )

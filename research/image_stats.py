@@ -6,6 +6,7 @@ FeatureExtractor).
 
     nice -n 10 python -m research.image_stats --framing multi_view --framing center_crop
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,14 @@ def main() -> None:
         for framing in args.framing:
             spec = FeatureSpec(framing=framing, stats=IMAGE_STATS)
             started = time.monotonic()
-            per_image = [view_statistics(image_views(load_rgb_frames(path, max_frames=1)[0], spec), IMAGE_STATS) for path in paths]
-            torch.save({"stats": list(IMAGE_STATS), "files": [str(p) for p in paths], "views": per_image}, stats_path(prefix, framing))
+            per_image = [
+                view_statistics(image_views(load_rgb_frames(path, max_frames=1)[0], spec), IMAGE_STATS)
+                for path in paths
+            ]
+            torch.save(
+                {"stats": list(IMAGE_STATS), "files": [str(p) for p in paths], "views": per_image},
+                stats_path(prefix, framing),
+            )
             print(f"{prefix} {framing}: {len(paths)} images in {time.monotonic() - started:.0f}s", flush=True)
 
 

@@ -11,6 +11,7 @@ labels, origins, views per image, [views, D] vectors, rows that were skipped and
 
     nice -n 10 python -m research.pool4 [--precision bf16] [--limit 50]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ def run_views(trunk: torch.nn.Sequential, views: torch.Tensor, precision: str) -
             if index in (15, 22):
                 blocks += pooled_block(x)
         pool4 = x.to(torch.float16)
-        blocks.append(conv5_vector(trunk[POOL4_INDEX + 1: 30], x))
+        blocks.append(conv5_vector(trunk[POOL4_INDEX + 1 : 30], x))
     return torch.cat(blocks + [statistics], dim=1), pool4.contiguous()
 
 
@@ -74,6 +75,7 @@ def cache_corpus(corpus: str, trunk: torch.nn.Sequential, precision: str, limit:
     started, done_views = time.monotonic(), 0
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     with pool4_path(corpus).open("wb") as maps:
+
         def flush() -> None:
             nonlocal done_views
             if not pending:
@@ -81,7 +83,7 @@ def cache_corpus(corpus: str, trunk: torch.nn.Sequential, precision: str, limit:
             batch = torch.cat(pending)
             pending.clear()
             for start in range(0, len(batch), batch_views):
-                wide, pool4 = run_views(trunk, batch[start:start + batch_views], precision)
+                wide, pool4 = run_views(trunk, batch[start : start + batch_views], precision)
                 vectors.append(wide)
                 maps.write(pool4.numpy().tobytes())
                 done_views += len(wide)
@@ -102,14 +104,25 @@ def cache_corpus(corpus: str, trunk: torch.nn.Sequential, precision: str, limit:
                 print(f"  {corpus}: {number}/{len(images)} images, {done_views} views, {rate:.2f} views/s", flush=True)
         flush()
     elapsed = time.monotonic() - started
-    torch.save({
-        "spec": WIDE_SPEC.to_dict(), "precision": precision,
-        "files": [str(image.path) for image in kept], "labels": [image.label for image in kept],
-        "origins": [image.origin for image in kept], "view_counts": view_counts,
-        "vectors": torch.cat(vectors).to(torch.float32), "skipped": skipped, "seconds": elapsed,
-    }, wide_path(corpus))
-    print(f"{corpus}: {len(kept)} images, {sum(view_counts)} views in {elapsed:.0f} s "
-          f"({sum(view_counts) / elapsed:.2f} views/s, {precision}); skipped {len(skipped)}", flush=True)
+    torch.save(
+        {
+            "spec": WIDE_SPEC.to_dict(),
+            "precision": precision,
+            "files": [str(image.path) for image in kept],
+            "labels": [image.label for image in kept],
+            "origins": [image.origin for image in kept],
+            "view_counts": view_counts,
+            "vectors": torch.cat(vectors).to(torch.float32),
+            "skipped": skipped,
+            "seconds": elapsed,
+        },
+        wide_path(corpus),
+    )
+    print(
+        f"{corpus}: {len(kept)} images, {sum(view_counts)} views in {elapsed:.0f} s "
+        f"({sum(view_counts) / elapsed:.2f} views/s, {precision}); skipped {len(skipped)}",
+        flush=True,
+    )
 
 
 def load_pool4(corpus: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Markdown tables for the model card from research/out/validation.json (written by research.grid).
 
-    python -m research.report [--per-origin VARIANT]
+python -m research.report [--per-origin VARIANT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def per_origin_table(variant: str) -> str:
         groups[(image.label, image.origin)].append(LABELS[guess])
     lines = ["| class | held-out origin | n | recall | predicted as |", "|---|---|---|---|---|"]
     for (label, origin), guesses in sorted(groups.items(), key=lambda item: (LABELS.index(item[0][0]), -len(item[1]))):
-        spread = ", ".join(f"{other} {guesses.count(other)}" for other in LABELS if other != label and guesses.count(other))
+        spread = ", ".join(
+            f"{other} {guesses.count(other)}" for other in LABELS if other != label and guesses.count(other)
+        )
         lines.append(f"| {label} | {origin} | {len(guesses)} | {guesses.count(label) / len(guesses):.2f} | {spread} |")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """Markdown tables for the model card from research/out/cv15.json (research.cv15's results).
 
-    python -m research.report15 [--per-origin NAME]
+python -m research.report15 [--per-origin NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,10 @@ def feed_cell(figures: dict | None) -> str:
         return "-"
     precision = figures["feed_precision"]
     lost = figures["illustrations_lost"]
-    return (f"{precision:.3f} / {lost} of {figures['illustrations']} ({lost / figures['illustrations']:.1%}) / "
-            f"{figures['review_rate']:.1%}")
+    return (
+        f"{precision:.3f} / {lost} of {figures['illustrations']} ({lost / figures['illustrations']:.1%}) / "
+        f"{figures['review_rate']:.1%}"
+    )
 
 
 def main() -> None:
@@ -25,17 +28,21 @@ def main() -> None:
     parser.add_argument("--file", default=str(OUT_DIR / "cv15.json"))
     args = parser.parse_args()
     results = json.loads(open(args.file).read())
-    print("| variant | accuracy | macro-F1 | illustration recall | screenshot recall | photo recall | T | dev acc. | train acc. "
-          "| feed, fitted policy (nested): precision / lost / review | feed, borderline rule: precision / lost / review |")
+    print(
+        "| variant | accuracy | macro-F1 | illustration recall | screenshot recall | photo recall | T | dev acc. | train acc. "
+        "| feed, fitted policy (nested): precision / lost / review | feed, borderline rule: precision / lost / review |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, result in results.items():
         recall = result["recall"]
         corpus = result["by_corpus"]
-        print(f"| {name} | {result['accuracy']:.3f} | {result['macro_f1']:.3f} | {recall['illustration']:.3f} | "
-              f"{recall['screenshot']:.3f} | {recall['photo']:.3f} | {result['temperature']:.2f} | "
-              f"{corpus.get('dev', {}).get('accuracy', float('nan')):.3f} | "
-              f"{corpus.get('train', {}).get('accuracy', float('nan')):.3f} | "
-              f"{feed_cell(result['feed_nested'])} | {feed_cell(result['feed_borderline_rule'])} |")
+        print(
+            f"| {name} | {result['accuracy']:.3f} | {result['macro_f1']:.3f} | {recall['illustration']:.3f} | "
+            f"{recall['screenshot']:.3f} | {recall['photo']:.3f} | {result['temperature']:.2f} | "
+            f"{corpus.get('dev', {}).get('accuracy', float('nan')):.3f} | "
+            f"{corpus.get('train', {}).get('accuracy', float('nan')):.3f} | "
+            f"{feed_cell(result['feed_nested'])} | {feed_cell(result['feed_borderline_rule'])} |"
+        )
     if args.per_origin:
         rows = results[args.per_origin]["per_origin"]
         missed = [row for row in rows if row["recall"] < 1.0]

@@ -11,6 +11,7 @@ validation can drop it from the fold that holds those origins out.
 
     nice -n 10 python -m research.synth --count 240
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,16 @@ def fit_inside(image: Image.Image, width: int, height: int) -> Image.Image:
 def cover(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale to cover width x height and crop the centre (a full-bleed background)."""
     scale = max(width / image.width, height / image.height)
-    scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
+    scaled = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR
+    )
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
 
 
-def text_lines(draw: ImageDraw.ImageDraw, rng: random.Random, x: int, y: int, width: int, lines: int, size: int, colour) -> int:
+def text_lines(
+    draw: ImageDraw.ImageDraw, rng: random.Random, x: int, y: int, width: int, lines: int, size: int, colour
+) -> int:
     face = font(size)
     for _ in range(lines):
         line = words(rng, rng.randint(3, 9))
@@ -82,7 +87,10 @@ def icon_row(draw: ImageDraw.ImageDraw, rng: random.Random, x: int, y: int, widt
         elif shape == "square":
             draw.rounded_rectangle(box, radius=size // 4, outline=colour, width=2)
         else:
-            draw.polygon([(left + size / 2, y + size), (left, y + size / 3), (left + size / 2, y), (left + size, y + size / 3)], outline=colour)
+            draw.polygon(
+                [(left + size / 2, y + size), (left, y + size / 3), (left + size / 2, y), (left + size, y + size / 3)],
+                outline=colour,
+            )
         draw.text((left + size + 6, y), str(rng.randint(1, 999)), fill=colour, font=font(max(10, size - 4)))
 
 
@@ -134,10 +142,20 @@ def desktop_viewer(content: Image.Image, rng: random.Random) -> Image.Image:
     draw.rectangle((0, 0, width, 40), fill=colours["bar"])
     for tab in range(rng.randint(2, 6)):
         left = 8 + tab * 200
-        draw.rounded_rectangle((left, 6, left + 190, 40), radius=8, fill=colours["bg"] if tab == 0 else colours["bar"], outline=colours["muted"])
+        draw.rounded_rectangle(
+            (left, 6, left + 190, 40),
+            radius=8,
+            fill=colours["bg"] if tab == 0 else colours["bar"],
+            outline=colours["muted"],
+        )
         draw.text((left + 12, 14), words(rng, 2), fill=colours["fg"], font=font(16))
     draw.rounded_rectangle((90, 48, width - 200, 80), radius=14, fill=colours["bar"])
-    draw.text((110, 54), "https://" + words(rng, 1).replace(" ", "") + ".example/" + words(rng, 1).replace(" ", "/"), fill=colours["muted"], font=font(17))
+    draw.text(
+        (110, 54),
+        "https://" + words(rng, 1).replace(" ", "") + ".example/" + words(rng, 1).replace(" ", "/"),
+        fill=colours["muted"],
+        font=font(17),
+    )
     icon_row(draw, rng, 10, 52, 70, 20, colours["muted"])
     side = rng.choice((0, 260, 320))
     if side:
@@ -158,15 +176,32 @@ def game_hud(background: Image.Image, rng: random.Random) -> Image.Image:
     accent = tuple(rng.randint(60, 255) for _ in range(3))
     for bar in range(rng.randint(1, 3)):
         top = 20 + bar * 34
-        draw.rounded_rectangle((20, top, 320, top + 24), radius=10, fill=(0, 0, 0, 150), outline=(255, 255, 255, 220), width=2)
+        draw.rounded_rectangle(
+            (20, top, 320, top + 24), radius=10, fill=(0, 0, 0, 150), outline=(255, 255, 255, 220), width=2
+        )
         draw.rounded_rectangle((22, top + 2, 22 + rng.randint(40, 296), top + 22), radius=9, fill=accent + (255,))
-    draw.text((width - 300, 20), f"{words(rng, 1).upper()} {rng.randint(0, 999999):06d}", fill=(255, 255, 255, 255), font=font(30), stroke_width=2, stroke_fill=(0, 0, 0, 255))
+    draw.text(
+        (width - 300, 20),
+        f"{words(rng, 1).upper()} {rng.randint(0, 999999):06d}",
+        fill=(255, 255, 255, 255),
+        font=font(30),
+        stroke_width=2,
+        stroke_fill=(0, 0, 0, 255),
+    )
     for button in range(rng.randint(2, 5)):
         left = width - 110 - button * 100
-        draw.ellipse((left, height - 110, left + 80, height - 30), fill=(20, 20, 30, 170), outline=(255, 255, 255, 230), width=3)
+        draw.ellipse(
+            (left, height - 110, left + 80, height - 30), fill=(20, 20, 30, 170), outline=(255, 255, 255, 230), width=3
+        )
     if rng.random() < 0.6:
         box_top = int(height * rng.uniform(0.68, 0.76))
-        draw.rounded_rectangle((30, box_top, width - 30, height - 130 if height > 1000 else height - 20), radius=16, fill=(10, 10, 30, 190), outline=accent + (255,), width=3)
+        draw.rounded_rectangle(
+            (30, box_top, width - 30, height - 130 if height > 1000 else height - 20),
+            radius=16,
+            fill=(10, 10, 30, 190),
+            outline=accent + (255,),
+            width=3,
+        )
         draw.text((60, box_top + 14), words(rng, 1).title(), fill=accent + (255,), font=font(28))
         text_lines(draw, rng, 60, box_top + 56, width - 120, 2, 24, (255, 255, 255, 255))
     return Image.alpha_composite(canvas, layer).convert("RGB")
@@ -178,7 +213,12 @@ def white_background_mask(image: Image.Image, work_side: int = 256) -> np.ndarra
     small.thumbnail((work_side, work_side))
     near_white = np.asarray(small, dtype=np.int16) > 240
     reached = np.zeros_like(near_white)
-    reached[0], reached[-1], reached[:, 0], reached[:, -1] = near_white[0], near_white[-1], near_white[:, 0], near_white[:, -1]
+    reached[0], reached[-1], reached[:, 0], reached[:, -1] = (
+        near_white[0],
+        near_white[-1],
+        near_white[:, 0],
+        near_white[:, -1],
+    )
     while True:  # grow from the border through near-white pixels until nothing changes
         grown = reached.copy()
         grown[1:] |= reached[:-1]
@@ -240,10 +280,23 @@ def comic_page(panels: list[Image.Image], rng: random.Random) -> Image.Image:
                 bubble_w, bubble_h = int(cell_width * rng.uniform(0.35, 0.6)), int(row_height * rng.uniform(0.18, 0.3))
                 bx, by = left + rng.randint(8, max(9, cell_width - bubble_w - 8)), top + 10
                 draw.ellipse((bx, by, bx + bubble_w, by + bubble_h), fill=(255, 255, 255), outline=(0, 0, 0), width=3)
-                draw.polygon([(bx + bubble_w // 3, by + bubble_h - 4), (bx + bubble_w // 2, by + bubble_h - 4), (bx + bubble_w // 3, by + bubble_h + 24)], fill=(255, 255, 255), outline=(0, 0, 0))
+                draw.polygon(
+                    [
+                        (bx + bubble_w // 3, by + bubble_h - 4),
+                        (bx + bubble_w // 2, by + bubble_h - 4),
+                        (bx + bubble_w // 3, by + bubble_h + 24),
+                    ],
+                    fill=(255, 255, 255),
+                    outline=(0, 0, 0),
+                )
                 face = font(max(12, bubble_h // 6))
                 for line in range(2):
-                    draw.text((bx + bubble_w // 6, by + bubble_h // 4 + line * int(face.size * 1.3)), words(rng, 2).upper(), fill=(0, 0, 0), font=face)
+                    draw.text(
+                        (bx + bubble_w // 6, by + bubble_h // 4 + line * int(face.size * 1.3)),
+                        words(rng, 2).upper(),
+                        fill=(0, 0, 0),
+                        font=face,
+                    )
     return page
 
 
@@ -264,7 +317,9 @@ def cartoon(photo: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def generate(images: list[CorpusImage], count_per_kind: int, seed: int = 0, generated_set: str = "ui") -> list[Generated]:
+def generate(
+    images: list[CorpusImage], count_per_kind: int, seed: int = 0, generated_set: str = "ui"
+) -> list[Generated]:
     rng = random.Random(seed)
     by_label = {label: [image for image in images if image.label == label] for label in ("illustration", "photo")}
     set_dir(generated_set).mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ probabilities) for the shipped base-vector file.
 
     nice -n 10 python -m research.train_default [--variant NAME] [--finetuned research/out/finetune_final.pt]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,31 +72,56 @@ def main() -> None:
     metrics = compute_metrics(truth, [LABELS[i] for i in probabilities.argmax(1)])
     fold = folds_of(data.origins)
     model = ImageClassifier(
-        extractor, head.eval(), temperature=result["temperature"], version=DEFAULT_VERSION, backbone=IMAGENET_BACKBONE,
-        backbone_delta=delta, policy=policy,
+        extractor,
+        head.eval(),
+        temperature=result["temperature"],
+        version=DEFAULT_VERSION,
+        backbone=IMAGENET_BACKBONE,
+        backbone_delta=delta,
+        policy=policy,
         metrics={
             "validation": f"origin-grouped {FOLDS}-fold cross-validation on dev/ + train/ (research.cv15)",
-            **metrics, "temperature": result["temperature"], "by_corpus": result["by_corpus"],
-            "feed": {key: value for key, value in result["feed_nested"].items() if key != "floor_and_feed_threshold_per_fold"},
+            **metrics,
+            "temperature": result["temperature"],
+            "by_corpus": result["by_corpus"],
+            "feed": {
+                key: value for key, value in result["feed_nested"].items() if key != "floor_and_feed_threshold_per_fold"
+            },
             "feed_validation": "each fold decided by thresholds fitted on the other folds' out-of-fold predictions",
             "per_origin": result["per_origin"],
         },
         data_summary={
-            "images": dict(Counter(truth)), "origins": len(set(data.origins)),
+            "images": dict(Counter(truth)),
+            "origins": len(set(data.origins)),
             "corpora": {corpus: count for corpus, count in Counter(data.corpora).items()},
-            "views": sum(data.view_counts), "recipe": name,
+            "views": sum(data.view_counts),
+            "recipe": name,
             "folds": {str(k): v for k, v in Counter(fold).items()},
         },
     )
     save_model(model, args.out)
     # Beside the model: its version, for readers that must not load torch (`illustfeed status`).
     (Path(args.out).parent / "VERSION").write_text(f"{DEFAULT_VERSION}\n")
-    np.savez(OUT_DIR / "default_oof.npz", files=np.array(data.files), labels=np.array(truth),
-             origins=np.array(data.origins), probabilities=probabilities.astype(np.float32))
+    np.savez(
+        OUT_DIR / "default_oof.npz",
+        files=np.array(data.files),
+        labels=np.array(truth),
+        origins=np.array(data.origins),
+        probabilities=probabilities.astype(np.float32),
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.monotonic() - started:.0f} s; policy {policy}")
-    print(json.dumps({"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                      "illustration_recall": metrics["per_class"]["illustration"]["recall"],
-                      "feed": model.metrics["feed"], "temperature": result["temperature"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+                "illustration_recall": metrics["per_class"]["illustration"]["recall"],
+                "feed": model.metrics["feed"],
+                "temperature": result["temperature"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ numbers estimate how the model does on a new source, not on near-duplicates of i
 
     python -m research.validate            # the variant grid, table to stdout + research/out/validation.json
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -89,7 +90,9 @@ def origin_folds(origins: list[str], fold_count: int) -> list[set[str]]:
     return [fold for fold in folds if fold]
 
 
-def cross_validate(data: Dataset, settings: HeadSettings, generated: Generated | None = None, fold_count: int = 12) -> Validation:
+def cross_validate(
+    data: Dataset, settings: HeadSettings, generated: Generated | None = None, fold_count: int = 12
+) -> Validation:
     """Grouped k-fold by origin: every image is scored by a head trained without any image of its origin."""
     logits = torch.zeros(len(data.labels), len(LABELS))
     for held_origins in origin_folds(data.origins, fold_count):

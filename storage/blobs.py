@@ -1,4 +1,5 @@
 """Content-addressed blob files: `<root>/ab/cd/<sha256>.<ext>`, written atomically, rewritten only when damaged."""
+
 from __future__ import annotations
 
 import hashlib

@@ -7,6 +7,7 @@ marks damaged media so the next import or crawl meeting the same bytes writes th
 file maintenance does), and regenerates derived files (overlays, thumbnails) through callbacks the caller
 supplies, since those need the model or the feed's thumbnail spec.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,9 +81,14 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         return {
-            "ok": self.ok, "read_data": self.read_data, "media_checked": self.media_checked,
-            "files_seen": self.files_seen, "bytes_hashed": self.bytes_hashed, "database": self.database,
-            "damaged_marked": self.damaged_marked, "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "read_data": self.read_data,
+            "media_checked": self.media_checked,
+            "files_seen": self.files_seen,
+            "bytes_hashed": self.bytes_hashed,
+            "database": self.database,
+            "damaged_marked": self.damaged_marked,
+            "seconds": round(self.seconds, 3),
             "problems": [dict(asdict(problem), text=str(problem)) for problem in self.problems],
             "repaired": self.repaired,
         }
@@ -131,8 +137,9 @@ def _young(entry: os.DirEntry, grace_s: float, now: float) -> bool:
         return True  # gone meanwhile: someone is working on it
 
 
-def check_store(store: Store, *, read_data: bool = False, expect_overlays: bool = True,
-                grace_s: float = DEFAULT_GRACE_S) -> CheckReport:
+def check_store(
+    store: Store, *, read_data: bool = False, expect_overlays: bool = True, grace_s: float = DEFAULT_GRACE_S
+) -> CheckReport:
     """Look at every media row, blob file, derived file and temp file; change nothing."""
     started = time.monotonic()
     now = time.time()
@@ -146,8 +153,12 @@ def check_store(store: Store, *, read_data: bool = False, expect_overlays: bool 
     damaged = {row["media_id"]: row["problem"] for row in store.query("SELECT media_id, problem FROM damaged_media")}
     report.damaged_marked = len(damaged)
     # Media with a stored file: accepted ones, and those classify rejected later (ingest rejections store none).
-    rows = {f"{row['sha256']}.{row['ext']}": row for row in store.query(
-        "SELECT id, sha256, ext, bytes, status, reject_reason FROM media WHERE ext IS NOT NULL AND sha256 IS NOT NULL")}
+    rows = {
+        f"{row['sha256']}.{row['ext']}": row
+        for row in store.query(
+            "SELECT id, sha256, ext, bytes, status, reject_reason FROM media WHERE ext IS NOT NULL AND sha256 IS NOT NULL"
+        )
+    }
     seen: set[str] = set()
     intact: set[int] = set()
     root = store.blobs.root
@@ -157,21 +168,29 @@ def check_store(store: Store, *, read_data: bool = False, expect_overlays: bool 
         parts = _split_name(entry.name)
         if row is None or not _in_place(root, entry, row["sha256"]):
             if not _young(entry, grace_s, now):
-                report.problems.append(Problem(ORPHAN if parts else STRAY, entry.path, sha256=parts and parts[0],
-                                               detail="no media row refers to it" if parts else "not a blob name"))
+                report.problems.append(
+                    Problem(
+                        ORPHAN if parts else STRAY,
+                        entry.path,
+                        sha256=parts and parts[0],
+                        detail="no media row refers to it" if parts else "not a blob name",
+                    )
+                )
             continue
         seen.add(entry.name)
         size = entry.stat(follow_symlinks=False).st_size
         if row["bytes"] is not None and size != row["bytes"]:
-            report.problems.append(Problem(WRONG_SIZE, entry.path, row["id"], row["sha256"],
-                                           f"{size} bytes, the row says {row['bytes']}"))
+            report.problems.append(
+                Problem(WRONG_SIZE, entry.path, row["id"], row["sha256"], f"{size} bytes, the row says {row['bytes']}")
+            )
             continue
         if read_data:
             digest, hashed = file_sha256(entry.path)
             report.bytes_hashed += hashed
             if digest != row["sha256"]:
-                report.problems.append(Problem(WRONG_HASH, entry.path, row["id"], row["sha256"],
-                                               f"its bytes hash to {digest[:12]}"))
+                report.problems.append(
+                    Problem(WRONG_HASH, entry.path, row["id"], row["sha256"], f"its bytes hash to {digest[:12]}")
+                )
                 continue
         intact.add(row["id"])
     report.media_checked = len(rows)
@@ -180,8 +199,9 @@ def check_store(store: Store, *, read_data: bool = False, expect_overlays: bool 
             continue
         if row["status"] == "ok" or restorable_rejection(row["reject_reason"]):
             note = "marked damaged: import or crawl the original again" if row["id"] in damaged else "its file is gone"
-            report.problems.append(Problem(MISSING_FILE, str(store.blobs.path(row["sha256"], row["ext"])),
-                                           row["id"], row["sha256"], note))
+            report.problems.append(
+                Problem(MISSING_FILE, str(store.blobs.path(row["sha256"], row["ext"])), row["id"], row["sha256"], note)
+            )
     for row in rows.values():
         if row["id"] not in intact:
             continue
@@ -220,15 +240,21 @@ def _overlay_candidates(store: Store) -> list[dict]:
         "SELECT q.media_id, m.sha256, p.model_version, p.overlay_sha256, p.borderline FROM review_queue q"
         " JOIN media m ON m.id = q.media_id AND m.status = 'ok'"
         " JOIN predictions p ON p.id = (SELECT MAX(id) FROM predictions WHERE media_id = q.media_id)"
-        " WHERE q.state = 'pending' ORDER BY q.media_id")
+        " WHERE q.state = 'pending' ORDER BY q.media_id"
+    )
 
 
-def _check_derived(store: Store, report: CheckReport, read_data: bool, expect_overlays: bool, grace_s: float,
-                   now: float) -> None:
-    thumbnails = store.query("SELECT t.media_id, t.spec, t.sha256, t.ext, m.sha256 AS media_sha256 FROM thumbnails t"
-                             " JOIN media m ON m.id = t.media_id")
-    overlays = {row["overlay_sha256"] for row in store.query(
-        "SELECT DISTINCT overlay_sha256 FROM predictions WHERE overlay_sha256 IS NOT NULL")}
+def _check_derived(
+    store: Store, report: CheckReport, read_data: bool, expect_overlays: bool, grace_s: float, now: float
+) -> None:
+    thumbnails = store.query(
+        "SELECT t.media_id, t.spec, t.sha256, t.ext, m.sha256 AS media_sha256 FROM thumbnails t"
+        " JOIN media m ON m.id = t.media_id"
+    )
+    overlays = {
+        row["overlay_sha256"]
+        for row in store.query("SELECT DISTINCT overlay_sha256 FROM predictions WHERE overlay_sha256 IS NOT NULL")
+    }
     referenced = overlays | {row["sha256"] for row in thumbnails}
     present: set[str] = set()
     root = store.derived.root
@@ -237,30 +263,50 @@ def _check_derived(store: Store, report: CheckReport, read_data: bool, expect_ov
         parts = _split_name(entry.name)
         if parts is None or parts[0] not in referenced or not _in_place(root, entry, parts[0]):
             if not _young(entry, grace_s, now):
-                report.problems.append(Problem(ORPHAN if parts else STRAY, entry.path, sha256=parts and parts[0],
-                                               detail="no thumbnail or overlay refers to it" if parts
-                                               else "not a blob name"))
+                report.problems.append(
+                    Problem(
+                        ORPHAN if parts else STRAY,
+                        entry.path,
+                        sha256=parts and parts[0],
+                        detail="no thumbnail or overlay refers to it" if parts else "not a blob name",
+                    )
+                )
             continue
         if read_data:
             digest, hashed = file_sha256(entry.path)
             report.bytes_hashed += hashed
             if digest != parts[0]:
-                report.problems.append(Problem(WRONG_HASH, entry.path,
-                                               detail=f"derived file; its bytes hash to {digest[:12]}"))
+                report.problems.append(
+                    Problem(WRONG_HASH, entry.path, detail=f"derived file; its bytes hash to {digest[:12]}")
+                )
                 continue
         present.add(parts[0])
     for row in thumbnails:
         if row["sha256"] not in present:
-            report.problems.append(Problem(MISSING_THUMBNAIL, str(store.derived.path(row["sha256"], row["ext"])),
-                                           row["media_id"], row["media_sha256"], f"thumbnail {row['spec']}"))
+            report.problems.append(
+                Problem(
+                    MISSING_THUMBNAIL,
+                    str(store.derived.path(row["sha256"], row["ext"])),
+                    row["media_id"],
+                    row["media_sha256"],
+                    f"thumbnail {row['spec']}",
+                )
+            )
     for row in _overlay_candidates(store):
         if not row["borderline"]:
             continue
         if row["overlay_sha256"] is None and not expect_overlays:
             continue
         if row["overlay_sha256"] is None or row["overlay_sha256"] not in present:
-            report.problems.append(Problem(MISSING_OVERLAY, None, row["media_id"], row["sha256"],
-                                           "queued for review without its Grad-CAM overlay"))
+            report.problems.append(
+                Problem(
+                    MISSING_OVERLAY,
+                    None,
+                    row["media_id"],
+                    row["sha256"],
+                    "queued for review without its Grad-CAM overlay",
+                )
+            )
 
 
 # (store, media id) -> (encoded overlay, extension) for the media's latest prediction.
@@ -271,13 +317,20 @@ ThumbnailMaker = Callable[[Store, int, str], None]
 
 def mark_damaged(store: Store, media_id: int, problem: str) -> None:
     """Remember that a media's file is missing or wrong, so the next import or crawl that meets it rewrites it."""
-    store.execute("INSERT INTO damaged_media (media_id, problem, found_at) VALUES (?, ?, ?) "
-                  "ON CONFLICT (media_id) DO UPDATE SET problem = excluded.problem, found_at = excluded.found_at",
-                  (media_id, problem, utc_now()))
+    store.execute(
+        "INSERT INTO damaged_media (media_id, problem, found_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (media_id) DO UPDATE SET problem = excluded.problem, found_at = excluded.found_at",
+        (media_id, problem, utc_now()),
+    )
 
 
-def repair_store(store: Store, report: CheckReport, *, make_overlay: OverlayMaker | None = None,
-                 make_thumbnail: ThumbnailMaker | None = None) -> list[str]:
+def repair_store(
+    store: Store,
+    report: CheckReport,
+    *,
+    make_overlay: OverlayMaker | None = None,
+    make_thumbnail: ThumbnailMaker | None = None,
+) -> list[str]:
     """Fix what `report` found, as far as it can be fixed here; returns one line per action.
 
     Never removes a stored original that matches its row: only orphans, temp files, and bytes that are not
@@ -292,11 +345,16 @@ def repair_store(store: Store, report: CheckReport, *, make_overlay: OverlayMake
             with store.transaction():
                 if problem.kind != MISSING_FILE:
                     Path(problem.path).unlink(missing_ok=True)
-                store.execute("UPDATE media SET status = 'ok', reject_reason = NULL WHERE id = ? AND status = "
-                              "'rejected' AND reject_reason LIKE ?", (problem.media_id, CLASSIFY_REJECT_PREFIX + "%"))
+                store.execute(
+                    "UPDATE media SET status = 'ok', reject_reason = NULL WHERE id = ? AND status = "
+                    "'rejected' AND reject_reason LIKE ?",
+                    (problem.media_id, CLASSIFY_REJECT_PREFIX + "%"),
+                )
                 mark_damaged(store, problem.media_id, f"{problem.kind}: {problem.detail}")
-            actions.append(f"marked media {problem.media_id} ({problem.sha256[:12]}) damaged ({problem.kind}); "
-                           "importing or crawling the original again restores it")
+            actions.append(
+                f"marked media {problem.media_id} ({problem.sha256[:12]}) damaged ({problem.kind}); "
+                "importing or crawling the original again restores it"
+            )
         elif problem.kind == WRONG_HASH:  # a derived file: remove it, its thumbnail or overlay is made again
             Path(problem.path).unlink(missing_ok=True)
             actions.append(f"removed damaged derived file {problem.path}")
@@ -307,16 +365,21 @@ def repair_store(store: Store, report: CheckReport, *, make_overlay: OverlayMake
             store.execute("DELETE FROM damaged_media WHERE media_id = ?", (problem.media_id,))
             actions.append(f"media {problem.media_id} is intact again")
     # Derived files last: a thumbnail or overlay is rendered from an original that must be intact.
-    bad_derived = {Path(p.path).name.partition(".")[0] for p in report.problems
-                   if p.kind == MISSING_THUMBNAIL or (p.kind == WRONG_HASH and p.media_id is None)}
+    bad_derived = {
+        Path(p.path).name.partition(".")[0]
+        for p in report.problems
+        if p.kind == MISSING_THUMBNAIL or (p.kind == WRONG_HASH and p.media_id is None)
+    }
     for row in _thumbnails_of(store, bad_derived):
         store.execute("DELETE FROM thumbnails WHERE media_id = ? AND spec = ?", (row["media_id"], row["spec"]))
         if make_thumbnail is not None and store.blobs.intact(*_blob_of(store, row["media_id"])):
             make_thumbnail(store, row["media_id"], row["spec"])
             actions.append(f"made thumbnail {row['spec']} of media {row['media_id']} again")
         else:
-            actions.append(f"forgot thumbnail {row['spec']} of media {row['media_id']} "
-                           "(the feed server makes it again on first view)")
+            actions.append(
+                f"forgot thumbnail {row['spec']} of media {row['media_id']} "
+                "(the feed server makes it again on first view)"
+            )
     overlay_media = {p.media_id for p in report.problems if p.kind == MISSING_OVERLAY}
     overlay_media |= _overlays_lost_with(store, report)
     for media_id in sorted(overlay_media):
@@ -348,8 +411,9 @@ def _blob_of(store: Store, media_id: int) -> tuple[str, str, int]:
 
 def _overlays_lost_with(store: Store, report: CheckReport) -> set[int]:
     """Pending items whose overlay was one of the damaged derived files removed above."""
-    removed = {Path(p.path).name.partition(".")[0] for p in report.problems
-               if p.kind == WRONG_HASH and p.media_id is None}
+    removed = {
+        Path(p.path).name.partition(".")[0] for p in report.problems if p.kind == WRONG_HASH and p.media_id is None
+    }
     if not removed:
         return set()
     return {row["media_id"] for row in _overlay_candidates(store) if row["overlay_sha256"] in removed}
@@ -360,14 +424,22 @@ def regenerate_overlay(store: Store, media_id: int, make_overlay: OverlayMaker) 
     data, ext = make_overlay(store, media_id)
     digest = store.derived.put(data, ext)
     with store.transaction():
-        store.execute("UPDATE predictions SET overlay_sha256 = ? WHERE id = "
-                      "(SELECT MAX(id) FROM predictions WHERE media_id = ?)", (digest, media_id))
+        store.execute(
+            "UPDATE predictions SET overlay_sha256 = ? WHERE id = (SELECT MAX(id) FROM predictions WHERE media_id = ?)",
+            (digest, media_id),
+        )
     return digest
 
 
-def check_and_repair(store: Store, *, read_data: bool = False, expect_overlays: bool = True,
-                     make_overlay: OverlayMaker | None = None, make_thumbnail: ThumbnailMaker | None = None,
-                     grace_s: float = DEFAULT_GRACE_S) -> CheckReport:
+def check_and_repair(
+    store: Store,
+    *,
+    read_data: bool = False,
+    expect_overlays: bool = True,
+    make_overlay: OverlayMaker | None = None,
+    make_thumbnail: ThumbnailMaker | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> CheckReport:
     """Check, repair what was found, and check again: the report holds what remains and what was done."""
     started = time.monotonic()
     first = check_store(store, read_data=read_data, expect_overlays=expect_overlays, grace_s=grace_s)

@@ -5,6 +5,7 @@ Every command reports a fault from the data dir (an `OSError` or a `sqlite3.Oper
 command got and what to do, and whose exit code tells scripts which kind of trouble it was. Nothing here
 decides to retry: a writer already waited SQLite's busy timeout before "locked" reaches it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,13 +27,25 @@ EXIT_CODES = {DISK_FULL: EXIT_DISK_FULL, IO_ERROR: EXIT_DISK_FULL, READ_ONLY: EX
 # The lock file `illustfeed run` holds (bot's run lock): its content is the holder's PID.
 LOCK_FILENAME = "illustfeed.lock"
 
-_OS_KINDS = {errno.ENOSPC: DISK_FULL, errno.EDQUOT: DISK_FULL, errno.EFBIG: DISK_FULL, errno.EIO: IO_ERROR,
-             errno.EROFS: READ_ONLY, errno.EACCES: READ_ONLY, errno.EPERM: READ_ONLY}
+_OS_KINDS = {
+    errno.ENOSPC: DISK_FULL,
+    errno.EDQUOT: DISK_FULL,
+    errno.EFBIG: DISK_FULL,
+    errno.EIO: IO_ERROR,
+    errno.EROFS: READ_ONLY,
+    errno.EACCES: READ_ONLY,
+    errno.EPERM: READ_ONLY,
+}
 # SQLite primary result codes (the low byte of the extended code).
 _SQLITE_KINDS = {13: DISK_FULL, 10: IO_ERROR, 8: READ_ONLY, 5: LOCKED, 6: LOCKED}
 # Older SQLite builds (or errors raised without a code) only tell by their message.
-_SQLITE_MESSAGES = (("disk is full", DISK_FULL), ("disk i/o error", IO_ERROR), ("readonly database", READ_ONLY),
-                    ("database is locked", LOCKED), ("database table is locked", LOCKED))
+_SQLITE_MESSAGES = (
+    ("disk is full", DISK_FULL),
+    ("disk i/o error", IO_ERROR),
+    ("readonly database", READ_ONLY),
+    ("database is locked", LOCKED),
+    ("database table is locked", LOCKED),
+)
 
 
 class StorageFault(Exception):
@@ -43,8 +56,17 @@ class StorageFault(Exception):
     to 3"); `holder_pid` is the PID of the process holding the data dir's lock when one does.
     """
 
-    def __init__(self, kind: str, where: str | Path | None, reason: str = "", *, progress: str | None = None,
-                 during: str | None = None, busy_timeout_s: float | None = None, holder_pid: int | None = None):
+    def __init__(
+        self,
+        kind: str,
+        where: str | Path | None,
+        reason: str = "",
+        *,
+        progress: str | None = None,
+        during: str | None = None,
+        busy_timeout_s: float | None = None,
+        holder_pid: int | None = None,
+    ):
         super().__init__(kind)
         self.kind, self.where, self.reason = kind, str(where) if where is not None else None, reason
         self.progress, self.during = progress, during
@@ -63,18 +85,24 @@ class StorageFault(Exception):
             todo = "free space and run the same command again (nothing is lost)"
         elif self.kind == IO_ERROR:
             what = f"I/O error{step} on{where} ({self.reason or 'the disk failed a read or write'}){progress}"
-            todo = ("check the disk (dmesg, smartctl), then run `illustfeed check`; "
-                    "run the same command again once it is healthy (nothing stored is lost)")
+            todo = (
+                "check the disk (dmesg, smartctl), then run `illustfeed check`; "
+                "run the same command again once it is healthy (nothing stored is lost)"
+            )
         elif self.kind == READ_ONLY:
             what = f"the data dir is read-only: cannot write{where}{step} ({self.reason or 'read-only'}){progress}"
-            todo = ("remount it read-write or fix its permissions, then run the same command again; "
-                    "status, serve and check still work read-only")
+            todo = (
+                "remount it read-write or fix its permissions, then run the same command again; "
+                "status, serve and check still work read-only"
+            )
         else:
             holder = f" (PID {self.holder_pid} holds the data dir's {LOCK_FILENAME})" if self.holder_pid else ""
             waited = f" for {self.busy_timeout_s:g} s" if self.busy_timeout_s else ""
             what = f"database locked by another process{holder}{waited}{step}:{where}{progress}"
-            todo = ("wait for it to finish (or stop it) and run the same command again (nothing is lost); "
-                    "[storage] busy_timeout_seconds sets how long to wait")
+            todo = (
+                "wait for it to finish (or stop it) and run the same command again (nothing is lost); "
+                "[storage] busy_timeout_seconds sets how long to wait"
+            )
         return f"{what}; {todo}"
 
 
@@ -94,8 +122,13 @@ def sqlite_kind(error: sqlite3.Error) -> str | None:
     return None
 
 
-def storage_fault(error: BaseException, db_path: str | Path | None = None, *, busy_timeout_s: float | None = None,
-                  during: str | None = None) -> StorageFault | None:
+def storage_fault(
+    error: BaseException,
+    db_path: str | Path | None = None,
+    *,
+    busy_timeout_s: float | None = None,
+    during: str | None = None,
+) -> StorageFault | None:
     """The StorageFault an exception stands for, or None when it is not a fault of the disk or database.
 
     `db_path` names the database for SQLite errors (they do not carry a file name).
@@ -108,8 +141,9 @@ def storage_fault(error: BaseException, db_path: str | Path | None = None, *, bu
             return None
         if kind == IO_ERROR and _nearly_full(db_path):
             kind = DISK_FULL  # SQLite says "disk I/O error" when it cannot grow its shared-memory file on a full disk
-        return StorageFault(kind, db_path, str(error), during=during,
-                            busy_timeout_s=busy_timeout_s if kind == LOCKED else None)
+        return StorageFault(
+            kind, db_path, str(error), during=during, busy_timeout_s=busy_timeout_s if kind == LOCKED else None
+        )
     if isinstance(error, OSError):
         kind = _os_kind(error)
         if kind is None:

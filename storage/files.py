@@ -1,4 +1,5 @@
 """Atomic file writes: temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one."""
+
 from __future__ import annotations
 
 import os

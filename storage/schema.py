@@ -1,4 +1,5 @@
 """The SQLite schema as an ordered list of migrations; `PRAGMA user_version` records how many ran."""
+
 from __future__ import annotations
 
 import sqlite3

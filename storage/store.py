@@ -1,4 +1,5 @@
 """The SQLite store: one database file plus blob folders under a data dir, and the queries every stage shares."""
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,14 @@ def _connect_and_migrate(db_path: Path, busy_timeout_s: float) -> sqlite3.Connec
 class Store:
     """One SQLite connection (WAL, foreign keys) and the blob stores of one data dir. One Store per thread."""
 
-    def __init__(self, data_dir: Path, conn: sqlite3.Connection, *, read_only: bool = False,
-                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
+    def __init__(
+        self,
+        data_dir: Path,
+        conn: sqlite3.Connection,
+        *,
+        read_only: bool = False,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ):
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / DB_FILENAME
         self.conn = conn
@@ -93,8 +100,9 @@ class Store:
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, read_only: bool | None = False,
-             busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> "Store":
+    def open(
+        cls, data_dir: str | Path, *, read_only: bool | None = False, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    ) -> "Store":
         """Open (creating and migrating as needed) the store of a data dir.
 
         `read_only`: False opens for writing; True opens the database read-only (it must exist and be
@@ -161,12 +169,16 @@ class Store:
             raise StoreError(f"cannot open database {db_path} read-only: {error}") from None
         if version > SCHEMA_VERSION:
             conn.close()
-            raise StoreError(f"{db_path}: database schema version {version} is newer than this program's "
-                             f"{SCHEMA_VERSION}; upgrade illustfeed")
+            raise StoreError(
+                f"{db_path}: database schema version {version} is newer than this program's "
+                f"{SCHEMA_VERSION}; upgrade illustfeed"
+            )
         if version < SCHEMA_VERSION:
             conn.close()
-            raise StoreError(f"{db_path} is read-only and at schema version {version} of {SCHEMA_VERSION}: "
-                             "run `illustfeed init` once with the data dir writable to migrate it")
+            raise StoreError(
+                f"{db_path} is read-only and at schema version {version} of {SCHEMA_VERSION}: "
+                "run `illustfeed init` once with the data dir writable to migrate it"
+            )
         return cls(data_dir, conn, read_only=True)
 
     def close(self) -> None:
@@ -238,20 +250,25 @@ class Store:
 
     # Accounts and posts ------------------------------------------------------------------------------
 
-    def upsert_account(self, source: str, handle: str, external_id: str | None = None,
-                       display_name: str | None = None) -> int:
+    def upsert_account(
+        self, source: str, handle: str, external_id: str | None = None, display_name: str | None = None
+    ) -> int:
         """The account's row id, created or updated. On networks whose id outlives handle changes (a Bluesky
         DID), the row with that id is the account: a new handle renames it, so cursor, posts and follow state
         stay; a handle equal to the id (a DID followed before it was resolved) never replaces a real one."""
         if external_id and source in STABLE_ACCOUNT_IDS:
             with self.transaction():
-                row = self.query_one("SELECT id, handle FROM accounts WHERE source = ? AND external_id = ? "
-                                     "ORDER BY id LIMIT 1", (source, external_id))
+                row = self.query_one(
+                    "SELECT id, handle FROM accounts WHERE source = ? AND external_id = ? ORDER BY id LIMIT 1",
+                    (source, external_id),
+                )
                 if row is not None:
                     if handle != external_id and row["handle"] != handle:
                         self._rename_account(row["id"], source, handle)
-                    self.execute("UPDATE accounts SET display_name = COALESCE(?, display_name) WHERE id = ?",
-                                 (display_name, row["id"]))
+                    self.execute(
+                        "UPDATE accounts SET display_name = COALESCE(?, display_name) WHERE id = ?",
+                        (display_name, row["id"]),
+                    )
                     return row["id"]
         self.execute(
             "INSERT INTO accounts (source, handle, external_id, display_name, created_at) VALUES (?, ?, ?, ?, ?) "
@@ -266,35 +283,49 @@ class Store:
         """Give row `account_id` the handle `handle`, which another row may hold: a row without an id (followed
         by that handle before it was resolved) is merged into this one; a row of another account (the handle
         passed on to someone else) is renamed to its own id until it is resolved again."""
-        other = self.query_one("SELECT id, external_id, followed, followed_via FROM accounts "
-                               "WHERE source = ? AND handle = ?", (source, handle))
+        other = self.query_one(
+            "SELECT id, external_id, followed, followed_via FROM accounts WHERE source = ? AND handle = ?",
+            (source, handle),
+        )
         if other is not None and other["external_id"] and other["external_id"] != handle:
             self.execute("UPDATE accounts SET handle = external_id WHERE id = ?", (other["id"],))
         elif other is not None:
             self.execute("UPDATE posts SET account_id = ? WHERE account_id = ?", (account_id, other["id"]))
-            self.execute("UPDATE account_former_handles SET account_id = ? WHERE account_id = ?",
-                         (account_id, other["id"]))
+            self.execute(
+                "UPDATE account_former_handles SET account_id = ? WHERE account_id = ?", (account_id, other["id"])
+            )
             # A follow or unfollow given by the old placeholder is the owner's latest word about this account.
             if other["followed_via"] or not other["followed"]:
-                self.execute("UPDATE accounts SET followed = ?, followed_via = COALESCE(?, followed_via) WHERE id = ?",
-                             (other["followed"], other["followed_via"], account_id))
+                self.execute(
+                    "UPDATE accounts SET followed = ?, followed_via = COALESCE(?, followed_via) WHERE id = ?",
+                    (other["followed"], other["followed_via"], account_id),
+                )
             self.execute("DELETE FROM accounts WHERE id = ?", (other["id"],))
         old = self.scalar("SELECT handle FROM accounts WHERE id = ?", (account_id,))
         self.execute("UPDATE accounts SET handle = ? WHERE id = ?", (handle, account_id))
         self.execute("DELETE FROM account_former_handles WHERE source = ? AND handle = ?", (source, handle))
         if old != self.scalar("SELECT external_id FROM accounts WHERE id = ?", (account_id,)):
             # A config list may still name the old handle: it keeps meaning this account.
-            self.execute("INSERT OR REPLACE INTO account_former_handles (source, handle, account_id, renamed_at) "
-                         "VALUES (?, ?, ?, ?)", (source, old, account_id, utc_now()))
+            self.execute(
+                "INSERT OR REPLACE INTO account_former_handles (source, handle, account_id, renamed_at) "
+                "VALUES (?, ?, ?, ?)",
+                (source, old, account_id, utc_now()),
+            )
 
     def former_handles(self, source: str) -> dict[str, str]:
         """Handles that accounts of `source` had before a rename -> the account's id on the network."""
-        return {row["handle"]: row["external_id"] for row in self.query(
-            "SELECT f.handle, a.external_id FROM account_former_handles f JOIN accounts a ON a.id = f.account_id "
-            "WHERE f.source = ? AND a.external_id IS NOT NULL", (source,))}
+        return {
+            row["handle"]: row["external_id"]
+            for row in self.query(
+                "SELECT f.handle, a.external_id FROM account_former_handles f JOIN accounts a ON a.id = f.account_id "
+                "WHERE f.source = ? AND a.external_id IS NOT NULL",
+                (source,),
+            )
+        }
 
-    def upsert_post(self, account_id: int, source: str, external_id: str, url: str | None, text: str | None,
-                    created_at: str | None) -> tuple[int, bool]:
+    def upsert_post(
+        self, account_id: int, source: str, external_id: str, url: str | None, text: str | None, created_at: str | None
+    ) -> tuple[int, bool]:
         """Returns (post id, whether it is new)."""
         existing = self.scalar("SELECT id FROM posts WHERE source = ? AND external_id = ?", (source, external_id))
         if existing is not None:
@@ -306,8 +337,9 @@ class Store:
         )
         return cursor.lastrowid, True
 
-    def link_post_media(self, post_id: int, media_id: int, position: int, alt_text: str | None,
-                        source_url: str | None) -> bool:
+    def link_post_media(
+        self, post_id: int, media_id: int, position: int, alt_text: str | None, source_url: str | None
+    ) -> bool:
         """Attach a media to a post; returns False when the link already existed."""
         cursor = self.execute(
             "INSERT OR IGNORE INTO post_media (post_id, media_id, position, alt_text, source_url) VALUES (?, ?, ?, ?, ?)",
@@ -332,14 +364,17 @@ class Store:
         if new_rows:
             self._phash_ids = np.concatenate([self._phash_ids, np.array([r["id"] for r in new_rows], np.int64)])
             self._phash_values = np.concatenate(
-                [self._phash_values, np.array([int(r["phash"], 16) for r in new_rows], np.uint64)])
+                [self._phash_values, np.array([int(r["phash"], 16) for r in new_rows], np.uint64)]
+            )
             self._phash_max_id = new_rows[-1]["id"]
         distances = np.bitwise_count(self._phash_values ^ np.uint64(phash))
         close = np.flatnonzero(distances <= max_distance)
         candidates = []
         for index in close[np.argsort(distances[close], kind="stable")]:
-            row = self.query_one("SELECT id, sha256, ext, width, height FROM media WHERE id = ? AND status = 'ok'",
-                                 (int(self._phash_ids[index]),))
+            row = self.query_one(
+                "SELECT id, sha256, ext, width, height FROM media WHERE id = ? AND status = 'ok'",
+                (int(self._phash_ids[index]),),
+            )
             if row is not None:
                 candidates.append(dict(row, distance=int(distances[index])))
         return candidates
@@ -349,8 +384,10 @@ class Store:
         fields.setdefault("first_seen_at", utc_now())
         columns = ", ".join(fields)
         placeholders = ", ".join("?" for _ in fields)
-        cursor = self.execute(f"INSERT INTO media ({columns}) VALUES ({placeholders}) ON CONFLICT (sha256) DO NOTHING",
-                              tuple(fields.values()))
+        cursor = self.execute(
+            f"INSERT INTO media ({columns}) VALUES ({placeholders}) ON CONFLICT (sha256) DO NOTHING",
+            tuple(fields.values()),
+        )
         if cursor.rowcount == 0:
             return self.scalar("SELECT id FROM media WHERE sha256 = ?", (fields["sha256"],))
         return cursor.lastrowid
@@ -358,8 +395,11 @@ class Store:
     def restore_media(self, media_id: int) -> None:
         """A media's file was written again: it is no longer damaged, nor rejected because the file was bad."""
         self.execute("DELETE FROM damaged_media WHERE media_id = ?", (media_id,))
-        self.execute("UPDATE media SET status = 'ok', reject_reason = NULL WHERE id = ? AND status = 'rejected'"
-                     " AND reject_reason LIKE ?", (media_id, CLASSIFY_REJECT_PREFIX + "%"))
+        self.execute(
+            "UPDATE media SET status = 'ok', reject_reason = NULL WHERE id = ? AND status = 'rejected'"
+            " AND reject_reason LIKE ?",
+            (media_id, CLASSIFY_REJECT_PREFIX + "%"),
+        )
 
     def damaged_count(self) -> int:
         return self.scalar("SELECT COUNT(*) FROM damaged_media")
@@ -384,13 +424,16 @@ class Store:
         by_id = self.scalar("SELECT id FROM media WHERE id = ?", (int(text),)) if is_number else None
         by_prefix = []
         if len(text) >= 6 and all(c in "0123456789abcdef" for c in text):
-            by_prefix = [row["id"] for row in self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2",
-                                                          (text + "%",))]
+            by_prefix = [
+                row["id"] for row in self.query("SELECT id FROM media WHERE sha256 LIKE ? LIMIT 2", (text + "%",))
+            ]
         if len(by_prefix) > 1:
             raise StoreError(f"sha256 prefix {reference!r} matches more than one media; give more digits")
         if by_id is not None and by_prefix and by_prefix[0] != by_id:
-            raise StoreError(f"{reference!r} is both media id {by_id} and the sha256 prefix of media {by_prefix[0]}; "
-                             "give more sha256 digits")
+            raise StoreError(
+                f"{reference!r} is both media id {by_id} and the sha256 prefix of media {by_prefix[0]}; "
+                "give more sha256 digits"
+            )
         if by_id is not None:
             return by_id
         if by_prefix:
@@ -417,7 +460,9 @@ class Store:
         label and is for whole-table joins, not for one media."""
         return self.query_one(
             'SELECT media_id, label, "by", via, at FROM labels WHERE media_id = ? AND revoked_at IS NULL'
-            " ORDER BY id DESC LIMIT 1", (media_id,))
+            " ORDER BY id DESC LIMIT 1",
+            (media_id,),
+        )
 
     def final_label(self, media_id: int) -> str | None:
         """The latest human label, else the latest prediction when it is not borderline (kept current in

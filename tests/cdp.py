@@ -3,6 +3,7 @@
 Enough to load a page, wait for it, read its text and click what a person would click; no npm packages or
 downloaded browsers needed (the system's chromium, which .ci/run installs).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,17 @@ from pathlib import Path
 import aiohttp
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 
 
 class Browser:
@@ -36,9 +46,17 @@ class Browser:
 
     async def __aenter__(self) -> "Browser":
         self.process = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-             f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={self.size[0]},{self.size[1]}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not port_file.is_file() or not port_file.read_text().strip():
@@ -97,8 +115,10 @@ class Browser:
     async def click(self, selector: str) -> None:
         """Click the element, as a person would, and wait for the page it leads to."""
         self._drain()
-        found = await self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-                                    f" if (!e) return false; e.click(); return true; }})()")
+        found = await self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            f" if (!e) return false; e.click(); return true; }})()"
+        )
         assert found, f"nothing matches {selector}"
         await self._loaded()
 

@@ -1,4 +1,5 @@
 """Test helpers for the chat tests: a real store with generated images, predictions and review-queue rows."""
+
 from __future__ import annotations
 
 from bot.chat.commands import Actor
@@ -19,10 +20,17 @@ def ingest_images(store: Store, seeds: list[int], account: str = "alice", source
     media_ids = []
     for seed in seeds:
         url = f"https://example.test/{account}/{seed}.png"
-        post = Post(source=source, account=account, post_id=f"{account}-{seed}",
-                    url=f"https://{source}.example/{account}/status/{seed}", display_name=account.title(),
-                    media=(MediaRef(url=url),))
-        _is_new, outcomes = ingest_post(store, post, lambda ref, seed=seed: imagegen.png(seed, (64, 48)), IngestConfig())
+        post = Post(
+            source=source,
+            account=account,
+            post_id=f"{account}-{seed}",
+            url=f"https://{source}.example/{account}/status/{seed}",
+            display_name=account.title(),
+            media=(MediaRef(url=url),),
+        )
+        _is_new, outcomes = ingest_post(
+            store, post, lambda ref, seed=seed: imagegen.png(seed, (64, 48)), IngestConfig()
+        )
         assert outcomes[0].status == "new", outcomes
         media_ids.append(outcomes[0].media_id)
     return media_ids
@@ -32,8 +40,14 @@ def overlay_sha(store: Store, seed: int) -> str:
     return store.derived.put(imagegen.png(10_000 + seed, (32, 32)), "png")
 
 
-def predict(store: Store, media_id: int, probabilities: tuple[float, float, float], borderline: bool = True,
-            model_version: str = "m1", with_overlay: bool = True) -> None:
+def predict(
+    store: Store,
+    media_id: int,
+    probabilities: tuple[float, float, float],
+    borderline: bool = True,
+    model_version: str = "m1",
+    with_overlay: bool = True,
+) -> None:
     """A prediction row as the classifier writes it and, for borderline calls, its review-queue row with the
     classifier's own priority (`classifier.inference.decide`: higher = more uncertain = reviewed first)."""
     decision = decide(probabilities, LABELS, min_confidence=0.6, min_margin=0.15)
@@ -43,10 +57,21 @@ def predict(store: Store, media_id: int, probabilities: tuple[float, float, floa
         store.execute(
             "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot, prob_photo, "
             "label, confidence, margin, borderline, overlay_sha256, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (media_id, model_version, *probabilities, decision.label, decision.confidence, decision.margin,
-             int(borderline), overlay, now))
+            (
+                media_id,
+                model_version,
+                *probabilities,
+                decision.label,
+                decision.confidence,
+                decision.margin,
+                int(borderline),
+                overlay,
+                now,
+            ),
+        )
         if borderline:
-            store.execute("INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
-                          "VALUES (?, ?, ?, 'pending', ?, ?)",
-                          (media_id, f"{model_version}: {decision.reason or 'borderline'}", decision.priority, now,
-                           now))
+            store.execute(
+                "INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?, ?)",
+                (media_id, f"{model_version}: {decision.reason or 'borderline'}", decision.priority, now, now),
+            )

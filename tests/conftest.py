@@ -1,4 +1,5 @@
 """Shared fixtures: a real store in a temp folder, the repo root, and a CLI runner that uses this tree's code."""
+
 from __future__ import annotations
 
 import os
@@ -29,5 +30,11 @@ def cli_env(extra: dict | None = None) -> dict:
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `illustfeed ARGS` in a subprocess on this checkout's code."""
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=cli_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,4 +1,5 @@
 """Real images generated for tests: distinct pictures in every format and mode ingest must handle."""
+
 from __future__ import annotations
 
 import io

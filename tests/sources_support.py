@@ -1,4 +1,5 @@
 """What the network source tests share: distinct JPEGs, a fake clock, crawl configs and a served fake network."""
+
 from __future__ import annotations
 
 import hashlib
@@ -58,11 +59,14 @@ def crawl_config(tmp_path, sources: dict, ingest: dict | None = None) -> Config:
 
     The folder and X are off unless `sources` names them (X alone would otherwise need credentials).
     """
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "ingest": {"progress": False, **(ingest or {})},
-        "sources": {"folder": {"enabled": False}, "x": {"enabled": False}, "http": dict(HTTP_SETTINGS), **sources},
-    }, environ={})
+    return parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "ingest": {"progress": False, **(ingest or {})},
+            "sources": {"folder": {"enabled": False}, "x": {"enabled": False}, "http": dict(HTTP_SETTINGS), **sources},
+        },
+        environ={},
+    )
 
 
 def served_world(build: Callable):

@@ -2,6 +2,7 @@
 
 Mounting needs root (CAP_SYS_ADMIN); without it the tests that need a mount are skipped with the reason.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,7 +65,7 @@ def fill(path: Path, leave_bytes: int = 0) -> Path:
         block = b"\0" * 65536
         while free > 0:
             try:
-                written = stream.write(block[:min(len(block), free)])
+                written = stream.write(block[: min(len(block), free)])
                 stream.flush()
             except OSError:
                 break
@@ -84,8 +85,9 @@ class FaultyConnection(sqlite3.Connection):
         return super().execute(sql, *args)
 
 
-def inject_sqlite_fault(monkeypatch, fail_when: Callable[[str], bool],
-                        error: str = "database or disk is full") -> type[FaultyConnection]:
+def inject_sqlite_fault(
+    monkeypatch, fail_when: Callable[[str], bool], error: str = "database or disk is full"
+) -> type[FaultyConnection]:
     """Every connection opened from now on (in this process) fails its SQL where `fail_when` says."""
     faulty = type("Faulty", (FaultyConnection,), {"fail_when": staticmethod(fail_when), "error": error})
     real_connect = sqlite3.connect

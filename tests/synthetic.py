@@ -3,6 +3,7 @@
 illustration: flat-colour shapes with dark outlines; screenshot: UI-like bars, panels and text lines;
 photo: noisy natural-texture gradients. Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,9 @@ def drawing(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
         if rng.random() < 0.5:
             draw.ellipse((x0, y0, x1, y1), fill=fill, outline=(10, 10, 10), width=outline)
         else:
-            points = [(int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1))) for _ in range(int(rng.integers(3, 6)))]
+            points = [
+                (int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1))) for _ in range(int(rng.integers(3, 6)))
+            ]
             draw.polygon(points, fill=fill, outline=(10, 10, 10), width=outline)
     return image
 
@@ -64,8 +67,15 @@ def natural(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     mix = (ys / max(1, height - 1))[..., None]
     pixels = top * (1 - mix) + bottom * mix
     texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
-    blobs = np.asarray(Image.fromarray(((texture - texture.min()) / np.ptp(texture) * 255).astype(np.uint8))
-                       .resize(size, Image.BICUBIC), np.float32) - 128
+    blobs = (
+        np.asarray(
+            Image.fromarray(((texture - texture.min()) / np.ptp(texture) * 255).astype(np.uint8)).resize(
+                size, Image.BICUBIC
+            ),
+            np.float32,
+        )
+        - 128
+    )
     pixels += 0.35 * blobs + rng.normal(0, 18, (height, width, 3))
     image = Image.fromarray(np.clip(pixels + 5 * np.sin(xs / 7)[..., None], 0, 255).astype(np.uint8))
     return image.filter(ImageFilter.GaussianBlur(0.6))

@@ -1,5 +1,6 @@
 """storage.check on a real store: temp files, stray and orphan files, lost thumbnails, damaged derived files,
 stale damage marks; young files are left to the write that is making them."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,15 @@ import time
 
 from bot.feed.thumbnails import ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail
 from storage.check import (
-    MISSING_THUMBNAIL, ORPHAN, STALE_MARK, STRAY, TEMP, WRONG_HASH, check_and_repair, check_store, mark_damaged,
+    MISSING_THUMBNAIL,
+    ORPHAN,
+    STALE_MARK,
+    STRAY,
+    TEMP,
+    WRONG_HASH,
+    check_and_repair,
+    check_store,
+    mark_damaged,
 )
 from storage import sha256_hex
 from tests import imagegen

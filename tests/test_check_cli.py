@@ -1,6 +1,7 @@
 """`illustfeed check`: finds a deleted, a truncated and an orphan blob and a lost overlay by name; `--repair` plus
 a re-import of the originals heals all of them. Also: classify remakes a lost overlay, and the feed server never
 answers 200 with bytes of the wrong size."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ from tests.test_storage_cli import assert_one_blob_per_row, make_inbox, run
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     # Every call borderline: each classified media is queued for review with a Grad-CAM overlay.
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n'
-                    "[classifier]\nprogress = false\nborderline_confidence = 1.01\n")
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n'
+        "[classifier]\nprogress = false\nborderline_confidence = 1.01\n"
+    )
     return path
 
 
@@ -97,7 +100,10 @@ def test_check_names_four_kinds_of_damage_and_repair_plus_reimport_heals_them(tm
     report = json.loads(out)
     assert code == EXIT_DAMAGED  # the originals are not back yet
     assert sorted((p["kind"], p["media_id"]) for p in report["problems"]) == [
-        ("missing file", 1), ("missing file", 2), ("missing file", 6)]
+        ("missing file", 1),
+        ("missing file", 2),
+        ("missing file", 6),
+    ]
     assert not orphan.exists() and lost_overlay.exists()
     assert "made the overlay of media 3 again" in report["repaired"]
     with Store.open(data_dir, read_only=True) as store:
@@ -156,12 +162,19 @@ def test_server_never_serves_bytes_of_the_wrong_size_and_healthz_says_what_is_wr
             async with aiohttp.ClientSession() as session:
                 async with session.get(server_url(runner) + "/healthz") as response:
                     answers["health before"] = await response.json()
-                for name, path in (("truncated", f"/media/{truncated_sha}"), ("deleted", f"/media/{deleted_sha}"),
-                                   ("truncated thumb", f"/thumb/{truncated_sha}"), ("intact", f"/media/{intact_sha}"),
-                                   ("intact thumb", f"/thumb/{intact_sha}")):
+                for name, path in (
+                    ("truncated", f"/media/{truncated_sha}"),
+                    ("deleted", f"/media/{deleted_sha}"),
+                    ("truncated thumb", f"/thumb/{truncated_sha}"),
+                    ("intact", f"/media/{intact_sha}"),
+                    ("intact thumb", f"/thumb/{intact_sha}"),
+                ):
                     async with session.get(server_url(runner) + path) as response:
-                        answers[name] = (response.status, response.headers.get("Cache-Control"),
-                                         await response.text(errors="replace"))
+                        answers[name] = (
+                            response.status,
+                            response.headers.get("Cache-Control"),
+                            await response.text(errors="replace"),
+                        )
                 async with session.get(server_url(runner) + "/healthz") as response:
                     answers["health after"] = (response.status, await response.json())
         finally:
@@ -189,8 +202,10 @@ def test_classify_cut_by_a_full_disk_says_so_and_the_same_command_completes(tmp_
     inject_sqlite_fault(monkeypatch, fail_nth(1, lambda sql: sql == "COMMIT"))  # the first batch of results
     code, _out, err = run(capsys, config, "classify", "--model", version)
     assert code == EXIT_DISK_FULL
-    assert err == (f"illustfeed: disk full writing {data_dir / 'illustfeed.db'}; free space and run the same "
-                   "command again (nothing is lost)\n")
+    assert err == (
+        f"illustfeed: disk full writing {data_dir / 'illustfeed.db'}; free space and run the same "
+        "command again (nothing is lost)\n"
+    )
     monkeypatch.undo()
     with Store.open(data_dir, read_only=True) as store:
         assert store.scalar("SELECT COUNT(*) FROM predictions") == 0

@@ -1,4 +1,5 @@
 """The product model's module layout and its model-version file: round trip and every way a file can be bad."""
+
 import pytest
 import torch
 
@@ -84,9 +85,11 @@ def test_files_that_are_not_model_files_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         read_model_file(tmp_path / "missing.pt")
     payload = torch.load(save_model(tiny_base_model(), tmp_path / "m.pt"), weights_only=True)
-    for key, value, message in [("format_version", 99, "format version 99"),
-                                ("backbone", "resnet", "unknown backbone"),
-                                ("temperature", -1.0, "must be > 0")]:
+    for key, value, message in [
+        ("format_version", 99, "format version 99"),
+        ("backbone", "resnet", "unknown backbone"),
+        ("temperature", -1.0, "must be > 0"),
+    ]:
         broken = dict(payload, **{key: value})
         torch.save(broken, tmp_path / "broken.pt")
         with pytest.raises(ModelFileError, match=message):
@@ -124,8 +127,9 @@ def test_activation_refuses_a_readable_file_that_cannot_classify_and_the_active_
     path = register_model(store, bad)
     payload = torch.load(path, weights_only=True)
     if damage == "head_shape":
-        payload["head"] = {name: torch.zeros(5, 7) if t.dim() == 2 else torch.zeros(5)
-                           for name, t in payload["head"].items()}
+        payload["head"] = {
+            name: torch.zeros(5, 7) if t.dim() == 2 else torch.zeros(5) for name, t in payload["head"].items()
+        }
         expected = "head does not fit its features"
     else:
         payload["labels"] = ["a", "b", "c"]

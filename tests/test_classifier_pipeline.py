@@ -1,4 +1,5 @@
 """Real training on generated data, then the trained model through classify, review, versions and eval."""
+
 import copy
 import json
 import time
@@ -41,11 +42,22 @@ def trained(tmp_path_factory):
     held_out = scan_folder(write_dataset(root / "held_out", per_label=20, seed=1))
     base = tiny_base_model()
     cpu_started = time.process_time()
-    result = train_model(base, train_items, TrainOptions(progress=False, seed=0),
-                         runner=FeatureRunner(base, precision="fp32"), source="generated")
+    result = train_model(
+        base,
+        train_items,
+        TrainOptions(progress=False, seed=0),
+        runner=FeatureRunner(base, precision="fp32"),
+        source="generated",
+    )
     cpu_seconds = time.process_time() - cpu_started
-    return {"result": result, "model": result.model, "held_out": held_out, "root": root,
-            "cpu_seconds": cpu_seconds, "base": base}
+    return {
+        "result": result,
+        "model": result.model,
+        "held_out": held_out,
+        "root": root,
+        "cpu_seconds": cpu_seconds,
+        "base": base,
+    }
 
 
 def test_training_on_generated_classes_reaches_90_percent_on_held_out_images(trained):
@@ -96,8 +108,9 @@ def test_head_training_is_seeded():
 def add_media(store, data: bytes, ext: str = "jpg") -> int:
     sha = store.blobs.put(data, ext)
     with store.transaction():
-        return store.insert_media(sha256=sha, mime=f"image/{ext}", ext=ext, width=1, height=1, frames=1,
-                                  bytes=len(data), status="ok")
+        return store.insert_media(
+            sha256=sha, mime=f"image/{ext}", ext=ext, width=1, height=1, frames=1, bytes=len(data), status="ok"
+        )
 
 
 def without_policy(model):
@@ -111,8 +124,14 @@ def test_classify_pending_stores_predictions_vectors_and_queues_borderline(train
     model = without_policy(trained["model"])
     ids = {label: [add_media(store, jpeg_bytes(generate(label, 500 + n))) for n in range(3)] for label in LABELS}
     # Thresholds that make every call borderline except the most confident: the queue order is checked.
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=0.0, borderline_margin=0.999, batch_size=4)
+    summary = classify_pending(
+        store,
+        model,
+        runner=FeatureRunner(model, precision="fp32"),
+        borderline_confidence=0.0,
+        borderline_margin=0.999,
+        batch_size=4,
+    )
     assert summary.classified == 9 and summary.failed == 0
     rows = store.query("SELECT * FROM predictions ORDER BY media_id")
     assert len(rows) == 9
@@ -158,8 +177,9 @@ def test_human_labelled_media_is_not_queued_and_undecodable_media_is_reported(tr
     labelled = add_media(store, jpeg_bytes(generate("screenshot", 901)))
     review.record_label(store, labelled, "screenshot", by="tester", via="test")
     broken = add_media(store, b"\xff\xd8\xff\xe0 not really a jpeg", "jpg")
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=1.1, borderline_margin=0.0)
+    summary = classify_pending(
+        store, model, runner=FeatureRunner(model, precision="fp32"), borderline_confidence=1.1, borderline_margin=0.0
+    )
     assert summary.classified == 1 and summary.failed == 1
     assert f"media {broken}" in summary.problems[0]
     assert store.query("SELECT * FROM review_queue") == []
@@ -213,8 +233,9 @@ def test_classify_pending_follows_the_models_review_policy(trained, store):
     floor = (p_illustration[1] + p_illustration[2]) / 2
     model.policy = ReviewPolicy(feed_threshold, floor)
     # The borderline rule would queue everything (margin < 0.999); the policy decides instead.
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=0.0, borderline_margin=0.999)
+    summary = classify_pending(
+        store, model, runner=FeatureRunner(model, precision="fp32"), borderline_confidence=0.0, borderline_margin=0.999
+    )
     rows = store.query("SELECT * FROM predictions")
     fed = [r for r in rows if r["prob_illustration"] >= feed_threshold]
     reviewed = [r for r in rows if floor <= r["prob_illustration"] < feed_threshold]
@@ -247,8 +268,14 @@ def test_promotion_refuses_a_worse_model_and_rollback_restores_the_parent(traine
     assert first["activated"] and first["promotion"] == "illustration recall and macro-F1 not below the active model's"
     assert first["active_metrics_on_same_split"] is not None
     # One epoch at a negligible learning rate: a near-random head, worse on the same validation split.
-    worse = train_and_register(store, config, items, TrainOptions(progress=False, epochs=1, learning_rate=1e-9),
-                               source="undertrained", base=base)
+    worse = train_and_register(
+        store,
+        config,
+        items,
+        TrainOptions(progress=False, epochs=1, learning_rate=1e-9),
+        source="undertrained",
+        base=base,
+    )
     assert not worse["activated"] and "worse than the active model" in worse["promotion"]
     assert worse["active_metrics_on_same_split"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"])
     rows = {row["version"]: row for row in list_models(store)}
@@ -304,17 +331,30 @@ def test_cli_eval_errors_lists_every_mistake_in_a_csv_and_a_contact_sheet(traine
         planted.append(path.relative_to(data).as_posix())
     (data / "screenshot" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     errors_dir = tmp_path / "errors"
-    result = run_cli("eval", "--data", str(data), "--model", str(model_file), "--errors", str(errors_dir),
-                     "--png", str(tmp_path / "confusion.png"), cwd=tmp_path,
-                     env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")},
-                     timeout=300)
+    result = run_cli(
+        "eval",
+        "--data",
+        str(data),
+        "--model",
+        str(model_file),
+        "--errors",
+        str(errors_dir),
+        "--png",
+        str(tmp_path / "confusion.png"),
+        cwd=tmp_path,
+        env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     with (errors_dir / "errors.csv").open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["file", "true", "predicted", "p_illustration", "p_screenshot", "p_photo", "origin"]
     _, scored = evaluate_model(model, scan_folder(data), runner=FeatureRunner(model, precision="fp32"))
-    expected = {Path(item.key).relative_to(data).as_posix(): predicted for item, predicted, _ in scored
-                if predicted is not None and predicted != item.label}
+    expected = {
+        Path(item.key).relative_to(data).as_posix(): predicted
+        for item, predicted, _ in scored
+        if predicted is not None and predicted != item.label
+    }
     assert {row["file"]: row["predicted"] for row in rows} == expected
     assert set(planted) <= set(expected) and "screenshot/broken.png" not in expected
     true_probability = [float(row[f"p_{row['true']}"]) for row in rows]
@@ -334,9 +374,19 @@ def test_cli_eval_json_matches_hand_counted_predictions(trained, tmp_path):
     model = trained["model"]
     model_file = save_model(model, tmp_path / "eval-model.pt")
     data = trained["root"] / "held_out"
-    result = run_cli("eval", "--data", str(data), "--model", str(model_file), "--json",
-                     "--png", str(tmp_path / "confusion.png"), cwd=tmp_path,
-                     env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")}, timeout=300)
+    result = run_cli(
+        "eval",
+        "--data",
+        str(data),
+        "--model",
+        str(model_file),
+        "--json",
+        "--png",
+        str(tmp_path / "confusion.png"),
+        cwd=tmp_path,
+        env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "data")},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"accuracy", "macro_f1", "labels", "per_class", "confusion", "feed", "per_origin"}
@@ -372,7 +422,9 @@ def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
     classified = run_cli("classify", "--model", str(model_file), "--json", cwd=tmp_path, env=env, timeout=300)
     assert classified.returncode == 0, classified.stderr
     summary = json.loads(classified.stdout)
-    assert summary["classified"] == 3 and summary["failed"] == 0 and summary["model_version"] == trained["model"].version
+    assert (
+        summary["classified"] == 3 and summary["failed"] == 0 and summary["model_version"] == trained["model"].version
+    )
     with Store.open(tmp_path / "data") as store:
         labels = [store.query_one("SELECT label FROM predictions WHERE media_id = ?", (m,))["label"] for m in media]
         assert store.scalar("SELECT COUNT(*) FROM features") == 3
@@ -380,8 +432,9 @@ def test_cli_classify_model_commands_and_missing_model(trained, tmp_path):
     back = run_cli("model", "rollback", cwd=tmp_path, env=env)
     # The shipped default is the active model of a fresh store, and the root of every rollback chain.
     assert back.returncode == 1 and f"{SHIPPED} has no parent" in back.stderr and "Traceback" not in back.stderr
-    missing = run_cli("eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"),
-                      cwd=tmp_path, env=env)
+    missing = run_cli(
+        "eval", "--data", str(trained["root"] / "held_out"), "--model", str(tmp_path / "none.pt"), cwd=tmp_path, env=env
+    )
     assert missing.returncode == 1 and "none.pt" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -404,17 +457,32 @@ def test_borderline_calls_get_an_overlay_blob(trained, store):
         rendered.append((model_arg, str(source), list(probabilities)))
         return png_of((len(rendered), 0, 0)), "png"
 
-    classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                     borderline_confidence=0.0, borderline_margin=0.0, overlay=overlay)
+    classify_pending(
+        store,
+        model,
+        runner=FeatureRunner(model, precision="fp32"),
+        borderline_confidence=0.0,
+        borderline_margin=0.0,
+        overlay=overlay,
+    )
     borderline = add_media(store, jpeg_bytes(generate("screenshot", 951)))
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=1.01, borderline_margin=0.0, overlay=overlay)
+    summary = classify_pending(
+        store,
+        model,
+        runner=FeatureRunner(model, precision="fp32"),
+        borderline_confidence=1.01,
+        borderline_margin=0.0,
+        overlay=overlay,
+    )
     assert summary.overlays == 1 and len(rendered) == 1 and rendered[0][0] is model
     row = store.query_one("SELECT * FROM predictions WHERE media_id = ?", (borderline,))
     assert row["borderline"] == 1 and row["overlay_sha256"]
     assert store.derived.read(row["overlay_sha256"], "png") == png_of((1, 0, 0))
     assert rendered[0][2] == pytest.approx([row["prob_illustration"], row["prob_screenshot"], row["prob_photo"]])
-    assert store.query_one("SELECT overlay_sha256 FROM predictions WHERE media_id = ?", (confident,))["overlay_sha256"] is None
+    assert (
+        store.query_one("SELECT overlay_sha256 FROM predictions WHERE media_id = ?", (confident,))["overlay_sha256"]
+        is None
+    )
 
 
 def test_a_failing_overlay_still_stores_the_prediction(trained, store):
@@ -424,8 +492,14 @@ def test_a_failing_overlay_still_stores_the_prediction(trained, store):
     def broken(model_arg, source, probabilities):
         raise RuntimeError("renderer exploded")
 
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=1.01, borderline_margin=0.0, overlay=broken)
+    summary = classify_pending(
+        store,
+        model,
+        runner=FeatureRunner(model, precision="fp32"),
+        borderline_confidence=1.01,
+        borderline_margin=0.0,
+        overlay=broken,
+    )
     assert summary.classified == 1 and summary.overlays == 0 and "renderer exploded" in summary.problems[0]
     row = store.query_one("SELECT * FROM predictions WHERE media_id = ?", (media_id,))
     assert row["borderline"] == 1 and row["overlay_sha256"] is None
@@ -439,8 +513,9 @@ def test_fine_tuning_the_last_block_changes_only_that_block(trained):
     result = train_model(base, items, options, runner=FeatureRunner(base, precision="fp32"))
     tuned = result.model
     assert result.validation_vectors is None
-    changed = {name for name, tensor in tuned.backbone_delta.items()
-               if not torch.equal(tensor, base.backbone_delta[name])}
+    changed = {
+        name for name, tensor in tuned.backbone_delta.items() if not torch.equal(tensor, base.backbone_delta[name])
+    }
     assert changed and all(int(name.split(".")[1]) in range(24, 30) for name in changed)
     assert tuned.feature_key != base.feature_key
     assert not torch.equal(tuned.features[28].weight, base.features[28].weight)
@@ -456,11 +531,15 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
         for account_number in range(4):
             account = store.upsert_account("folder", f"{label}-{account_number}")
             for n in range(4):
-                media_id = add_media(store, jpeg_bytes(generate(label, 3000 + 100 * label_index + 10 * account_number + n)))
+                media_id = add_media(
+                    store, jpeg_bytes(generate(label, 3000 + 100 * label_index + 10 * account_number + n))
+                )
                 with store.transaction():
                     post_id, _ = store.upsert_post(account, "folder", f"{label}-{account_number}-{n}", None, None, None)
                     store.link_post_media(post_id, media_id, 0, None, None)
-                review.record_label(store, media_id, LABELS[(label_index + 1) % 3], by="tester", via="test")  # a slip...
+                review.record_label(
+                    store, media_id, LABELS[(label_index + 1) % 3], by="tester", via="test"
+                )  # a slip...
                 review.record_label(store, media_id, label, by="tester", via="test")  # ...corrected: the latest counts
     items = store_labelled(store)
     assert len(items) == 48
@@ -468,8 +547,9 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
     assert all(store.current_label(item.key)["label"] == item.label for item in items)
 
     config = parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}})
-    first = train_and_register(store, config, items, TrainOptions(progress=False), source="store-labels",
-                               base=trained["base"])
+    first = train_and_register(
+        store, config, items, TrainOptions(progress=False), source="store-labels", base=trained["base"]
+    )
     assert first["metrics"]["accuracy"] >= 0.5  # a few validation accounts only
     # Promotion is tested above; against the shipped default a tiny model on generated images rightly loses,
     # and this test is about the next training run reusing the cached vectors of the active model's trunk.
@@ -478,8 +558,9 @@ def test_retraining_from_store_labels_reuses_cached_vectors(trained, store):
     assert store.scalar("SELECT COUNT(*) FROM features WHERE backbone = ?", (trained["base"].feature_key,)) == 48
     for row in store.query("SELECT sha256, ext FROM media"):
         store.blobs.path(row["sha256"], row["ext"]).unlink()  # the conv net cannot run any more
-    second = train_and_register(store, config, items, TrainOptions(progress=False, seed=1), source="store-labels",
-                                base=trained["base"])
+    second = train_and_register(
+        store, config, items, TrainOptions(progress=False, seed=1), source="store-labels", base=trained["base"]
+    )
     assert second["data_summary"]["train"]["images"] + second["data_summary"]["validation"]["images"] == 48
     assert second["active_metrics_on_same_split"] is not None
 
@@ -494,8 +575,14 @@ def test_borderline_call_stores_the_explain_packages_grad_cam_png(trained, store
     assert renderer is not None, "explain.media.gradcam_overlay is on main"
     model = without_policy(trained["model"])
     media_id = add_media(store, jpeg_bytes(generate("illustration", 970)))
-    summary = classify_pending(store, model, runner=FeatureRunner(model, precision="fp32"),
-                               borderline_confidence=1.01, borderline_margin=0.0, overlay=renderer)
+    summary = classify_pending(
+        store,
+        model,
+        runner=FeatureRunner(model, precision="fp32"),
+        borderline_confidence=1.01,
+        borderline_margin=0.0,
+        overlay=renderer,
+    )
     assert summary.overlays == 1, summary.problems
     sha = store.query_one("SELECT overlay_sha256 FROM predictions WHERE media_id = ?", (media_id,))["overlay_sha256"]
     with Image.open(store.derived.path(sha, "png")) as overlay:

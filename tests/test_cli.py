@@ -1,4 +1,5 @@
 """The command line: config errors, init/import/status/label end to end in a subprocess."""
+
 import json
 
 from bot.cli import main
@@ -72,6 +73,7 @@ def test_init_import_status_label_round_trip(tmp_path):
     assert status["review_pending"] == 0
 
     from storage import Store
+
     with Store.open(tmp_path / "data") as store:
         sha = store.scalar("SELECT sha256 FROM media WHERE ext = 'png'")
     result = run_cli("label", sha[:10], "illustration", cwd=tmp_path)
@@ -123,8 +125,10 @@ def test_debug_logging_never_shows_credentials(capsys):
         root.handlers.clear()
         configure_logging("DEBUG")
         with responses.RequestsMock() as mocked:
-            mocked.get("https://api.twitter.com/2/users/by/username/someone",
-                       json={"data": {"id": "1", "name": "S", "username": "someone"}})
+            mocked.get(
+                "https://api.twitter.com/2/users/by/username/someone",
+                json={"data": {"id": "1", "name": "S", "username": "someone"}},
+            )
             tweepy.Client(bearer_token=secret).get_user(username="someone")
         logging.getLogger("bot").debug("a debug line from our own code")
     finally:
@@ -160,8 +164,10 @@ def test_status_names_the_shipped_default_and_never_loads_torch(tmp_path):
 
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{tmp_path / "data"}"\n')
-    probe = ("import sys; from bot.cli import main; code = main(['--config', sys.argv[1], 'status']); "
-             "assert 'torch' not in sys.modules, 'status imported torch'; sys.exit(code)")
+    probe = (
+        "import sys; from bot.cli import main; code = main(['--config', sys.argv[1], 'status']); "
+        "assert 'torch' not in sys.modules, 'status imported torch'; sys.exit(code)"
+    )
     result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     shipped = read_model_file(default_model_file()).version  # the VERSION file beside the model says the same

@@ -1,4 +1,5 @@
 """The transport-free command layer on a real store: queue order, labels, undo, concurrency, refusals."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ def test_review_shows_most_uncertain_first_with_image_overlay_probabilities_and_
     assert image.path == store.media_path(queued[1]) and image.path.is_file()
     assert overlay.path.suffix == ".png" and overlay.path.parent.is_relative_to(store.data_dir / "derived")
     assert [(c.key, c.answer, c.media_id) for c in reply.choices] == [
-        ("i", "illustration", queued[1]), ("s", "screenshot", queued[1]), ("p", "photo", queued[1]),
-        ("k", "skip", queued[1])]
+        ("i", "illustration", queued[1]),
+        ("s", "screenshot", queued[1]),
+        ("p", "photo", queued[1]),
+        ("k", "skip", queued[1]),
+    ]
 
 
 def test_answers_walk_the_queue_in_priority_order_until_empty(store, queued):
@@ -82,7 +86,9 @@ def test_label_records_who_when_and_via_and_a_correction_adds_history(store, que
     assert "was already labelled screenshot by discord:101" in reply.text
     rows = store.query('SELECT label, "by", via, at FROM labels WHERE media_id = ? ORDER BY id', (queued[3],))
     assert [(r["label"], r["by"], r["via"]) for r in rows] == [
-        ("screenshot", "discord:101", "discord"), ("illustration", "discord:101", "discord")]
+        ("screenshot", "discord:101", "discord"),
+        ("illustration", "discord:101", "discord"),
+    ]
     assert all(r["at"] for r in rows)
     assert store.final_label(queued[3]) == "illustration"
 
@@ -143,7 +149,9 @@ def test_second_presser_is_told_who_labelled_first_and_both_labels_are_kept(stor
     assert f"Media {queued[1]} was already labelled illustration by discord:101 via discord" in second.text
     assert first.notice is None and second.notice.startswith(f"Media {queued[1]} was already labelled")
     assert [(r["label"], r["by"]) for r in labels_rows(store, queued[1])] == [
-        ("illustration", "discord:101"), ("screenshot", "discord:202")]
+        ("illustration", "discord:101"),
+        ("screenshot", "discord:202"),
+    ]
     assert store.final_label(queued[1]) == "screenshot"
     # A late skip changes nothing and says why.
     late_skip = commands.review_answer(store, REVIEWER, queued[1], "skip")
@@ -164,8 +172,9 @@ def test_concurrent_presses_from_two_connections_are_ordered(tmp_path):
             barrier.wait()
             replies[actor.by] = commands.review_answer(own_store, actor, media_id, answer)
 
-    threads = [threading.Thread(target=press, args=args)
-               for args in ((REVIEWER, "illustration"), (SECOND_REVIEWER, "photo"))]
+    threads = [
+        threading.Thread(target=press, args=args) for args in ((REVIEWER, "illustration"), (SECOND_REVIEWER, "photo"))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -181,7 +190,9 @@ def test_undo_revokes_the_callers_last_label_only_and_requeues(store, queued):
     commands.review_answer(store, REVIEWER, queued[1], "photo")
     commands.label(store, SECOND_REVIEWER, str(queued[0]), "illustration")
     reply = commands.undo(store, REVIEWER)
-    assert reply.ok and f"Undid your photo on media {queued[1]}" in reply.text and "back in the review queue" in reply.text
+    assert (
+        reply.ok and f"Undid your photo on media {queued[1]}" in reply.text and "back in the review queue" in reply.text
+    )
     rows = labels_rows(store, queued[1])
     assert len(rows) == 1 and rows[0]["revoked_at"] is not None
     assert store.current_label(queued[1]) is None and queue_state(store, queued[1]) == "pending"
@@ -237,9 +248,11 @@ def test_why_without_any_overlay(store, queued):
 
 def test_stats_counts_labels_since_the_active_model_and_its_metrics(store, queued):
     commands.label(store, REVIEWER, str(queued[0]), "photo")
-    store.execute("INSERT INTO models (version, path, backbone, metrics, active, created_at) "
-                  "VALUES ('m1', 'm1.pt', 'vgg16', ?, 1, '2000-01-01T00:00:00+00:00')",
-                  (json.dumps({"accuracy": 0.91, "macro_f1": 0.875, "confusion": [[1]]}),))
+    store.execute(
+        "INSERT INTO models (version, path, backbone, metrics, active, created_at) "
+        "VALUES ('m1', 'm1.pt', 'vgg16', ?, 1, '2000-01-01T00:00:00+00:00')",
+        (json.dumps({"accuracy": 0.91, "macro_f1": 0.875, "confusion": [[1]]}),),
+    )
     commands.label(store, REVIEWER, str(queued[1]), "screenshot")
     data = commands.stats_data(store)
     assert data["labels_since_model"] == 2 and data["review_pending"] == 1
@@ -265,28 +278,40 @@ def test_retrain_request_is_queued_once_claimed_and_finished(store):
 
 
 def test_follow_unfollow_and_sources(store, queued):
-    assert commands.follow(store, REVIEWER, "Bluesky", "@Artist.bsky.social").text == \
-        "Now following artist.bsky.social on bluesky."
-    assert commands.follow(store, REVIEWER, "bluesky", "artist.bsky.social").text == \
-        "Already following artist.bsky.social on bluesky."
-    store.execute("UPDATE accounts SET last_crawl_at = '2026-01-02T03:04:05+00:00', last_error = 'HTTP 500' "
-                  "WHERE handle = 'artist.bsky.social'")
+    assert (
+        commands.follow(store, REVIEWER, "Bluesky", "@Artist.bsky.social").text
+        == "Now following artist.bsky.social on bluesky."
+    )
+    assert (
+        commands.follow(store, REVIEWER, "bluesky", "artist.bsky.social").text
+        == "Already following artist.bsky.social on bluesky."
+    )
+    store.execute(
+        "UPDATE accounts SET last_crawl_at = '2026-01-02T03:04:05+00:00', last_error = 'HTTP 500' "
+        "WHERE handle = 'artist.bsky.social'"
+    )
     listing = commands.sources(store).text.splitlines()
     assert "bluesky (enabled): config -; followed artist.bsky.social; unfollowed -; reads today 0" in listing
     assert "  - artist.bsky.social: last crawl 2026-01-02T03:04:05+00:00, last error: HTTP 500" in listing
-    assert commands.follow(store, REVIEWER, "x", "alice", followed=False).text == \
-        "Unfollowed alice on x; its stored posts stay."
+    assert (
+        commands.follow(store, REVIEWER, "x", "alice", followed=False).text
+        == "Unfollowed alice on x; its stored posts stay."
+    )
     assert store.scalar("SELECT COUNT(*) FROM posts") == 4  # unfollowing keeps what was stored
     assert "x (enabled): config -; followed -; unfollowed alice; reads today 0" in commands.sources(store).text
     assert "was not followed" in commands.follow(store, REVIEWER, "x", "alice", followed=False).text
     assert commands.follow(store, REVIEWER, "x", "@ALICE").text == "Now following alice on x."
     assert store.query("SELECT followed, followed_via FROM accounts WHERE source = 'x'") == [
-        {"followed": 1, "followed_via": "command"}]
+        {"followed": 1, "followed_via": "command"}
+    ]
 
 
 def test_follow_refuses_unknown_sources_and_bad_handles(store):
-    replies = [commands.follow(store, REVIEWER, "myspace", "bob"), commands.follow(store, REVIEWER, "x", "two words"),
-               commands.follow(store, REVIEWER, "mastodon", "painter")]
+    replies = [
+        commands.follow(store, REVIEWER, "myspace", "bob"),
+        commands.follow(store, REVIEWER, "x", "two words"),
+        commands.follow(store, REVIEWER, "mastodon", "painter"),
+    ]
     assert all(not r.ok and r.private for r in replies)
     assert "unknown source 'myspace'" in replies[0].text and "X handle 'two words'" in replies[1].text
     assert "Mastodon handle 'painter' is not user@instance" in replies[2].text
@@ -338,8 +363,11 @@ def test_queue_order_follows_the_classifiers_priority_then_age(store):
     """Higher priority (1 - margin, as classifier.inference.decide writes it) first; equal ones oldest first."""
     media_ids = ingest_images(store, [21, 22, 23])
     for media_id, priority, created in zip(media_ids, (0.5, 0.9, 0.9), ("2026-01-03", "2026-01-02", "2026-01-01")):
-        store.execute("INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
-                      "VALUES (?, 'test', ?, 'pending', ?, ?)", (media_id, priority, created, created))
+        store.execute(
+            "INSERT INTO review_queue (media_id, reason, priority, state, created_at, updated_at) "
+            "VALUES (?, 'test', ?, 'pending', ?, ?)",
+            (media_id, priority, created, created),
+        )
     order = []
     reply = commands.next_review(store)
     for _ in range(4):

@@ -1,4 +1,5 @@
 """/why with the real explainer: a reduced-width classifier saved as the active model version."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,10 @@ def saved_model(path, seed: int):
 
 def activate(store: Store, version: str, path) -> None:
     store.execute("UPDATE models SET active = 0")
-    store.execute("INSERT INTO models (version, path, backbone, active, created_at) VALUES (?, ?, ?, 1, ?)",
-                  (version, str(path), SCRATCH_BACKBONE, utc_now()))
+    store.execute(
+        "INSERT INTO models (version, path, backbone, active, created_at) VALUES (?, ?, ?, 1, ?)",
+        (version, str(path), SCRATCH_BACKBONE, utc_now()),
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """A SIGKILLed import leaves a consistent database and no half-written blob; re-running completes it."""
+
 import signal
 import subprocess
 import sys

@@ -1,4 +1,5 @@
 """crawl_once over the folder source and the `illustfeed crawl --once` command."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,10 @@ from tests.sources_support import make_jpeg
 
 def write_config(tmp_path, extra: str = "") -> str:
     path = tmp_path / "illustfeed.toml"
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n'
-                    f'[sources.folder]\npath = "{tmp_path / "inbox"}"\n{extra}')
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[ingest]\nprogress = false\n'
+        f'[sources.folder]\npath = "{tmp_path / "inbox"}"\n{extra}'
+    )
     return str(path)
 
 

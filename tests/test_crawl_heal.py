@@ -1,4 +1,5 @@
 """A crawl writes back the files of damaged media from X, Bluesky and Mastodon posts behind its cursor."""
+
 from __future__ import annotations
 
 from bot.ingest.crawl import crawl_once
@@ -12,9 +13,13 @@ def test_the_next_crawl_downloads_damaged_media_again(networks, tmp_path):  # no
     config = all_networks_config(tmp_path)
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(networks.clock))
-        by_source = {row["source"]: row for row in store.query(
-            "SELECT p.source, m.id, m.sha256, m.ext FROM media m JOIN post_media pm ON pm.media_id = m.id"
-            " JOIN posts p ON p.id = pm.post_id WHERE m.status = 'ok' GROUP BY p.source")}
+        by_source = {
+            row["source"]: row
+            for row in store.query(
+                "SELECT p.source, m.id, m.sha256, m.ext FROM media m JOIN post_media pm ON pm.media_id = m.id"
+                " JOIN posts p ON p.id = pm.post_id WHERE m.status = 'ok' GROUP BY p.source"
+            )
+        }
         assert sorted(by_source) == ["bluesky", "mastodon", "x"]
         store.blobs.path(by_source["x"]["sha256"], by_source["x"]["ext"]).unlink()
         truncated = store.blobs.path(by_source["bluesky"]["sha256"], by_source["bluesky"]["ext"])

@@ -3,6 +3,7 @@
 The crawl runs in a subprocess serving the fake X API through `responses` inside it. In blocking mode the
 child stops inside the N-th media download, having stored what came before; the test then SIGKILLs it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,9 +49,14 @@ def child(data_dir: str, block_after: int, ready_file: str) -> int:
 
 def run_child(data_dir: Path, block_after: int, ready_file: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(data_dir), str(block_after),
-                             str(ready_file)], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), str(data_dir), str(block_after), str(ready_file)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow

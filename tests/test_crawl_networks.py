@@ -1,5 +1,6 @@
 """X, Bluesky and Mastodon crawled together: an odd API answer (an HTML page, a JSON error object, records
 missing fields) stops one account, never the crawl; backfill 0 starts every network from its newest post."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class OddAnswers:
                     del self.pending[index]
                     return 200, {"content-type": content_type}, body
             return serve(request)
+
         return callback
 
 
@@ -56,28 +58,43 @@ def networks():
 
 
 def all_networks_config(tmp_path, backfill: int = 100):
-    return crawl_config(tmp_path, {
-        "x": {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5,
-              "backfill_tweets": backfill},
-        "bluesky": {"accounts": ["mika", "ren.example.com"], "page_size": 2, "backfill_posts": backfill},
-        "mastodon": {"instance": HOME, "page_size": 2, "accounts": ["artist", "painter@art.example"],
-                     "backfill_posts": backfill},
-    }, ingest={"max_bytes": 200_000})
+    return crawl_config(
+        tmp_path,
+        {
+            "x": {
+                "bearer_token": "test-bearer",
+                "accounts": ["alice", "bob"],
+                "page_size": 5,
+                "backfill_tweets": backfill,
+            },
+            "bluesky": {"accounts": ["mika", "ren.example.com"], "page_size": 2, "backfill_posts": backfill},
+            "mastodon": {
+                "instance": HOME,
+                "page_size": 2,
+                "accounts": ["artist", "painter@art.example"],
+                "backfill_posts": backfill,
+            },
+        },
+        ingest={"max_bytes": 200_000},
+    )
 
 
 def stored(store: Store) -> tuple[set, set, dict]:
     posts = {(row["source"], row["external_id"]) for row in store.query("SELECT source, external_id FROM posts")}
     media = {row["sha256"] for row in store.query("SELECT sha256 FROM media")}
-    cursors = {(row["source"], row["handle"]): row["cursor"]
-               for row in store.query("SELECT source, handle, cursor FROM accounts")}
+    cursors = {
+        (row["source"], row["handle"]): row["cursor"]
+        for row in store.query("SELECT source, handle, cursor FROM accounts")
+    }
     return posts, media, cursors
 
 
 def post_one_new_image_everywhere(nets: Networks) -> dict[str, str]:
     """One new image post for alice (X), mika (Bluesky) and artist (Mastodon); returns source -> account."""
     nets.x.tweet("101", "1011", [nets.x.photo(make_jpeg(501))])
-    nets.bluesky.post("mika.bsky.social", "new", nets.bluesky.images_embed(
-        nets.bluesky.image("mika.bsky.social", make_jpeg(502))))
+    nets.bluesky.post(
+        "mika.bsky.social", "new", nets.bluesky.images_embed(nets.bluesky.image("mika.bsky.social", make_jpeg(502)))
+    )
     artist = nets.mastodon.accounts[(HOME, "artist")]
     nets.mastodon.status(HOME, artist, [nets.mastodon.attachment("image", make_jpeg(503), f"files.{HOME}")])
     return {"x": "alice", "bluesky": "mika.bsky.social", "mastodon": f"artist@{HOME}"}
@@ -126,13 +143,18 @@ def test_an_odd_timeline_answer_defers_one_account_and_the_others_still_crawl(ne
         posts_after, media_after, cursors_after = stored(store)
         assert posts_before < posts_after and media_before < media_after
         assert cursors_after[(odd_source, odd_account)] == cursors_before[(odd_source, odd_account)]
-        assert store.scalar("SELECT last_error FROM accounts WHERE source = ? AND handle = ?",
-                            (odd_source, odd_account))
+        assert store.scalar(
+            "SELECT last_error FROM accounts WHERE source = ? AND handle = ?", (odd_source, odd_account)
+        )
 
         # The API recovers: the deferred post is read on the next run.
         summary = crawl_once(store, config, http=http_for(networks.clock))
-        assert {run.source: run.ingest.new_posts for run in summary.runs} == {"x": 0, "bluesky": 0, "mastodon": 0,
-                                                                              odd_source: 1}
+        assert {run.source: run.ingest.new_posts for run in summary.runs} == {
+            "x": 0,
+            "bluesky": 0,
+            "mastodon": 0,
+            odd_source: 1,
+        }
 
 
 def test_an_odd_account_lookup_stops_only_that_source(networks, tmp_path):
@@ -153,10 +175,13 @@ def test_backfill_zero_stores_nothing_old_but_sets_every_cursor(networks, tmp_pa
         summary = crawl_once(store, config, http=http_for(networks.clock))
         assert store.scalar("SELECT COUNT(*) FROM posts") == 0 and store.scalar("SELECT COUNT(*) FROM media") == 0
         assert {run.source: run.reads for run in summary.runs} == {"x": 3, "bluesky": 3, "mastodon": 4}  # + lookups
-        newest_status = {account["username"]: networks.mastodon.statuses[account["id"]][0]["id"]
-                         for account in networks.mastodon.accounts.values()}
+        newest_status = {
+            account["username"]: networks.mastodon.statuses[account["id"]][0]["id"]
+            for account in networks.mastodon.accounts.values()
+        }
         assert stored(store)[2] == {
-            ("x", "alice"): "1010", ("x", "bob"): "2007",
+            ("x", "alice"): "1010",
+            ("x", "bob"): "2007",
             ("bluesky", "mika.bsky.social"): "2026-11-20T10:00:04.000Z",
             ("bluesky", "ren.example.com"): "2026-11-20T10:00:09.000Z",
             ("mastodon", f"artist@{HOME}"): newest_status["artist"],

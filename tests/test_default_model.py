@@ -4,6 +4,7 @@ The default head was trained on every dev image, so this checks that the shipped
 and the product's loading path fit together (a wrong spec, framing or label order scores near chance);
 how well it generalises is measured by origin-grouped cross-validation (see MODEL_CARD.md).
 """
+
 from __future__ import annotations
 
 import csv

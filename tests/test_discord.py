@@ -1,5 +1,6 @@
 """The Discord adapter with fake Interaction objects (dpytest cannot drive interactions): each command calls
 the command layer on a real store and renders its reply; button ids round-trip; strangers are refused."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,15 @@ import pytest
 from bot import review
 from bot.chat.commands import Permissions
 from bot.config import DiscordConfig, load_config, parse_config
-from bot.chat.discord_bot import (ChatAdapter, DiscordTokenMissing, IllustfeedBot, ReviewButton, create_bot, custom_id,
-                             post_feed_batch)
+from bot.chat.discord_bot import (
+    ChatAdapter,
+    DiscordTokenMissing,
+    IllustfeedBot,
+    ReviewButton,
+    create_bot,
+    custom_id,
+    post_feed_batch,
+)
 from tests.chat_store import ingest_images, predict
 
 OWNER_ID, HELPER_ROLE, HELPER_ID, STRANGER_ID = 111, 777, 222, 333
@@ -50,8 +58,9 @@ class FakeInteraction:
 
     def __init__(self, client, user_id: int, role_ids: tuple[int, ...] = ()):
         self.client = client
-        self.user = SimpleNamespace(id=user_id, roles=[SimpleNamespace(id=r) for r in role_ids],
-                                    __str__=lambda: f"user{user_id}")
+        self.user = SimpleNamespace(
+            id=user_id, roles=[SimpleNamespace(id=r) for r in role_ids], __str__=lambda: f"user{user_id}"
+        )
         self.response = FakeResponse()
         self.followup = FakeFollowup()
 
@@ -97,7 +106,8 @@ def test_review_sends_the_item_with_image_overlay_and_four_persistent_buttons(ch
     view = kwargs["view"]
     assert view.timeout is None and view.is_persistent()
     assert [item.custom_id for item in view.children] == [
-        f"illustfeed:label:{media_ids[1]}:{answer}" for answer in ("illustration", "screenshot", "photo", "skip")]
+        f"illustfeed:label:{media_ids[1]}:{answer}" for answer in ("illustration", "screenshot", "photo", "skip")
+    ]
     assert [item.item.label for item in view.children] == ["Illustration", "Screenshot", "Photo", "Skip"]
 
 
@@ -198,9 +208,12 @@ def test_stats_retrain_follow_sources_render(chat, store, media_ids):
     woken = []
     chat.on_retrain_requested = lambda: woken.append(True)
     replies = {}
-    for name, call in [("retrain", lambda f: chat.retrain(f)), ("stats", lambda f: chat.stats(f)),
-                       ("follow", lambda f: chat.follow(f, "mastodon", "@painter@example.social")),
-                       ("sources", lambda f: chat.sources(f))]:
+    for name, call in [
+        ("retrain", lambda f: chat.retrain(f)),
+        ("stats", lambda f: chat.stats(f)),
+        ("follow", lambda f: chat.follow(f, "mastodon", "@painter@example.social")),
+        ("sources", lambda f: chat.sources(f)),
+    ]:
         fake = interaction(chat)
         run(call(fake))
         replies[name] = only_call(fake)[1]
@@ -218,9 +231,15 @@ def test_slash_command_tree_has_every_command_and_label_choices(store):
     choices = [c.value for c in label_command.get_parameter("label").choices]
     assert choices == ["illustration", "screenshot", "photo"]
     assert [c.value for c in bot.tree.get_command("why").get_parameter("method").choices] == [
-        "gradcam", "guided-gradcam", "lime"]
+        "gradcam",
+        "guided-gradcam",
+        "lime",
+    ]
     assert [c.value for c in bot.tree.get_command("unfollow").get_parameter("source").choices] == [
-        "x", "bluesky", "mastodon"]
+        "x",
+        "bluesky",
+        "mastodon",
+    ]
     assert "@user@instance" in bot.tree.get_command("follow").get_parameter("handle").description
 
 
@@ -275,8 +294,10 @@ def test_feed_posts_illustrations_in_batches_once_and_credits_authors(store, med
     assert [f.filename for f in first_kwargs["files"]] == [f"illustfeed-{m}.png" for m in media_ids[:2]]
     assert first_kwargs["suppress_embeds"] is True
     assert store.query("SELECT media_id, message_id FROM feed_posts ORDER BY media_id") == [
-        {"media_id": media_ids[0], "message_id": "9001"}, {"media_id": media_ids[1], "message_id": "9001"},
-        {"media_id": media_ids[2], "message_id": "9002"}]
+        {"media_id": media_ids[0], "message_id": "9001"},
+        {"media_id": media_ids[1], "message_id": "9001"},
+        {"media_id": media_ids[2], "message_id": "9002"},
+    ]
 
 
 def test_a_failed_feed_post_is_retried(store, media_ids):
@@ -312,7 +333,7 @@ def test_setup_hook_syncs_to_the_guild_registers_persistent_buttons_and_starts_t
     assert sorted(c.name for c in bot.tree.get_commands(guild=discord.Object(1234)))[:2] == ["follow", "label"]
     # After a restart a press on an old message is routed by its custom id alone.
     patterns = bot._connection._view_store._dynamic_items
-    (pattern, factory), = patterns.items()
+    ((pattern, factory),) = patterns.items()
     assert factory is ReviewButton and pattern.fullmatch(custom_id(17, "screenshot"))
 
 
@@ -332,8 +353,9 @@ def test_reports_go_to_the_report_channel_with_an_optional_png(store):
 
 
 @pytest.mark.parametrize("post_backlog, expected_posts", [(False, 0), (True, 1)])
-def test_feed_loop_posts_only_new_illustrations_unless_asked_for_the_backlog(store, media_ids, post_backlog,
-                                                                            expected_posts):
+def test_feed_loop_posts_only_new_illustrations_unless_asked_for_the_backlog(
+    store, media_ids, post_backlog, expected_posts
+):
     bot = IllustfeedBot(DiscordConfig(token="x", feed_channel_id=42, feed_post_backlog=post_backlog), store)
     channel = FakeChannel(42)
     bot.get_channel = {42: channel}.get
@@ -352,7 +374,8 @@ def test_feed_loop_posts_only_new_illustrations_unless_asked_for_the_backlog(sto
     run(one_tick())
     assert len(channel.sent) == expected_posts  # media_ids[2] is the one stored illustration
     assert store.query("SELECT media_id, message_id IS NULL AS skipped FROM feed_posts") == [
-        {"media_id": media_ids[2], "skipped": int(not post_backlog)}]
+        {"media_id": media_ids[2], "skipped": int(not post_backlog)}
+    ]
 
 
 def test_why_runs_only_the_explainer_off_the_loop_thread_and_reports_its_failure(store, media_ids):

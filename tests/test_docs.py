@@ -3,6 +3,7 @@
 In the spirit of sqlite-utils' tests/test_docs.py: adding a network, an explanation method, a chat command
 or a CLI command without documenting it fails here, naming what is missing.
 """
+
 from __future__ import annotations
 
 import re
@@ -75,7 +76,7 @@ def test_every_chat_command_is_a_slash_command_and_in_the_readme(command):
 
 
 def test_the_readme_layout_table_matches_the_tree():
-    section = README[README.index("## Layout"):README.index("## Data and safety")]
+    section = README[README.index("## Layout") : README.index("## Data and safety")]
     listed = set(re.findall(r"`((?:bot|storage|classifier|explain)/[a-z_/]*(?:\.py)?)`", section))
     for path in listed:
         assert (ROOT / path).exists(), f"README Layout names {path}, which does not exist"

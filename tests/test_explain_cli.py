@@ -1,4 +1,5 @@
 """`illustfeed explain`: writes overlays for files and stored media, and fails clearly on bad input."""
+
 from __future__ import annotations
 
 import io

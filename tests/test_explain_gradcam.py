@@ -1,4 +1,5 @@
 """Grad-CAM and Guided Grad-CAM: localisation on a trained model, the randomisation sanity check, hygiene."""
+
 from __future__ import annotations
 
 import copy

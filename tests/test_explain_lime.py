@@ -1,4 +1,5 @@
 """LIME and its superpixels: the region a model depends on is what LIME marks positive."""
+
 from __future__ import annotations
 
 import matplotlib.colors

@@ -1,4 +1,5 @@
 """Overlays: valid PNG/GIF files of the documented size, heatmap and LIME colours where they belong."""
+
 from __future__ import annotations
 
 import io
@@ -61,7 +62,10 @@ def test_animated_overlay_is_the_smaller_of_gif_and_mp4_with_one_frame_per_media
     kind, frames = animation_frames(overlay.data)
     assert overlay.ext == kind.lower() and len(frames) == 3
     # MP4 sides are padded to even numbers.
-    assert frames[0].width - DISPLAY_VIEW_SIDE in (0, 1) and frames[0].height - (DISPLAY_VIEW_SIDE + PANEL_HEIGHT) in (0, 1)
+    assert frames[0].width - DISPLAY_VIEW_SIDE in (0, 1) and frames[0].height - (DISPLAY_VIEW_SIDE + PANEL_HEIGHT) in (
+        0,
+        1,
+    )
     assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[2])), "frames must differ: each has its own map"
 
 
@@ -71,8 +75,10 @@ def test_encode_keeps_the_smaller_of_a_looping_gif_and_an_mp4(flat):
         frames = [Image.new("RGB", (16, 15), (40 * index, 0, 0)) for index in range(2)]
     else:  # smooth gradients, as heatmaps are: the MP4 is smaller
         ramp = np.linspace(0, 255, 300, dtype=np.float32)
-        frames = [Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2 + shift] * 3, axis=-1).clip(0, 255)
-                                  .astype(np.uint8)) for shift in (0, 40, 80)]
+        frames = [
+            Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2 + shift] * 3, axis=-1).clip(0, 255).astype(np.uint8))
+            for shift in (0, 40, 80)
+        ]
     gif, mp4 = encode_gif(frames), encode_mp4(frames)
     overlay = encode(frames)
     assert overlay == (EncodedImage(mp4, "mp4") if len(mp4) < len(gif) else EncodedImage(gif, "gif"))
@@ -86,13 +92,15 @@ def test_encode_keeps_the_smaller_of_a_looping_gif_and_an_mp4(flat):
 
 def test_each_frame_shows_its_own_probabilities_and_the_media_call(small_vgg):
     per_frame = [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]
-    overlay = gradcam_overlay(small_vgg, [views(1, 0), views(1, 0)], probabilities=[0.5, 0.425, 0.075],
-                              frame_probabilities=per_frame)
+    overlay = gradcam_overlay(
+        small_vgg, [views(1, 0), views(1, 0)], probabilities=[0.5, 0.425, 0.075], frame_probabilities=per_frame
+    )
     kind, frames = animation_frames(overlay.data)
     # One caption row more than a still's panel; the same frame with other probabilities shows other bars.
     assert frames[0].height - (DISPLAY_VIEW_SIDE + PANEL_HEIGHT + PANEL_ROW_HEIGHT) in (0, 1)
-    panels = [np.asarray(frame.crop((0, DISPLAY_VIEW_SIDE, DISPLAY_VIEW_SIDE, frame.height)), np.float32)
-              for frame in frames]
+    panels = [
+        np.asarray(frame.crop((0, DISPLAY_VIEW_SIDE, DISPLAY_VIEW_SIDE, frame.height)), np.float32) for frame in frames
+    ]
     assert np.abs(panels[0] - panels[1]).mean() > 2
     with pytest.raises(ExplainError, match="probabilities for 1 frames"):
         gradcam_overlay(small_vgg, [views(1, 0), views(1, 0)], [0.5, 0.4, 0.1], frame_probabilities=per_frame[:1])

@@ -1,4 +1,5 @@
 """Fixtures the explain test modules share (this module holds no tests of its own)."""
+
 from __future__ import annotations
 
 import pytest

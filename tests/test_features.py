@@ -1,4 +1,5 @@
 """Feature specs, image framing into views, and the pooled multi-layer extractor (reduced-width trunk)."""
+
 from __future__ import annotations
 
 import json
@@ -141,8 +142,7 @@ def test_extractor_pools_the_requested_layers(small_trunk):
 def test_extractor_stops_at_the_deepest_requested_layer(small_trunk):
     calls: list[str] = []
     handles = [
-        small_trunk[index].register_forward_hook(lambda *_, name=str(index): calls.append(name))
-        for index in (22, 29)
+        small_trunk[index].register_forward_hook(lambda *_, name=str(index): calls.append(name)) for index in (22, 29)
     ]
     try:
         with torch.no_grad():
@@ -205,7 +205,13 @@ def statistics_of(image: Image.Image, spec: FeatureSpec) -> dict[str, float]:
 
 
 def test_old_spec_dicts_without_stats_still_load_and_serialise_unchanged():
-    stored = {"backbone": "vgg16", "layers": [15, 22, 29], "pooling": ["avg", "max"], "framing": "multi_view", "image_size": 224}
+    stored = {
+        "backbone": "vgg16",
+        "layers": [15, 22, 29],
+        "pooling": ["avg", "max"],
+        "framing": "multi_view",
+        "image_size": 224,
+    }
     spec = FeatureSpec.from_dict(stored)
     assert spec.stats == ()
     # No `stats` key for a spec without statistics: its JSON, and so the cached-vector key, is as before.

@@ -1,4 +1,5 @@
 """The gallery rendered by a real headless Chromium against the real server: the thumbnails must show."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,8 @@ class ServerThread:
     def __enter__(self) -> str:
         self.thread.start()
         self.runner = asyncio.run_coroutine_threadsafe(
-            start_feed_server(self.config, host="127.0.0.1", port=0, extensions=self.extensions),
-            self.loop).result(timeout=30)
+            start_feed_server(self.config, host="127.0.0.1", port=0, extensions=self.extensions), self.loop
+        ).result(timeout=30)
         return server_url(self.runner)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -62,11 +63,26 @@ def test_headless_chromium_renders_the_gallery_with_thumbnails(tmp_path):
     screenshot = tmp_path / "gallery.png"
     with ServerThread(config) as url:
         result = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-             f"--screenshot={screenshot}", "--window-size=1280,900", f"{url}/"],
-            capture_output=True, text=True, timeout=120,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=10000",
+                f"--screenshot={screenshot}",
+                "--window-size=1280,900",
+                f"{url}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         with Store.open(data_dir) as store:
             thumbnails_made = store.scalar("SELECT COUNT(*) FROM thumbnails")
@@ -102,17 +118,25 @@ def test_the_gallery_keeps_aspect_ratios_fits_a_phone_and_follows_the_colour_sch
         for _ in range(10):
             await page.evaluate("window.scrollBy(0, window.innerHeight)")
             await asyncio.sleep(0.2)
-        await page.evaluate("Promise.all(Array.from(document.images).map(i => i.decode()))",)
+        await page.evaluate(
+            "Promise.all(Array.from(document.images).map(i => i.decode()))",
+        )
 
     async def look(url: str) -> dict:
         seen = {}
         for name, width, height in (("phone", 390, 844), ("desktop", 1280, 900)):
             async with Browser(tmp_path / f"profile-{name}", width, height) as page:
-                await page.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                                deviceScaleFactor=1, mobile=name == "phone")
+                await page.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=width,
+                    height=height,
+                    deviceScaleFactor=1,
+                    mobile=name == "phone",
+                )
                 for scheme in ("light", "dark"):
-                    await page.send("Emulation.setEmulatedMedia",
-                                    features=[{"name": "prefers-color-scheme", "value": scheme}])
+                    await page.send(
+                        "Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": scheme}]
+                    )
                     await page.goto(f"{url}/")
                     await scroll_through(page)
                     seen[(name, scheme)] = await page.evaluate(measure)

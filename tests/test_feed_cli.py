@@ -1,4 +1,5 @@
 """`illustfeed serve` as a real process, the [feed] config section, and the feed's schema migration."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def serve_process(config_path: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--config", str(config_path), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve", "--config", str(config_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -67,10 +73,15 @@ def test_feed_config_defaults_and_bad_values_name_the_key():
     feed = parse_config({}, environ={}).feed
     assert (feed.host, feed.port, feed.rule) == ("127.0.0.1", 8080, "human_then_confident")
     assert parse_config({}, environ={"ILLUSTFEED_FEED_HOST": "0.0.0.0"}).feed.host == "0.0.0.0"
-    for table, key in [({"rule": "everything"}, "feed.rule"), ({"port": "80"}, "feed.port"),
-                       ({"port": 70000}, "feed.port"), ({"thumbnail_format": "gif"}, "feed.thumbnail_format"),
-                       ({"public_url": "javascript:alert(1)"}, "feed.public_url"), ({"page_size": 0}, "feed.page_size"),
-                       ({"colour": "red"}, "feed.colour")]:
+    for table, key in [
+        ({"rule": "everything"}, "feed.rule"),
+        ({"port": "80"}, "feed.port"),
+        ({"port": 70000}, "feed.port"),
+        ({"thumbnail_format": "gif"}, "feed.thumbnail_format"),
+        ({"public_url": "javascript:alert(1)"}, "feed.public_url"),
+        ({"page_size": 0}, "feed.page_size"),
+        ({"colour": "red"}, "feed.colour"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             parse_config({"feed": table}, environ={})
 
@@ -79,7 +90,7 @@ def test_migration_fills_media_verdict_from_a_database_made_before_it(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     conn = sqlite3.connect(data_dir / "illustfeed.db")
-    earlier = MIGRATIONS[:MIGRATIONS.index(FEED_V3)]
+    earlier = MIGRATIONS[: MIGRATIONS.index(FEED_V3)]
     conn.executescript("BEGIN;\n" + "\n".join(earlier) + f"\nPRAGMA user_version = {len(earlier)};\nCOMMIT;")
     conn.executescript(
         "INSERT INTO media (id, sha256, status, first_seen_at) VALUES (1, 'a', 'ok', 't'), (2, 'b', 'ok', 't'),"
@@ -92,17 +103,28 @@ def test_migration_fills_media_verdict_from_a_database_made_before_it(tmp_path):
     )
     conn.close()
     with Store.open(data_dir) as store:
-        verdicts = store.query("SELECT media_id, human_label, model_label, final_label, any_label FROM media_verdict "
-                               "ORDER BY media_id")
+        verdicts = store.query(
+            "SELECT media_id, human_label, model_label, final_label, any_label FROM media_verdict ORDER BY media_id"
+        )
         # The triggers keep it current after the migration too.
         predict(store, 3, "photo", borderline=True)
         store.execute("UPDATE labels SET revoked_at = 't2' WHERE media_id = 2")
         after = store.query("SELECT media_id, final_label, any_label FROM media_verdict ORDER BY media_id")
     assert verdicts == [
-        {"media_id": 1, "human_label": None, "model_label": "screenshot", "final_label": "screenshot",
-         "any_label": "screenshot"},
-        {"media_id": 2, "human_label": "photo", "model_label": "illustration", "final_label": "photo",
-         "any_label": "photo"},
+        {
+            "media_id": 1,
+            "human_label": None,
+            "model_label": "screenshot",
+            "final_label": "screenshot",
+            "any_label": "screenshot",
+        },
+        {
+            "media_id": 2,
+            "human_label": "photo",
+            "model_label": "illustration",
+            "final_label": "photo",
+            "any_label": "photo",
+        },
     ]
     assert after == [
         {"media_id": 1, "final_label": "screenshot", "any_label": "screenshot"},

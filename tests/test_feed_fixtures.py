@@ -1,4 +1,5 @@
 """Shared set-up for the feed tests: real images ingested into a real store, predictions and labels by SQL."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,16 +36,30 @@ def make_image(index: int, size: tuple[int, int] = (320, 240), fmt: str = "PNG")
     return imagegen.encode(image, fmt)
 
 
-def add_post(store: Store, index: int, account: str = "artist", text: str | None = None,
-             display_name: str | None = None, alt: str | None = None, url: str | None = None,
-             created_at: str | None = None, image: bytes | None = None) -> int:
+def add_post(
+    store: Store,
+    index: int,
+    account: str = "artist",
+    text: str | None = None,
+    display_name: str | None = None,
+    alt: str | None = None,
+    url: str | None = None,
+    created_at: str | None = None,
+    image: bytes | None = None,
+) -> int:
     """Ingest one post with one generated image through bot.ingest.ingest; returns the media id."""
     data = image if image is not None else make_image(index)
     ref = MediaRef(url=f"https://img.example.org/{index}.png", alt=alt)
-    post = Post(source="x", account=account, post_id=f"p{index}", url=url or f"https://x.example.org/{account}/{index}",
-                text=text if text is not None else f"drawing number {index}",
-                created_at=created_at or f"2026-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}+00:00",
-                media=(ref,), display_name=display_name)
+    post = Post(
+        source="x",
+        account=account,
+        post_id=f"p{index}",
+        url=url or f"https://x.example.org/{account}/{index}",
+        text=text if text is not None else f"drawing number {index}",
+        created_at=created_at or f"2026-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}+00:00",
+        media=(ref,),
+        display_name=display_name,
+    )
     _, outcomes = ingest_post(store, post, lambda _ref: data, IngestConfig(progress=False))
     assert outcomes[0].status == NEW, outcomes
     return outcomes[0].media_id
@@ -56,8 +71,17 @@ def predict(store: Store, media_id: int, label: str, borderline: bool = False, v
     store.execute(
         "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot, prob_photo, label, "
         "confidence, margin, borderline, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, datetime('now'))",
-        (media_id, version, probs["illustration"], probs["screenshot"], probs["photo"], label, probs[label],
-         probs[label] - 0.1, int(borderline)),
+        (
+            media_id,
+            version,
+            probs["illustration"],
+            probs["screenshot"],
+            probs["photo"],
+            label,
+            probs[label],
+            probs[label] - 0.1,
+            int(borderline),
+        ),
     )
 
 
@@ -71,11 +95,14 @@ def illustrations(store: Store, count: int, start: int = 0) -> list[int]:
     return ids
 
 
-def with_client(data_dir: Path, scenario: Callable[[TestClient], Awaitable[T]],
-                settings: FeedConfig | None = None) -> T:
+def with_client(
+    data_dir: Path, scenario: Callable[[TestClient], Awaitable[T]], settings: FeedConfig | None = None
+) -> T:
     """Run `scenario` against the feed app (its own Store on `data_dir`) through aiohttp's test client."""
+
     async def main() -> T:
         app = create_app(settings or FeedConfig(), lambda: Store.open(data_dir))
         async with TestClient(TestServer(app)) as client:
             return await scenario(client)
+
     return asyncio.run(main())

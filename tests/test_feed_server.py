@@ -1,4 +1,5 @@
 """The feed app over HTTP (aiohttp test client) on a real store: pages, rules, paging, escaping, media, errors."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,8 +56,15 @@ def test_gallery_shows_only_illustrations_newest_first_with_credit(store, data_d
     removed = add_post(store, 12)
     predict(store, removed, "illustration")
     store.execute("UPDATE media SET status = 'removed' WHERE id = ?", (removed,))
-    credited = add_post(store, 13, account="painter", display_name="Pat Painter", alt="a red fox in snow",
-                        url="https://x.example.org/painter/status/13", created_at="2026-03-04T05:06:07Z")
+    credited = add_post(
+        store,
+        13,
+        account="painter",
+        display_name="Pat Painter",
+        alt="a red fox in snow",
+        url="https://x.example.org/painter/status/13",
+        created_at="2026-03-04T05:06:07Z",
+    )
     predict(store, credited, "illustration")
 
     async def scenario(client):
@@ -68,7 +76,7 @@ def test_gallery_shows_only_illustrations_newest_first_with_credit(store, data_d
     page = with_client(data_dir, scenario)
     assert tile_ids(page) == [credited, newer, older]
     sha = store.media(credited)["sha256"]
-    tile = page[page.index(f'id="m{credited}"'):page.index(f'id="m{newer}"')]
+    tile = page[page.index(f'id="m{credited}"') : page.index(f'id="m{newer}"')]
     assert f'src="/thumb/{sha}"' in tile and f'href="/m/{credited}"' in tile  # the tile opens its own page
     assert 'href="/?account=x%3Apainter"' in tile  # the author's name opens their own view
     assert 'alt="a red fox in snow"' in tile
@@ -78,7 +86,7 @@ def test_gallery_shows_only_illustrations_newest_first_with_credit(store, data_d
 
 
 def test_feed_rules_let_the_latest_human_label_win(store, data_dir):
-    model_only, = illustrations(store, 1)
+    (model_only,) = illustrations(store, 1)
     overruled = add_post(store, 1)
     predict(store, overruled, "illustration")
     review.record_label(store, overruled, "photo", by="owner", via="cli")
@@ -114,15 +122,19 @@ def test_label_filter_selects_other_final_labels(store, data_dir):
         predict(store, media_id, "screenshot")
 
     async def scenario(client):
-        return (await get_json(client, "/api/media?label=screenshot"), await get_text(client, "/?label=photo"),
-                await get_text(client, "/feed.atom?label=photo"))
+        return (
+            await get_json(client, "/api/media?label=screenshot"),
+            await get_text(client, "/?label=photo"),
+            await get_text(client, "/feed.atom?label=photo"),
+        )
 
     screenshot_page, photo_page, photo_atom = with_client(data_dir, scenario)
     assert api_ids(screenshot_page) == screenshots[::-1]
     assert {item["label"] for item in screenshot_page["items"]} == {"screenshot"}
     assert tile_ids(photo_page) == [photo]
     assert [entry.id for entry in feedparser.parse(photo_atom).entries] == [
-        f"urn:illustfeed:media:{store.media(photo)['sha256']}"]
+        f"urn:illustfeed:media:{store.media(photo)['sha256']}"
+    ]
 
 
 def test_paging_has_no_gaps_or_repeats_while_new_media_arrive(store, data_dir):
@@ -179,17 +191,31 @@ def test_bad_query_values_are_400_naming_the_value(store, data_dir):
 def test_unknown_removed_rejected_and_malformed_media_are_404(store, data_dir):
     kept, removed = illustrations(store, 2)
     store.execute("UPDATE media SET status = 'removed' WHERE id = ?", (removed,))
-    _, outcomes = ingest_post(store, Post("x", "artist", "broken", media=(MediaRef("https://img.example.org/b"),)),
-                              lambda _ref: b"not an image at all", IngestConfig(progress=False))
+    _, outcomes = ingest_post(
+        store,
+        Post("x", "artist", "broken", media=(MediaRef("https://img.example.org/b"),)),
+        lambda _ref: b"not an image at all",
+        IngestConfig(progress=False),
+    )
     rejected_sha = store.media(outcomes[0].media_id)["sha256"]
     removed_sha = store.media(removed)["sha256"]
 
     async def scenario(client):
         statuses = {}
-        for path in [f"/media/{'0' * 64}", f"/thumb/{'0' * 64}", f"/media/{removed_sha}", f"/thumb/{removed_sha}",
-                     f"/media/{rejected_sha}", f"/thumb/{rejected_sha}", "/media/..%2F..%2Fillustfeed.db",
-                     "/media/../illustfeed.db", f"/media/{removed_sha.upper()}", "/thumb/abc", "/nothing-here",
-                     f"/media/{store.media(kept)['sha256']}"]:
+        for path in [
+            f"/media/{'0' * 64}",
+            f"/thumb/{'0' * 64}",
+            f"/media/{removed_sha}",
+            f"/thumb/{removed_sha}",
+            f"/media/{rejected_sha}",
+            f"/thumb/{rejected_sha}",
+            "/media/..%2F..%2Fillustfeed.db",
+            "/media/../illustfeed.db",
+            f"/media/{removed_sha.upper()}",
+            "/thumb/abc",
+            "/nothing-here",
+            f"/media/{store.media(kept)['sha256']}",
+        ]:
             statuses[path] = (await client.get(path)).status
         return statuses
 
@@ -199,15 +225,20 @@ def test_unknown_removed_rejected_and_malformed_media_are_404(store, data_dir):
 
 
 def test_post_text_and_author_are_escaped_in_html_json_and_atom(store, data_dir):
-    hostile = add_post(store, 1, text="<script>alert(1)</script>", display_name="&<>\"'",
-                       alt='"><img src=x onerror=alert(2)>', url="javascript:alert(3)")
+    hostile = add_post(
+        store,
+        1,
+        text="<script>alert(1)</script>",
+        display_name="&<>\"'",
+        alt='"><img src=x onerror=alert(2)>',
+        url="javascript:alert(3)",
+    )
     predict(store, hostile, "illustration")
     control = add_post(store, 2, account="other", text="bell\x07 and form feed\x0c in text")
     predict(store, control, "illustration")
 
     async def scenario(client):
-        return (await get_text(client, "/"), await get_text(client, "/feed.atom"),
-                await get_json(client, "/api/media"))
+        return (await get_text(client, "/"), await get_text(client, "/feed.atom"), await get_json(client, "/api/media"))
 
     page, atom, api = with_client(data_dir, scenario)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -248,7 +279,8 @@ def test_atom_feed_is_valid_atom_with_images_in_content(store, data_dir):
     assert revalidated == 304
     newest = store.media(ids[-1])
     assert [entry.id for entry in parsed.entries] == [
-        f"urn:illustfeed:media:{store.media(media_id)['sha256']}" for media_id in ids[:0:-1]]
+        f"urn:illustfeed:media:{store.media(media_id)['sha256']}" for media_id in ids[:0:-1]
+    ]
     entry = parsed.entries[0]
     assert entry.link == "https://x.example.org/artist/2"
     assert entry.published == "2026-01-01T00:00:02Z" and entry.updated_parsed is not None
@@ -270,16 +302,29 @@ def test_media_and_thumbnails_have_types_etags_and_304(store, data_dir):
         thumb = await client.get(f"/thumb/{media['sha256']}")
         thumb_bytes = await thumb.read()
         thumb_again = await client.get(f"/thumb/{media['sha256']}")
-        not_modified = await client.get(f"/media/{media['sha256']}", headers={"If-None-Match": original.headers["ETag"]})
-        thumb_not_modified = await client.get(f"/thumb/{media['sha256']}",
-                                              headers={"If-None-Match": f'W/"x", {thumb.headers["ETag"]}'})
+        not_modified = await client.get(
+            f"/media/{media['sha256']}", headers={"If-None-Match": original.headers["ETag"]}
+        )
+        thumb_not_modified = await client.get(
+            f"/thumb/{media['sha256']}", headers={"If-None-Match": f'W/"x", {thumb.headers["ETag"]}'}
+        )
         stale = await client.get(f"/media/{media['sha256']}", headers={"If-None-Match": '"other"'})
         head = await client.head(f"/media/{media['sha256']}")
-        return (original, original_bytes, thumb, thumb_bytes, thumb_again, not_modified, thumb_not_modified,
-                stale.status, head)
+        return (
+            original,
+            original_bytes,
+            thumb,
+            thumb_bytes,
+            thumb_again,
+            not_modified,
+            thumb_not_modified,
+            stale.status,
+            head,
+        )
 
-    (original, original_bytes, thumb, thumb_bytes, thumb_again, not_modified, thumb_not_modified, stale,
-     head) = with_client(data_dir, scenario)
+    (original, original_bytes, thumb, thumb_bytes, thumb_again, not_modified, thumb_not_modified, stale, head) = (
+        with_client(data_dir, scenario)
+    )
     assert original.status == 200 and original.headers["Content-Type"] == "image/jpeg"
     assert original_bytes == store.blobs.read(media["sha256"], "jpg")
     assert original.headers["ETag"] == f'"{media["sha256"]}"'
@@ -300,7 +345,7 @@ def test_media_and_thumbnails_have_types_etags_and_304(store, data_dir):
 
 
 def test_jpeg_thumbnails_when_configured(store, data_dir):
-    media_id, = illustrations(store, 1)
+    (media_id,) = illustrations(store, 1)
     sha = store.media(media_id)["sha256"]
 
     async def scenario(client):
@@ -338,7 +383,7 @@ def test_healthz_is_503_naming_the_error_when_the_database_fails(store, data_dir
 
 
 def test_concurrent_requests_make_one_thumbnail(store, data_dir):
-    media_id, = illustrations(store, 1)
+    (media_id,) = illustrations(store, 1)
     sha = store.media(media_id)["sha256"]
 
     async def scenario(client):
@@ -360,8 +405,10 @@ def test_thumbnails_are_upright_and_composite_transparency_on_white(store, data_
     clear_id = add_post(store, 2, image=imagegen.encode(transparent, "PNG"))
 
     async def scenario(client):
-        return [await (await client.get(f"/thumb/{store.media(media_id)['sha256']}")).read()
-                for media_id in (upright_id, clear_id)]
+        return [
+            await (await client.get(f"/thumb/{store.media(media_id)['sha256']}")).read()
+            for media_id in (upright_id, clear_id)
+        ]
 
     upright, clear = (Image.open(io.BytesIO(data)).convert("RGB") for data in with_client(data_dir, scenario))
     assert upright.size == (200, 400)
@@ -389,8 +436,9 @@ def test_one_authors_view_in_the_gallery_api_and_atom(store, data_dir):
     assert tile_ids(page) == mine[::-1] and "Mika &lt;M&gt;" in page and "<M>" not in page
     assert 'href="/feed.atom?account=x%3Amika"' in page  # the author's own Atom feed
     assert api_ids(body) + api_ids(second) == mine[::-1] and second["next_cursor"] is None
-    assert all(item["post"]["handle"] == "mika" and item["page_url"].endswith(f"/m/{item['id']}")
-               for item in body["items"])
+    assert all(
+        item["post"]["handle"] == "mika" and item["page_url"].endswith(f"/m/{item['id']}") for item in body["items"]
+    )
     parsed = feedparser.parse(atom)
     assert len(parsed.entries) == 3 and "x:mika" in parsed.feed.title and parsed.feed.id.endswith(":x:mika")
     assert nobody["items"] == []
@@ -398,8 +446,14 @@ def test_one_authors_view_in_the_gallery_api_and_atom(store, data_dir):
 
 
 def test_a_media_page_shows_the_whole_picture_the_post_and_who_decided(store, data_dir):
-    decided = add_post(store, 60, account="pat", display_name="Pat", text="a <b>fox</b> at dawn",
-                       url="https://x.example.org/pat/status/60")
+    decided = add_post(
+        store,
+        60,
+        account="pat",
+        display_name="Pat",
+        text="a <b>fox</b> at dawn",
+        url="https://x.example.org/pat/status/60",
+    )
     predict(store, decided, "illustration")
     overruled = add_post(store, 61)
     predict(store, overruled, "illustration")

@@ -1,4 +1,5 @@
 """bot/ingest/fetch.py: bounded downloads, host allow-list (redirects included), retries and rate-limit headers."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,15 @@ import requests
 import responses
 
 from bot.config import SourceHttpConfig
-from bot.ingest.fetch import (ApiUnavailable, DownloadRefused, Http, RateLimited, SourceError, host_allowed,
-                       rate_limit_reset_in)
+from bot.ingest.fetch import (
+    ApiUnavailable,
+    DownloadRefused,
+    Http,
+    RateLimited,
+    SourceError,
+    host_allowed,
+    rate_limit_reset_in,
+)
 from bot.sources.base import FetchError
 from tests.sources_support import FakeClock, make_jpeg
 
@@ -21,8 +29,12 @@ def clock():
 
 @pytest.fixture
 def http(clock):
-    return Http(SourceHttpConfig(max_retries=2, backoff_base_s=1.0, max_rate_limit_wait_s=30.0),
-                sleep=clock.sleep, clock=clock.time, jitter=lambda: 1.0)
+    return Http(
+        SourceHttpConfig(max_retries=2, backoff_base_s=1.0, max_rate_limit_wait_s=30.0),
+        sleep=clock.sleep,
+        clock=clock.time,
+        jitter=lambda: 1.0,
+    )
 
 
 @responses.activate
@@ -50,16 +62,24 @@ def test_redirect_within_the_allow_list_is_followed(http):
 
 @responses.activate
 def test_body_over_the_limit_is_refused_while_streaming(http):
-    responses.get("https://cdn.example.org/big.jpg", body=b"\xff" * 50_000, content_type="image/jpeg",
-                  auto_calculate_content_length=False)
+    responses.get(
+        "https://cdn.example.org/big.jpg",
+        body=b"\xff" * 50_000,
+        content_type="image/jpeg",
+        auto_calculate_content_length=False,
+    )
     with pytest.raises(DownloadRefused, match="over the limit of 10000 bytes"):
         http.download("https://cdn.example.org/big.jpg", HOSTS, max_bytes=10_000)
 
 
 @responses.activate
 def test_declared_length_over_the_limit_is_refused(http):
-    responses.get("https://cdn.example.org/big.jpg", body=b"\xff" * 50_000, content_type="image/jpeg",
-                  auto_calculate_content_length=True)
+    responses.get(
+        "https://cdn.example.org/big.jpg",
+        body=b"\xff" * 50_000,
+        content_type="image/jpeg",
+        auto_calculate_content_length=True,
+    )
     with pytest.raises(DownloadRefused, match="50000 bytes"):
         http.download("https://cdn.example.org/big.jpg", HOSTS, max_bytes=10_000)
 
@@ -102,8 +122,7 @@ def test_persistent_5xx_gives_up_after_the_retries(http, clock):
 @responses.activate
 def test_remaining_zero_waits_before_the_next_request(http, clock):
     url = "https://api.example.org/x"
-    responses.get(url, json={}, headers={"x-ratelimit-remaining": "0",
-                                         "x-ratelimit-reset": "2027-01-15T08:00:10.000Z"})
+    responses.get(url, json={}, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2027-01-15T08:00:10.000Z"})
     clock.now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
     http.call(lambda: http.session.get(url), "GET x", "api")
     http.call(lambda: http.session.get(url), "GET x", "api")
@@ -138,8 +157,9 @@ def test_host_allow_list():
 
 @responses.activate
 def test_a_200_html_page_from_an_api_is_a_source_error_naming_the_request(http):
-    responses.get("https://api.example.org/feed", body="<html><body>Down for maintenance</body></html>",
-                  content_type="text/html")
+    responses.get(
+        "https://api.example.org/feed", body="<html><body>Down for maintenance</body></html>", content_type="text/html"
+    )
     with pytest.raises(SourceError, match=r"GET feed: the answer is not JSON \(text/html\).*maintenance"):
         http.get_json("https://api.example.org/feed", "GET feed", "api")
 
@@ -152,8 +172,11 @@ def test_json_of_the_wrong_shape_is_a_source_error(http):
     responses.get("https://api.example.org/profile", json=["not", "an", "object"])
     with pytest.raises(SourceError, match=r"GET profile: expected a JSON object, got a list"):
         http.get_json("https://api.example.org/profile", "GET profile", "api")
-    responses.get("https://api.example.org/more", json=[{"id": "1"}], headers={
-        "Link": '<https://api.example.org/more?max_id=1>; rel="next"'})
+    responses.get(
+        "https://api.example.org/more",
+        json=[{"id": "1"}],
+        headers={"Link": '<https://api.example.org/more?max_id=1>; rel="next"'},
+    )
     reply = http.get_json("https://api.example.org/more", "GET more", "api", expect=list)
     assert reply.body == [{"id": "1"}] and reply.links["next"]["url"] == "https://api.example.org/more?max_id=1"
 

@@ -1,5 +1,6 @@
 """A model file carrying a fine-tuned conv5 (fp16) loads onto the ImageNet trunk, and the bf16 and int8
 inference paths agree with fp32 on real dev images."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,9 @@ def test_finetuned_conv5_ships_in_fp16_loads_and_reduced_precisions_agree_with_f
     model.backbone_delta = delta
     path = save_model(model, tmp_path / "finetuned.pt")
     record = read_model_file(path)
-    assert set(record.backbone_delta) == set(delta) and record.backbone_delta["features.24.weight"].dtype == torch.float16
+    assert (
+        set(record.backbone_delta) == set(delta) and record.backbone_delta["features.24.weight"].dtype == torch.float16
+    )
     # conv5 is 7.1 M parameters: ~14 MB in fp16.
     assert 14_000_000 < path.stat().st_size < 15_500_000
 
@@ -52,7 +55,7 @@ def test_finetuned_conv5_ships_in_fp16_loads_and_reduced_precisions_agree_with_f
     for precision in ("fp32", "bf16", "int8"):
         runner = FeatureRunner(finetuned, precision=precision)
         # Batches of 16 views, as classify runs them (int8 calibrates on the first).
-        per_view = torch.cat([runner(all_views[i:i + 16]) for i in range(0, len(all_views), 16)])
+        per_view = torch.cat([runner(all_views[i : i + 16]) for i in range(0, len(all_views), 16)])
         vectors = torch.stack([part.mean(0) for part in torch.split(per_view, counts)])
         # The runner's own check on its first batch did not fall back to fp32: the path under test ran.
         assert runner.precision == precision, (precision, runner.agreement)

@@ -1,4 +1,5 @@
 """Folder import: validation, rejects with reasons, exact and near duplicates, idempotent re-import."""
+
 import io
 from pathlib import Path
 
@@ -65,8 +66,10 @@ def test_import_mixed_folder_stores_good_rejects_bad_and_dedupes(store, mixed_in
     assert store.scalar("SELECT COUNT(*) FROM posts") == len(good) + 1 + 2 + len(bad)
     assert store.scalar("SELECT COUNT(*) FROM accounts") == 3
 
-    reasons = {Path(row["source_url"]).name: row["reject_reason"]
-               for row in store.query("SELECT source_url, reject_reason FROM media WHERE status = 'rejected'")}
+    reasons = {
+        Path(row["source_url"]).name: row["reject_reason"]
+        for row in store.query("SELECT source_url, reject_reason FROM media WHERE status = 'rejected'")
+    }
     assert reasons["empty.jpg"] == "empty file (0 bytes)"
     assert reasons["truncated.jpg"].startswith("truncated or corrupt JPEG")
     assert "PNG" in reasons["corrupt.png"] or "not an image" in reasons["corrupt.png"]

@@ -4,6 +4,7 @@ Every import counts, also those inside functions (a lazy import is still a depen
 `bot.runner` once imported each other that way). The layers, lowest first, follow the data flow; a layer may
 import any layer below it and, within itself, any module that does not import it back.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("explain",),
     ("bot.config",),
     ("bot.sources", "bot.ingest"),
-    ("bot.feed.queries", "bot.feed.render", "bot.feed.thumbnails", "bot.feed.channel", "bot.feed.server",
-     "bot.feed"),
+    ("bot.feed.queries", "bot.feed.render", "bot.feed.thumbnails", "bot.feed.channel", "bot.feed.server", "bot.feed"),
     ("bot.review",),
     ("bot.classify",),
     ("bot.status",),
@@ -50,8 +50,10 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from bot import review` depends on bot.review; `from bot.app import load_model` on bot.app.
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names
+            ]
         else:
             continue
         for name in names:
@@ -76,13 +78,19 @@ def layer_of(module: str) -> int:
 def graph() -> dict[str, set[str]]:
     modules = product_modules()
     # A package's __init__ importing its own submodules is how it re-exports them, not a dependency cycle.
-    return {name: {dep for dep in imports_of(path, modules) if not dep.startswith(name + ".")}
-            for name, path in modules.items()}
+    return {
+        name: {dep for dep in imports_of(path, modules) if not dep.startswith(name + ".")}
+        for name, path in modules.items()
+    }
 
 
 def test_no_module_imports_a_layer_above_it():
-    upward = [f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
-              for module, deps in graph().items() for dep in deps if layer_of(dep) > layer_of(module)]
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
+        for module, deps in graph().items()
+        for dep in deps
+        if layer_of(dep) > layer_of(module)
+    ]
     assert upward == []
 
 
@@ -95,8 +103,9 @@ def test_no_import_cycles():
         state[module] = 1
         for dep in sorted(edges.get(module, ())):
             if state.get(dep) == 1:
-                cycles.append(" -> ".join(path[path.index(dep):] + [module, dep]) if dep in path else
-                              f"{module} -> {dep}")
+                cycles.append(
+                    " -> ".join(path[path.index(dep) :] + [module, dep]) if dep in path else f"{module} -> {dep}"
+                )
             elif dep not in state:
                 visit(dep, path + [module])
         state[module] = 2

@@ -3,6 +3,7 @@
 Real SQLite stores and real head training on feature vectors written to the store's `features` cache
 (three overlapping class clusters): no image is decoded because a retrain never needs one.
 """
+
 import json
 import shutil
 
@@ -14,7 +15,12 @@ from classifier import LABELS
 from classifier.base_set import BaseSet, BaseSetError, load_base_set, save_base_set
 from classifier.model import ModelFileError, read_model_file
 from classifier.versions import (
-    DEFAULT_MODEL_DIR, ModelVersionError, activate, ensure_default_registered, list_models, rollback,
+    DEFAULT_MODEL_DIR,
+    ModelVersionError,
+    activate,
+    ensure_default_registered,
+    list_models,
+    rollback,
 )
 from tests.conftest import run_cli
 
@@ -77,8 +83,16 @@ def small_base_set(count_per_label: int = 12, dim: int = 8, key: str = "k", vers
     labels = [label for label in LABELS for _ in range(count_per_label)]
     vectors = torch.tensor(rng.normal(size=(len(labels), dim)), dtype=torch.float32)
     groups = [f"origin{index % 9}" for index in range(len(labels))]
-    return BaseSet(vectors, labels, groups, [f"{group} path{index}" for index, group in enumerate(groups)], key,
-                   version, torch.full((len(labels), 3), 1 / 3), [group in ("origin0", "origin4") for group in groups])
+    return BaseSet(
+        vectors,
+        labels,
+        groups,
+        [f"{group} path{index}" for index, group in enumerate(groups)],
+        key,
+        version,
+        torch.full((len(labels), 3), 1 / 3),
+        [group in ("origin0", "origin4") for group in groups],
+    )
 
 
 def test_base_set_round_trips_in_fp16(tmp_path):
@@ -93,11 +107,14 @@ def test_base_set_round_trips_in_fp16(tmp_path):
     assert [index for index, held in enumerate(base.validation) if held] == validation
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda path: path.write_bytes(b"PK\x03\x04 truncated"), "is corrupt"),
-    (lambda path: np.savez(path, format=np.array("something else")), "is not a illustfeed-base-vectors-1 file"),
-    (lambda path: path.unlink(), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda path: path.write_bytes(b"PK\x03\x04 truncated"), "is corrupt"),
+        (lambda path: np.savez(path, format=np.array("something else")), "is not a illustfeed-base-vectors-1 file"),
+        (lambda path: path.unlink(), "does not exist"),
+    ],
+)
 def test_damaged_base_set_is_a_clear_error(tmp_path, damage, message):
     path = save_base_set(tmp_path / "base.npz", small_base_set())
     damage(path)
@@ -135,12 +152,23 @@ def labelled_store_with_vectors(store, media_per_label: int, accounts: int, seed
     with store.transaction():
         account_ids = [store.upsert_account("folder", f"account{n:02d}") for n in range(accounts)]
         for number, vector in enumerate(vectors):
-            media_id = store.insert_media(sha256=f"{number:064x}", phash="0" * 16, mime="image/jpeg", ext="jpg",
-                                          width=64, height=64, frames=1, bytes=1000, status="ok")
+            media_id = store.insert_media(
+                sha256=f"{number:064x}",
+                phash="0" * 16,
+                mime="image/jpeg",
+                ext="jpg",
+                width=64,
+                height=64,
+                frames=1,
+                bytes=1000,
+                status="ok",
+            )
             post_id, _ = store.upsert_post(account_ids[number % accounts], "folder", f"post{number}", None, None, None)
             store.link_post_media(post_id, media_id, 0, None, None)
-            store.execute("INSERT INTO features (media_id, backbone, vector, dim, created_at) VALUES (?, ?, ?, ?, ?)",
-                          (media_id, model.feature_key, vector.tobytes(), vector.size, "2026-01-01T00:00:00"))
+            store.execute(
+                "INSERT INTO features (media_id, backbone, vector, dim, created_at) VALUES (?, ?, ?, ?, ?)",
+                (media_id, model.feature_key, vector.tobytes(), vector.size, "2026-01-01T00:00:00"),
+            )
     for media_id, label_index in zip(range(1, len(plan) + 1), plan):
         store.add_label(media_id, LABELS[label_index], by="owner", via="cli")
     return model
@@ -149,8 +177,10 @@ def labelled_store_with_vectors(store, media_per_label: int, accounts: int, seed
 def retrain_settings(store, **retrain):
     from bot.config import parse_config
 
-    return parse_config({"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False},
-                         "retrain": retrain}, environ={})
+    return parse_config(
+        {"data_dir": str(store.data_dir), "classifier": {"precision": "fp32", "progress": False}, "retrain": retrain},
+        environ={},
+    )
 
 
 def test_min_new_labels_counts_labelled_media_not_label_rows(store):
@@ -190,8 +220,16 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     plan = [index for index in range(len(LABELS)) for _ in range(60)]
     groups = [f"base-origin-{n % 30}" for n in range(len(plan))]
     held = [int(group.rsplit("-", 1)[1]) < 8 for group in groups]  # 8 of the 30 origins: 16 images per class
-    base = BaseSet(torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)), [LABELS[i] for i in plan],
-                   groups, groups, model.feature_key, "tiny-0", torch.eye(3)[plan], held)
+    base = BaseSet(
+        torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)),
+        [LABELS[i] for i in plan],
+        groups,
+        groups,
+        model.feature_key,
+        "tiny-0",
+        torch.eye(3)[plan],
+        held,
+    )
     path = save_base_set(tmp_path / "base.npz", base)
 
     candidate = build_candidate(store, retrain_settings(store), store_labelled(store), base_set_path=path)
@@ -203,7 +241,8 @@ def test_candidate_trains_on_base_vectors_and_the_shipped_model_is_judged_out_of
     # Perfect on the base rows, "photo" on the held-out labels.
     photos = candidate.validation["human"]["photo"]
     assert candidate.active_metrics["accuracy"] == pytest.approx(
-        (len(base_validation) + photos) / (len(base_validation) + human_validation))
+        (len(base_validation) + photos) / (len(base_validation) + human_validation)
+    )
     assert 0.5 < candidate.metrics["accuracy"] < candidate.active_metrics["accuracy"]
     assert not candidate.decision.promote and candidate.decision.reason.startswith("worse than the active model")
     summary = candidate.model.data_summary
@@ -228,8 +267,16 @@ def test_a_retrained_active_model_is_judged_on_base_images_by_its_held_out_twin(
     plan = [index for index in range(len(LABELS)) for _ in range(60)]
     groups = [f"base-origin-{n % 30}" for n in range(len(plan))]
     held = [int(group.rsplit("-", 1)[1]) < 8 for group in groups]
-    base = BaseSet(torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)), [LABELS[i] for i in plan],
-                   groups, groups, model.feature_key, "shipped-elsewhere", torch.full((len(plan), 3), 1 / 3), held)
+    base = BaseSet(
+        torch.from_numpy(cluster_vectors(rng, plan, model.extractor.dim)),
+        [LABELS[i] for i in plan],
+        groups,
+        groups,
+        model.feature_key,
+        "shipped-elsewhere",
+        torch.full((len(plan), 3), 1 / 3),
+        held,
+    )
     path = save_base_set(tmp_path / "base.npz", base)
     config = retrain_settings(store)
 
@@ -246,7 +293,9 @@ def test_a_retrained_active_model_is_judged_on_base_images_by_its_held_out_twin(
     assert second.metrics["confusion"] == first.metrics["confusion"]  # the recipe is deterministic
     # On the base rows the active model is its twin, i.e. this candidate's held-out head: the two can differ
     # only on the held-out labels, where the active model is its own head.
-    human_share = sum(second.validation["human"].values()) / sum(sum(counts.values()) for counts in second.validation.values())
+    human_share = sum(second.validation["human"].values()) / sum(
+        sum(counts.values()) for counts in second.validation.values()
+    )
     assert abs(second.active_metrics["accuracy"] - second.metrics["accuracy"]) <= human_share
     # Scored by its own (refitted) head instead, the active model would have seen these base images.
     from classifier.model import head_from_record

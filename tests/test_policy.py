@@ -1,4 +1,5 @@
 """The review policy: per-image decisions, feed figures counted by hand, and fits that meet their targets."""
+
 import numpy as np
 import pytest
 
@@ -33,13 +34,24 @@ def test_decide_feeds_reviews_or_sets_aside_by_illustration_probability():
 def test_feed_figures_match_a_hand_count():
     policy = ReviewPolicy(feed_threshold=0.7, floor=0.2)
     rows = [  # (truth, P(illustration))
-        ("illustration", 0.95), ("illustration", 0.75), ("illustration", 0.5), ("illustration", 0.1),
-        ("screenshot", 0.8), ("screenshot", 0.3), ("photo", 0.05), ("photo", 0.02),
+        ("illustration", 0.95),
+        ("illustration", 0.75),
+        ("illustration", 0.5),
+        ("illustration", 0.1),
+        ("screenshot", 0.8),
+        ("screenshot", 0.3),
+        ("photo", 0.05),
+        ("photo", 0.02),
     ]
     figures = feed_figures([t for t, _ in rows], np.array([probs(p) for _, p in rows]), LABELS, policy)
     # fed: 0.95, 0.75 (illustrations), 0.8 (screenshot); reviewed: 0.5, 0.3; lost: the illustration at 0.1.
-    assert figures == {"review_rate": 2 / 8, "feed_precision": 2 / 3, "illustrations_lost": 1,
-                       "illustrations_in_feed": 2, "illustrations": 4}
+    assert figures == {
+        "review_rate": 2 / 8,
+        "feed_precision": 2 / 3,
+        "illustrations_lost": 1,
+        "illustrations_in_feed": 2,
+        "illustrations": 4,
+    }
 
 
 def simulated(seed: int, n: int = 3000):

@@ -2,6 +2,7 @@
 
 Real training of a reduced-width VGG16's head on generated illustration / screenshot / photo images.
 """
+
 import json
 
 import pytest
@@ -39,8 +40,12 @@ def install_tiny_model(store, bias: tuple[float, float, float], version: str = "
     torch.manual_seed(0)
     width = 0.125
     trunk = make_features(width)
-    model = new_classifier(trunk, FeatureSpec(layers=(22, 29), pooling=("avg", "max"), image_size=64),
-                           backbone=SCRATCH_BACKBONE, backbone_width=width)
+    model = new_classifier(
+        trunk,
+        FeatureSpec(layers=(22, 29), pooling=("avg", "max"), image_size=64),
+        backbone=SCRATCH_BACKBONE,
+        backbone_width=width,
+    )
     # A scratch trunk travels in the model file, so no ImageNet weights are needed.
     model.backbone_delta = {f"features.{name}": tensor.clone() for name, tensor in trunk.state_dict().items()}
     with torch.no_grad():
@@ -69,11 +74,14 @@ def write_generated_inbox(inbox, per_label: int, unlabelled: int, accounts: int 
 
 
 def retrain_config(tmp_path, **retrain):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "classifier": {"precision": "fp32", "overlays": False, "progress": False, "batch_size": 32},
-        "retrain": {"min_new_labels": 10, **retrain},
-    }, environ={})
+    return parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "classifier": {"precision": "fp32", "overlays": False, "progress": False, "batch_size": 32},
+            "retrain": {"min_new_labels": 10, **retrain},
+        },
+        environ={},
+    )
 
 
 def media_by_stem(store) -> dict[str, int]:
@@ -84,9 +92,13 @@ def media_by_stem(store) -> dict[str, int]:
 def queue_matches_latest_predictions(store) -> None:
     """Pending review = exactly the unlabelled media whose latest prediction is borderline."""
     pending = {r["media_id"] for r in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
-    borderline = {r["media_id"] for r in store.query(
-        "SELECT lp.media_id FROM latest_prediction lp WHERE lp.borderline = 1 "
-        "AND NOT EXISTS (SELECT 1 FROM current_label c WHERE c.media_id = lp.media_id)")}
+    borderline = {
+        r["media_id"]
+        for r in store.query(
+            "SELECT lp.media_id FROM latest_prediction lp WHERE lp.borderline = 1 "
+            "AND NOT EXISTS (SELECT 1 FROM current_label c WHERE c.media_id = lp.media_id)"
+        )
+    }
     assert pending == borderline
 
 
@@ -104,8 +116,9 @@ def generated(tmp_path_factory):
     ingest_source(store, FolderSource(root / "inbox", max_bytes=config.ingest.max_bytes), config.ingest)
     # softmax(0, 0, 0.3) = (0.30, 0.30, 0.40): every call is an unsure "photo", so all of it is queued.
     model = install_tiny_model(store, (0.0, 0.0, 0.3))
-    summary = classify_pending(store, model, runner=make_runner(model, config.classifier),
-                               borderline_confidence=0.6, borderline_margin=0.15)
+    summary = classify_pending(
+        store, model, runner=make_runner(model, config.classifier), borderline_confidence=0.6, borderline_margin=0.15
+    )
     assert summary.classified == len(truth) and summary.queued_for_review == len(truth)
     ids = media_by_stem(store)
     for stem, label in truth.items():
@@ -116,8 +129,9 @@ def generated(tmp_path_factory):
     from classifier.retraining import MIN_VALIDATION_PER_CLASS
 
     _train, validation = split_by_group(store_labelled(store))
-    assert all([item.label for item in validation].count(label) >= MIN_VALIDATION_PER_CLASS for label in LABELS), \
+    assert all([item.label for item in validation].count(label) >= MIN_VALIDATION_PER_CLASS for label in LABELS), (
         "the generated accounts must put enough of every label on the validation side"
+    )
     yield {"store": store, "config": config, "root": root, "truth": truth, "ids": ids}
     store.close()
 
@@ -153,8 +167,14 @@ def test_retrain_promotes_a_better_model_and_rescores_the_queue(generated):
     assert outcome.scores["illustration_recall"] > 0.5
     assert outcome.deltas()["macro_f1"] > 0
     # Every media now has a prediction from the new model, and the queue follows them.
-    assert store.scalar("SELECT COUNT(*) FROM media m WHERE m.status = 'ok' AND NOT EXISTS (SELECT 1 FROM "
-                        "predictions p WHERE p.media_id = m.id AND p.model_version = ?)", (outcome.version,)) == 0
+    assert (
+        store.scalar(
+            "SELECT COUNT(*) FROM media m WHERE m.status = 'ok' AND NOT EXISTS (SELECT 1 FROM "
+            "predictions p WHERE p.media_id = m.id AND p.model_version = ?)",
+            (outcome.version,),
+        )
+        == 0
+    )
     queue_matches_latest_predictions(store)
     pending_after = store.scalar("SELECT COUNT(*) FROM review_queue WHERE state = 'pending'")
     assert outcome.queue_removed >= 1 and pending_after == pending_before - outcome.queue_removed + outcome.queue_added
@@ -162,7 +182,7 @@ def test_retrain_promotes_a_better_model_and_rescores_the_queue(generated):
     assert count_new_labels(store) == 0
     assert json.loads(active["data_summary"])["last_label_id"] == store.scalar("SELECT MAX(id) FROM labels")
     # The report: text with metrics and deltas, and a confusion-matrix PNG.
-    (text, png), = reports
+    ((text, png),) = reports
     assert f"model {outcome.version} promoted" in text
     # One row per metric: the candidate's value, the active model's, the change; each metric printed once.
     recall_row = next(line for line in text.splitlines() if line.startswith("illustration recall "))

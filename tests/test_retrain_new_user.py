@@ -5,6 +5,7 @@ symbolic links in a temp folder), the owner labels 18 of them (22 label rows: fo
 `illustfeed retrain --force`. Among the media nobody labelled, no illustration may leave the feed, no other
 image may enter it, and review stays within 10%.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,13 +57,18 @@ def feed_state(data_dir: Path, unlabelled: set[int]) -> tuple[set[int], set[int]
     from storage import Store
 
     with Store.open(data_dir) as store:
-        feed = {row["media_id"] for row in store.query("SELECT media_id FROM media_verdict WHERE final_label = 'illustration'")}
+        feed = {
+            row["media_id"]
+            for row in store.query("SELECT media_id FROM media_verdict WHERE final_label = 'illustration'")
+        }
         review = {row["media_id"] for row in store.query("SELECT media_id FROM review_queue WHERE state = 'pending'")}
     return feed & unlabelled, review & unlabelled
 
 
-@pytest.mark.skipif(not (DEV / "manifest.csv").is_file() or not WEIGHTS.is_file(),
-                    reason=f"needs the shared dev corpus and VGG16 weights under {SHARED}")
+@pytest.mark.skipif(
+    not (DEV / "manifest.csv").is_file() or not WEIGHTS.is_file(),
+    reason=f"needs the shared dev corpus and VGG16 weights under {SHARED}",
+)
 def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     inbox = tmp_path / "inbox"
     for row in spread_sample():
@@ -70,8 +76,10 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
         account.mkdir(parents=True, exist_ok=True)
         (account / Path(row["file"]).name).symlink_to(DEV / row["file"])  # read in place, never copied here
     config = tmp_path / "illustfeed.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[classifier]\nweights_path = "{WEIGHTS}"\n'
-                      "weights_download = false\nprogress = false\n")
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[classifier]\nweights_path = "{WEIGHTS}"\n'
+        "weights_download = false\nprogress = false\n"
+    )
 
     def cli(*args: str):
         result = run_cli(*args, "--config", str(config), cwd=tmp_path, timeout=900)
@@ -85,8 +93,10 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     from storage import Store
 
     with Store.open(tmp_path / "data") as store:
-        truth = {row["media_id"]: Path(row["url"]).parent.name for row in store.query(
-            "SELECT pm.media_id, p.url FROM post_media pm JOIN posts p ON p.id = pm.post_id")}
+        truth = {
+            row["media_id"]: Path(row["url"]).parent.name
+            for row in store.query("SELECT pm.media_id, p.url FROM post_media pm JOIN posts p ON p.id = pm.post_id")
+        }
     by_label = defaultdict(list)
     for media_id in sorted(truth):
         by_label[truth[media_id]].append(media_id)
@@ -102,7 +112,9 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     assert outcome["new_labels"] == len(chosen) == 3 * LABELLED_PER_CLASS  # media, not the 22 label rows
     # Trained from what the shipped model knows, validated on every class.
     assert outcome["previous"] == SHIPPED and outcome["base_images"] > 500
-    validated = {label: outcome["validation"]["base"][label] + outcome["validation"]["human"][label] for label in LABELS}
+    validated = {
+        label: outcome["validation"]["base"][label] + outcome["validation"]["human"][label] for label in LABELS
+    }
     assert all(count >= 5 for count in validated.values()), validated
     assert outcome["status"] in ("promoted", "refused"), outcome["reason"]
 

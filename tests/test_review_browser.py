@@ -1,4 +1,5 @@
 """The review page in a real headless Chromium against the real server: label, skip, undo, and refusal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,8 @@ def test_a_reviewer_labels_skips_and_undoes_in_the_browser(tmp_path):
             await page.goto(f"{url}/review?token={TOKEN}")
             seen["first"] = await page.text()
             seen["images_loaded"] = await page.evaluate(
-                "Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+                "Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+            )
             await page.screenshot(tmp_path / "review.png")
             await page.click('button[value="illustration"]')
             seen["after_label"] = await page.text()
@@ -55,6 +57,6 @@ def test_a_reviewer_labels_skips_and_undoes_in_the_browser(tmp_path):
     assert f"Media {media[1]} skipped." in seen["after_skip"]
     assert f"Undid your illustration on media {media[0]}" in seen["after_undo"]
     with Store.open(data_dir) as store:
-        rows = store.query('SELECT media_id, label, via, revoked_at IS NOT NULL AS revoked FROM labels')
+        rows = store.query("SELECT media_id, label, via, revoked_at IS NOT NULL AS revoked FROM labels")
         assert rows == [{"media_id": media[0], "label": "illustration", "via": "web", "revoked": 1}]
         assert store.scalar("SELECT state FROM review_queue WHERE media_id = ?", (media[1],)) == "skipped"

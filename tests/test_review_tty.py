@@ -1,4 +1,5 @@
 """`illustfeed review` driven through a pseudo-terminal: single keys (no Enter), undo, skip, empty queue, quit."""
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,14 @@ def test_terminal_review_session(tmp_path):
         predict(store, first, (0.6, 0.3, 0.1))
         predict(store, second, (0.3, 0.4, 0.3))
         predict(store, third, (0.25, 0.25, 0.5))
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "review", "--by", "tester"], cwd=str(tmp_path),
-                          env=cli_env(), encoding="utf-8", timeout=90)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "bot.cli", "review", "--by", "tester"],
+        cwd=str(tmp_path),
+        env=cli_env(),
+        encoding="utf-8",
+        timeout=90,
+    )
     try:
         child.expect_exact(f"Media {second} (3 waiting for review)")
         child.expect_exact("illustration 30%  screenshot 40%  photo 30%")
@@ -35,8 +42,9 @@ def test_terminal_review_session(tmp_path):
         child.expect_exact(f"Media {third} skipped.")
         child.expect_exact(f"Media {first} (2 waiting for review)")  # the skipped one still waits, behind
         child.send("u")
-        child.expect_exact(f"Undid your illustration on media {second}. It has no label now and is back in the "
-                           "review queue.")
+        child.expect_exact(
+            f"Undid your illustration on media {second}. It has no label now and is back in the review queue."
+        )
         child.expect_exact(f"Media {second} (3 waiting for review)")
         child.send("P")
         child.expect_exact(f"Media {second} labelled photo.")
@@ -54,7 +62,9 @@ def test_terminal_review_session(tmp_path):
         child.close()
     assert child.exitstatus == 0
     with Store.open(tmp_path / "data") as store:
-        rows = store.query('SELECT media_id, label, "by", via, revoked_at IS NOT NULL AS revoked FROM labels ORDER BY id')
+        rows = store.query(
+            'SELECT media_id, label, "by", via, revoked_at IS NOT NULL AS revoked FROM labels ORDER BY id'
+        )
         assert rows == [
             {"media_id": second, "label": "illustration", "by": "tester", "via": "cli", "revoked": 1},
             {"media_id": second, "label": "photo", "by": "tester", "via": "cli", "revoked": 0},

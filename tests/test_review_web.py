@@ -1,4 +1,5 @@
 """The review page over real HTTP on a real store: access by token and cookie, CSRF, label/skip/undo, escaping."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +22,7 @@ def run(data_dir, scenario, settings: FeedConfig = SETTINGS):
         app = create_app(settings, lambda: Store.open(data_dir), EXTENSIONS)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             return await scenario(client)
+
     return asyncio.run(main())
 
 
@@ -44,8 +46,10 @@ def form_fields(page: str) -> dict:
 
 
 def labels(store: Store) -> list[tuple]:
-    return [tuple(row.values()) for row in store.query(
-        'SELECT media_id, label, "by", via, revoked_at IS NOT NULL FROM labels ORDER BY id')]
+    return [
+        tuple(row.values())
+        for row in store.query('SELECT media_id, label, "by", via, revoked_at IS NOT NULL FROM labels ORDER BY id')
+    ]
 
 
 def test_the_page_is_off_without_a_token_and_refuses_strangers(store, tmp_path):
@@ -103,8 +107,9 @@ def test_label_skip_and_undo_through_the_page(store, tmp_path):
         assert f"Undid your illustration on media {media[0]}" in page
         assert f"Media {media[0]} (3 waiting" in page  # back in the queue, ahead of the skipped one
 
-        page = await (await client.post("/review", data={"csrf": csrf_value(TOKEN), "media": "abc",
-                                                           "answer": "photo"})).text()
+        page = await (
+            await client.post("/review", data={"csrf": csrf_value(TOKEN), "media": "abc", "answer": "photo"})
+        ).text()
         assert "media must be a media id" in page
 
     run(data_dir, scenario)

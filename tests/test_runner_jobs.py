@@ -1,4 +1,5 @@
 """The runner's parts in-process: data-dir lock, job isolation (a raising job), stop at a transaction boundary."""
+
 import asyncio
 import logging
 import os
@@ -22,11 +23,12 @@ def test_lock_refuses_a_second_holder_and_names_file_and_pid(tmp_path):
         assert str((tmp_path / "illustfeed.lock").resolve()) in str(refused.value)
         assert f"PID {os.getpid()}" in str(refused.value)
         # Another process is refused too (flock is per open file, so this is the real case).
-        code = ("import sys; from bot.run.lock import DataDirLock, DataDirLocked\n"
-                f"try: DataDirLock({str(tmp_path)!r}).acquire()\n"
-                "except DataDirLocked as e: print(e); sys.exit(3)\n")
-        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env=cli_env())
+        code = (
+            "import sys; from bot.run.lock import DataDirLock, DataDirLocked\n"
+            f"try: DataDirLock({str(tmp_path)!r}).acquire()\n"
+            "except DataDirLocked as e: print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
         assert other.returncode == 3 and f"PID {os.getpid()}" in other.stdout
     # Released: the next holder gets it, and the file no longer names a PID meanwhile.
     assert (tmp_path / "illustfeed.lock").read_text() == ""
@@ -35,9 +37,17 @@ def test_lock_refuses_a_second_holder_and_names_file_and_pid(tmp_path):
 
 
 def test_lock_dies_with_its_process(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", f"from bot.run.lock import DataDirLock; import time\n"
-                               f"DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=cli_env())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from bot.run.lock import DataDirLock; import time\n"
+            f"DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(DataDirLocked, match=f"PID {holder.pid}"):

@@ -1,4 +1,5 @@
 """`illustfeed run` in a subprocess: inbox -> classified -> /api/media; one process per data dir; SIGTERM -> exit 0."""
+
 import hashlib
 import json
 import os
@@ -32,8 +33,14 @@ class Process:
     """A running `illustfeed` with its merged stdout/stderr collected by a thread (the pipe never fills)."""
 
     def __init__(self, args, cwd):
-        self.popen = subprocess.Popen([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=cli_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", *args],
+            cwd=cwd,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -135,8 +142,14 @@ def test_runner_classifies_the_inbox_into_the_feed_and_stops_cleanly(bot_dir):
         wait_for_feed(port, {hashlib.sha256(data).hexdigest() for data in bot_dir["images"].values()}, runner)
 
         # A second runner on the same data dir refuses, naming the lock file and the PID holding it.
-        second = subprocess.run([sys.executable, "-m", "bot.cli", "--config", "config.toml", "run"], cwd=root,
-                                env=cli_env(), capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "--config", "config.toml", "run"],
+            cwd=root,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1
         assert str((root / "data/illustfeed.lock").resolve()) in second.stderr
         assert f"PID {runner.popen.pid}" in second.stderr
@@ -165,7 +178,13 @@ def test_runner_refuses_a_taken_feed_port_with_a_clear_message(bot_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        result = subprocess.run([sys.executable, "-m", "bot.cli", "--config", "config.toml", "run"], cwd=root,
-                                env=cli_env(), capture_output=True, text=True, timeout=90)
+        result = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "--config", "config.toml", "run"],
+            cwd=root,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
     assert result.returncode == 1
     assert "illustfeed: error: cannot start:" in result.stderr and str(port) in result.stderr

@@ -1,4 +1,5 @@
 """Bluesky source and crawl against a fake public AppView (payloads written from the app.bsky lexicons)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,19 +39,35 @@ class FakeBluesky:
         did = f"did:plc:{hashlib.sha1(handle.encode()).hexdigest()[:24]}"
         # A profileViewDetailed as public.api.bsky.app answers getProfiles (fields of the recorded bsky.app answer).
         self.profiles[handle] = {
-            "did": did, "handle": handle, "displayName": handle.split(".")[0].title(),
+            "did": did,
+            "handle": handle,
+            "displayName": handle.split(".")[0].title(),
             "avatar": f"https://cdn.bsky.app/img/avatar/plain/{did}/bafkreiavatar@jpeg",
             "associated": {"lists": 0, "feedgens": 0, "starterPacks": 0, "labeler": False},
-            "labels": [], "createdAt": "2024-02-06T18:47:47.372Z", "description": "art",
-            "indexedAt": "2024-02-06T18:47:47.372Z", "followersCount": 10, "followsCount": 4, "postsCount": 3}
+            "labels": [],
+            "createdAt": "2024-02-06T18:47:47.372Z",
+            "description": "art",
+            "indexedAt": "2024-02-06T18:47:47.372Z",
+            "followersCount": 10,
+            "followsCount": 4,
+            "postsCount": 3,
+        }
         self.feeds[did] = []
         # Its DID document, as plc.directory serves it, naming the account's PDS.
         self.did_documents[did] = {
-            "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"], "id": did,
+            "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
+            "id": did,
             "alsoKnownAs": [f"at://{handle}"],
-            "verificationMethod": [{"id": f"{did}#atproto", "type": "Multikey", "controller": did,
-                                    "publicKeyMultibase": "zQ3shXvCK2RyPrSLYQjBEw5CExZkUhJH3n1K2Mb9sC7JbvRMF"}],
-            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": PDS}]}
+            "verificationMethod": [
+                {
+                    "id": f"{did}#atproto",
+                    "type": "Multikey",
+                    "controller": did,
+                    "publicKeyMultibase": "zQ3shXvCK2RyPrSLYQjBEw5CExZkUhJH3n1K2Mb9sC7JbvRMF",
+                }
+            ],
+            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": PDS}],
+        }
         return did
 
     def rename(self, old: str, new: str) -> None:
@@ -71,9 +88,14 @@ class FakeBluesky:
         self.files[f"{watch}/thumbnail.jpg"] = (200, thumbnail)
         self.files[f"{watch}/playlist.m3u8"] = (200, HLS_PLAYLIST)
         self.blobs[(did, cid)] = mp4
-        return {"$type": "app.bsky.embed.video#view", "cid": cid, "playlist": f"{watch}/playlist.m3u8",
-                "thumbnail": f"{watch}/thumbnail.jpg", "aspectRatio": {"height": 240, "width": 320},
-                "presentation": "gif"}
+        return {
+            "$type": "app.bsky.embed.video#view",
+            "cid": cid,
+            "playlist": f"{watch}/playlist.m3u8",
+            "thumbnail": f"{watch}/thumbnail.jpg",
+            "aspectRatio": {"height": 240, "width": 320},
+            "presentation": "gif",
+        }
 
     def author(self, handle: str) -> dict:
         profile = self.profiles[handle]
@@ -84,8 +106,12 @@ class FakeBluesky:
         did = self.profiles[handle]["did"]
         fullsize = f"https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg"
         self.files[fullsize] = (status, body or b"")
-        return {"thumb": f"https://cdn.bsky.app/img/feed_thumbnail/plain/{did}/{cid}@jpeg", "fullsize": fullsize,
-                "alt": alt, "aspectRatio": {"width": 96, "height": 64}}
+        return {
+            "thumb": f"https://cdn.bsky.app/img/feed_thumbnail/plain/{did}/{cid}@jpeg",
+            "fullsize": fullsize,
+            "alt": alt,
+            "aspectRatio": {"width": 96, "height": 64},
+        }
 
     def _stamp(self) -> str:
         self.minute += 1
@@ -94,18 +120,28 @@ class FakeBluesky:
     def post(self, handle: str, text: str, embed: dict | None = None, repost_by: str | None = None) -> dict:
         rkey = f"3l{self.minute:06d}{handle[:3]}"
         stamp = self._stamp()
-        view = {"uri": f"at://{self.profiles[handle]['did']}/app.bsky.feed.post/{rkey}", "cid": "bafyrei" + rkey,
-                "author": self.author(handle),
-                "record": {"$type": "app.bsky.feed.post", "text": text, "createdAt": stamp, "langs": ["en"]},
-                "replyCount": 0, "repostCount": 0, "likeCount": 1, "indexedAt": stamp, "labels": []}
+        view = {
+            "uri": f"at://{self.profiles[handle]['did']}/app.bsky.feed.post/{rkey}",
+            "cid": "bafyrei" + rkey,
+            "author": self.author(handle),
+            "record": {"$type": "app.bsky.feed.post", "text": text, "createdAt": stamp, "langs": ["en"]},
+            "replyCount": 0,
+            "repostCount": 0,
+            "likeCount": 1,
+            "indexedAt": stamp,
+            "labels": [],
+        }
         if embed is not None:
             view["embed"] = embed
         item = {"post": view}
         owner = handle
         if repost_by:
             owner = repost_by
-            item["reason"] = {"$type": "app.bsky.feed.defs#reasonRepost", "by": self.author(repost_by),
-                              "indexedAt": self._stamp()}
+            item["reason"] = {
+                "$type": "app.bsky.feed.defs#reasonRepost",
+                "by": self.author(repost_by),
+                "indexedAt": self._stamp(),
+            }
         self.feeds[self.profiles[owner]["did"]].insert(0, item)
         return view
 
@@ -114,11 +150,20 @@ class FakeBluesky:
         return {"$type": "app.bsky.embed.images#view", "images": list(images)}
 
     def quote_with_media(self, quoted: dict, *images: dict) -> dict:
-        record = {"$type": "app.bsky.embed.record#viewRecord", "uri": quoted["uri"], "cid": quoted["cid"],
-                  "author": quoted["author"], "value": quoted["record"], "indexedAt": quoted["indexedAt"],
-                  "embeds": [quoted["embed"]] if "embed" in quoted else []}
-        return {"$type": "app.bsky.embed.recordWithMedia#view", "record": {"record": record},
-                "media": self.images_embed(*images)}
+        record = {
+            "$type": "app.bsky.embed.record#viewRecord",
+            "uri": quoted["uri"],
+            "cid": quoted["cid"],
+            "author": quoted["author"],
+            "value": quoted["record"],
+            "indexedAt": quoted["indexedAt"],
+            "embeds": [quoted["embed"]] if "embed" in quoted else [],
+        }
+        return {
+            "$type": "app.bsky.embed.recordWithMedia#view",
+            "record": {"record": record},
+            "media": self.images_embed(*images),
+        }
 
     def api(self, request):
         parts = urlsplit(request.url)
@@ -128,10 +173,18 @@ class FakeBluesky:
         for index, (pattern, status, headers) in enumerate(self.scripted):
             if re.search(pattern, method):
                 del self.scripted[index]
-                return status, {"content-type": "application/json", **headers}, json.dumps(
-                    {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"})
-        headers = {"content-type": "application/json", "ratelimit-limit": "3000", "ratelimit-remaining": "2999",
-                   "ratelimit-reset": str(int(self.clock.now) + 300), "ratelimit-policy": "3000;w=300"}
+                return (
+                    status,
+                    {"content-type": "application/json", **headers},
+                    json.dumps({"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}),
+                )
+        headers = {
+            "content-type": "application/json",
+            "ratelimit-limit": "3000",
+            "ratelimit-remaining": "2999",
+            "ratelimit-reset": str(int(self.clock.now) + 300),
+            "ratelimit-policy": "3000;w=300",
+        }
         if method == "app.bsky.actor.getProfiles":
             # An actor is a handle or a DID (lexicon format at-identifier); unknown ones are left out.
             by_did = {profile["did"]: profile for profile in self.profiles.values()}
@@ -139,8 +192,18 @@ class FakeBluesky:
             return 200, headers, json.dumps({"profiles": [profile for profile in found if profile]})
         if method == "app.bsky.graph.getFollows":
             handle = params["actor"][0]
-            return 200, headers, json.dumps(self._page("follows", [self.author(h) for h in self.follows[handle]],
-                                                       params, {"subject": self.author(handle)}))
+            return (
+                200,
+                headers,
+                json.dumps(
+                    self._page(
+                        "follows",
+                        [self.author(h) for h in self.follows[handle]],
+                        params,
+                        {"subject": self.author(handle)},
+                    )
+                ),
+            )
         if method == "app.bsky.feed.getAuthorFeed":
             assert params["filter"] == ["posts_with_media"]
             return 200, headers, json.dumps(self._page("feed", self.feeds[params["actor"][0]], params, {}))
@@ -150,7 +213,7 @@ class FakeBluesky:
     def _page(key: str, items: list, params: dict, extra: dict) -> dict:
         start = int(params.get("cursor", ["0"])[0])
         size = int(params.get("limit", ["50"])[0])
-        body = {key: items[start:start + size], **extra}
+        body = {key: items[start : start + size], **extra}
         if start + size < len(items):
             body["cursor"] = str(start + size)
         return body
@@ -175,20 +238,28 @@ class FakeBluesky:
         params = parse_qs(urlsplit(request.url).query)
         blob = self.blobs.get((params["did"][0], params["cid"][0]))
         if blob is None:
-            return 400, {"content-type": "application/json"}, json.dumps({"error": "BlobNotFound",
-                                                                         "message": "Blob not found"})
+            return (
+                400,
+                {"content-type": "application/json"},
+                json.dumps({"error": "BlobNotFound", "message": "Blob not found"}),
+            )
         return 200, {"content-type": "video/mp4", "content-length": str(len(blob))}, blob
 
     def install(self, mock: responses.RequestsMock) -> None:
-        mock.add_callback(responses.GET, re.compile(re.escape(APPVIEW) + r"/xrpc/.*"), callback=self.api,
-                          content_type=None)
+        mock.add_callback(
+            responses.GET, re.compile(re.escape(APPVIEW) + r"/xrpc/.*"), callback=self.api, content_type=None
+        )
         for host in ("cdn.bsky.app", "video.bsky.app"):
-            mock.add_callback(responses.GET, re.compile(rf"https://{re.escape(host)}/.*"), callback=self.media_file,
-                              content_type=None)
-        mock.add_callback(responses.GET, re.compile(r"https://plc\.directory/.*"), callback=self.plc,
-                          content_type=None)
-        mock.add_callback(responses.GET, re.compile(re.escape(PDS) + r"/xrpc/com\.atproto\.sync\.getBlob.*"),
-                          callback=self.pds, content_type=None)
+            mock.add_callback(
+                responses.GET, re.compile(rf"https://{re.escape(host)}/.*"), callback=self.media_file, content_type=None
+            )
+        mock.add_callback(responses.GET, re.compile(r"https://plc\.directory/.*"), callback=self.plc, content_type=None)
+        mock.add_callback(
+            responses.GET,
+            re.compile(re.escape(PDS) + r"/xrpc/com\.atproto\.sync\.getBlob.*"),
+            callback=self.pds,
+            content_type=None,
+        )
 
 
 def build_world(clock: FakeClock) -> tuple[FakeBluesky, dict[str, bytes]]:
@@ -196,19 +267,29 @@ def build_world(clock: FakeClock) -> tuple[FakeBluesky, dict[str, bytes]]:
     bsky.add_account("mika.bsky.social")
     bsky.add_account("ren.example.com")
     images = {name: make_jpeg(seed) for seed, name in enumerate(["m1", "m2", "m3", "quote", "r1", "r2"], start=40)}
-    first = bsky.post("mika.bsky.social", "sketch", bsky.images_embed(bsky.image("mika.bsky.social", images["m1"],
-                                                                                 alt="a heron")))
-    bsky.post("mika.bsky.social", "link card only", {"$type": "app.bsky.embed.external#view", "external": {
-        "uri": "https://example.com", "title": "x", "description": "y"}})
-    bsky.post("mika.bsky.social", "two", bsky.images_embed(bsky.image("mika.bsky.social", images["m2"]),
-                                                           bsky.image("mika.bsky.social", images["m3"])))
+    first = bsky.post(
+        "mika.bsky.social", "sketch", bsky.images_embed(bsky.image("mika.bsky.social", images["m1"], alt="a heron"))
+    )
+    bsky.post(
+        "mika.bsky.social",
+        "link card only",
+        {
+            "$type": "app.bsky.embed.external#view",
+            "external": {"uri": "https://example.com", "title": "x", "description": "y"},
+        },
+    )
+    bsky.post(
+        "mika.bsky.social",
+        "two",
+        bsky.images_embed(bsky.image("mika.bsky.social", images["m2"]), bsky.image("mika.bsky.social", images["m3"])),
+    )
     bsky.post("mika.bsky.social", "deleted", bsky.images_embed(bsky.image("mika.bsky.social", b"", status=404)))
     bsky.post("ren.example.com", "ren 1", bsky.images_embed(bsky.image("ren.example.com", images["r1"])))
     # ren quotes mika's heron and attaches a picture of their own: only ren's picture is ren's.
-    bsky.post("ren.example.com", "look at this",
-              bsky.quote_with_media(first, bsky.image("ren.example.com", images["quote"])))
-    bsky.post("mika.bsky.social", "sketch", bsky.images_embed(first["embed"]["images"][0]),
-              repost_by="ren.example.com")
+    bsky.post(
+        "ren.example.com", "look at this", bsky.quote_with_media(first, bsky.image("ren.example.com", images["quote"]))
+    )
+    bsky.post("mika.bsky.social", "sketch", bsky.images_embed(first["embed"]["images"][0]), repost_by="ren.example.com")
     bsky.post("ren.example.com", "ren 2", bsky.images_embed(bsky.image("ren.example.com", images["r2"])))
     return bsky, images
 
@@ -230,19 +311,26 @@ def test_crawl_stores_images_quotes_and_links_reposts(world, tmp_path):
         stored = sorted(row["sha256"] for row in store.query("SELECT sha256 FROM media"))
         assert stored == sorted(sha(images[name]) for name in ("m1", "m2", "m3", "quote", "r1", "r2"))
         heron = store.scalar("SELECT id FROM media WHERE sha256 = ?", (sha(images["m1"]),))
-        owners = store.query("SELECT a.handle, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
-                             "JOIN accounts a ON a.id = p.account_id WHERE pm.media_id = ? ORDER BY a.handle", (heron,))
+        owners = store.query(
+            "SELECT a.handle, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
+            "JOIN accounts a ON a.id = p.account_id WHERE pm.media_id = ? ORDER BY a.handle",
+            (heron,),
+        )
         # mika's post and ren's repost share one media row; the quote post did not take the heron.
-        assert [(row["handle"], row["alt_text"]) for row in owners] == [("mika.bsky.social", "a heron"),
-                                                                       ("ren.example.com", "a heron")]
+        assert [(row["handle"], row["alt_text"]) for row in owners] == [
+            ("mika.bsky.social", "a heron"),
+            ("ren.example.com", "a heron"),
+        ]
         assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE reason LIKE '%HTTP 404%'") == 1
         assert run.skipped_without_media == 1  # the link-card post
         # Several pages per account (limit 2).
         assert sum(1 for method, _ in bsky.api_calls if method == "app.bsky.feed.getAuthorFeed") == 4
         cursors = {row["handle"]: row["cursor"] for row in store.query("SELECT handle, cursor FROM accounts")}
         # The newest feed item's time: for ren that is the repost's, not the reposted post's.
-        assert cursors == {"mika.bsky.social": "2026-11-20T10:00:04.000Z",
-                           "ren.example.com": "2026-11-20T10:00:09.000Z"}
+        assert cursors == {
+            "mika.bsky.social": "2026-11-20T10:00:04.000Z",
+            "ren.example.com": "2026-11-20T10:00:09.000Z",
+        }
 
 
 def test_second_run_reads_one_page_and_stores_nothing(world, tmp_path):
@@ -259,7 +347,9 @@ def test_second_run_reads_one_page_and_stores_nothing(world, tmp_path):
         assert len(feed_calls) == 2 and all("cursor" not in params for params in feed_calls)
         # Accounts are looked up by their stored DIDs (one read), so a changed handle would be noticed.
         lookups = [params["actors"] for method, params in bsky.api_calls if method == "app.bsky.actor.getProfiles"]
-        assert [sorted(actors) for actors in lookups] == [sorted(bsky.profiles[handle]["did"] for handle in ("mika.bsky.social", "ren.example.com"))]
+        assert [sorted(actors) for actors in lookups] == [
+            sorted(bsky.profiles[handle]["did"] for handle in ("mika.bsky.social", "ren.example.com"))
+        ]
         new = make_jpeg(99)
         bsky.post("mika.bsky.social", "new", bsky.images_embed(bsky.image("mika.bsky.social", new)))
         summary = crawl_once(store, config, http=http_for(clock))
@@ -268,8 +358,9 @@ def test_second_run_reads_one_page_and_stores_nothing(world, tmp_path):
 
 def test_429_with_a_far_reset_defers_the_account(world, tmp_path):
     bsky, images, clock = world
-    bsky.scripted.append(("getAuthorFeed", 429, {"ratelimit-remaining": "0",
-                                                 "ratelimit-reset": str(int(clock.now) + 3000)}))
+    bsky.scripted.append(
+        ("getAuthorFeed", 429, {"ratelimit-remaining": "0", "ratelimit-reset": str(int(clock.now) + 3000)})
+    )
     config = bluesky_config(tmp_path)
     with Store.open(config.data_path) as store:
         summary = crawl_once(store, config, http=http_for(clock))
@@ -305,7 +396,8 @@ def test_an_account_listed_by_did_is_resolved_and_crawled(world, tmp_path):
         lookups = [params["actors"] for method, params in bsky.api_calls if method == "app.bsky.actor.getProfiles"]
         assert lookups == [[did]]
         assert store.query("SELECT handle, external_id, cursor FROM accounts") == [
-            {"handle": "mika.bsky.social", "external_id": did, "cursor": "2026-11-20T10:00:04.000Z"}]
+            {"handle": "mika.bsky.social", "external_id": did, "cursor": "2026-11-20T10:00:04.000Z"}
+        ]
 
 
 def test_follow_by_did_is_crawled_and_the_row_takes_the_handle(world, tmp_path):
@@ -330,7 +422,9 @@ def test_a_renamed_handle_keeps_its_cursor_and_posts(world, tmp_path):
     config = bluesky_config(tmp_path)  # still lists mika (mika.bsky.social) after the rename
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))
-        account_id, cursor = store.query_one("SELECT id, cursor FROM accounts WHERE handle = 'mika.bsky.social'").values()
+        account_id, cursor = store.query_one(
+            "SELECT id, cursor FROM accounts WHERE handle = 'mika.bsky.social'"
+        ).values()
         posts_before = store.scalar("SELECT COUNT(*) FROM posts WHERE account_id = ?", (account_id,))
 
         bsky.rename("mika.bsky.social", "mika.art")
@@ -341,14 +435,18 @@ def test_a_renamed_handle_keeps_its_cursor_and_posts(world, tmp_path):
             summary = crawl_once(store, config, http=http_for(clock))
             assert summary.runs[0].problems == [] and summary.runs[0].accounts == 2
         assert store.media_by_sha256(sha(new)) is not None
-        row = store.query_one("SELECT id, handle, cursor FROM accounts WHERE external_id = ?",
-                              (bsky.profiles["mika.art"]["did"],))
+        row = store.query_one(
+            "SELECT id, handle, cursor FROM accounts WHERE external_id = ?", (bsky.profiles["mika.art"]["did"],)
+        )
         assert row["id"] == account_id and row["handle"] == "mika.art" and row["cursor"] > cursor
         assert store.scalar("SELECT COUNT(*) FROM posts WHERE account_id = ?", (account_id,)) == posts_before + 1
         assert store.scalar("SELECT COUNT(*) FROM accounts") == 2
         # The stored cursor was used: one page of mika's feed per run, no backfill from scratch.
-        feed_pages = [params for method, params in bsky.api_calls if method == "app.bsky.feed.getAuthorFeed"
-                      and params["actor"] == [bsky.profiles["mika.art"]["did"]]]
+        feed_pages = [
+            params
+            for method, params in bsky.api_calls
+            if method == "app.bsky.feed.getAuthorFeed" and params["actor"] == [bsky.profiles["mika.art"]["did"]]
+        ]
         assert len(feed_pages) == 2 and all("cursor" not in params for params in feed_pages)
 
 
@@ -359,8 +457,9 @@ def test_videos_are_their_uploaded_file_from_the_pds_else_the_thumbnail(world, t
     thumbnails = make_jpeg(43), make_jpeg(44)
     bsky.post("mika.bsky.social", "wip loop", bsky.video("mika.bsky.social", clip, thumbnails[0]))
     bsky.post("mika.bsky.social", "long one", bsky.video("mika.bsky.social", too_big, thumbnails[1]))
-    config = crawl_config(tmp_path, {"bluesky": {"accounts": ["mika"], "page_size": 2}},
-                          ingest={"max_bytes": len(too_big) - 1})
+    config = crawl_config(
+        tmp_path, {"bluesky": {"accounts": ["mika"], "page_size": 2}}, ingest={"max_bytes": len(too_big) - 1}
+    )
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))
         video = store.media_by_sha256(sha(clip))

@@ -1,4 +1,5 @@
 """bot/sources/follows.py and the follow/unfollow/sources commands: hand-made follows kept in the accounts table."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,10 @@ def test_follow_unfollow_and_list(tmp_path):
     config = parse_config({"sources": {"bluesky": {"accounts": ["mika"]}}}, environ={})
     with Store.open(tmp_path / "data") as store:
         assert follow(store, "mastodon", "@artist@mastodon.social") == {
-            "source": "mastodon", "handle": "artist@mastodon.social", "was_followed": False}
+            "source": "mastodon",
+            "handle": "artist@mastodon.social",
+            "was_followed": False,
+        }
         assert follow(store, "mastodon", "artist@Mastodon.social")["was_followed"] is True
         assert unfollow(store, "bluesky", "mika")["was_followed"] is False
         listing = {item["source"]: item for item in list_sources(store, config)}

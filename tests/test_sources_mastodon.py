@@ -1,4 +1,5 @@
 """Mastodon source and crawl against fake instances (payloads written from the Mastodon REST API docs)."""
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,26 @@ class FakeMastodon:
 
     def add_account(self, instance: str, username: str) -> dict:
         self.next_id += 1
-        account = {"id": str(self.next_id), "username": username, "acct": username,
-                   "display_name": username.title(), "url": f"https://{instance}/@{username}"}
+        account = {
+            "id": str(self.next_id),
+            "username": username,
+            "acct": username,
+            "display_name": username.title(),
+            "url": f"https://{instance}/@{username}",
+        }
         self.accounts[(instance, username)] = account
         self.statuses[account["id"]] = []
         return account
 
-    def attachment(self, kind: str, body: bytes | None, host: str, status: int = 200, alt: str = "",
-                   preview_body: bytes | None = None) -> dict:
+    def attachment(
+        self,
+        kind: str,
+        body: bytes | None,
+        host: str,
+        status: int = 200,
+        alt: str = "",
+        preview_body: bytes | None = None,
+    ) -> dict:
         """An image, or a gifv/video whose `body` is its MP4 (the preview still is `preview_body`)."""
         self.next_id += 1
         name = f"{self.next_id:06d}"
@@ -52,19 +65,38 @@ class FakeMastodon:
         meta = {"original": {"width": 320, "height": 240}, "small": {"width": 320, "height": 240}}
         if kind != "image":
             meta["original"].update(frame_rate="12/1", duration=2.0, bitrate=45000)
-        return {"id": name, "type": kind, "url": url, "preview_url": preview, "remote_url": None,
-                "description": alt or None, "blurhash": "UBL_:rOpGG-o", "meta": meta}
+        return {
+            "id": name,
+            "type": kind,
+            "url": url,
+            "preview_url": preview,
+            "remote_url": None,
+            "description": alt or None,
+            "blurhash": "UBL_:rOpGG-o",
+            "meta": meta,
+        }
 
     def status(self, instance: str, account: dict, attachments: list[dict], reblog: dict | None = None) -> dict:
         self.next_id += 1
         status_id = str(self.next_id)
         status = {
-            "id": status_id, "created_at": datetime.fromtimestamp(self.clock.now + self.next_id, timezone.utc)
-            .isoformat().replace("+00:00", "Z"), "in_reply_to_id": None, "sensitive": False, "spoiler_text": "",
-            "visibility": "public", "uri": f"https://{instance}/users/{account['username']}/statuses/{status_id}",
-            "url": f"https://{instance}/@{account['username']}/{status_id}", "content": f"<p>post {status_id}</p>",
-            "reblog": reblog, "account": account, "media_attachments": [] if reblog else attachments,
-            "mentions": [], "tags": [], "emojis": [],
+            "id": status_id,
+            "created_at": datetime.fromtimestamp(self.clock.now + self.next_id, timezone.utc)
+            .isoformat()
+            .replace("+00:00", "Z"),
+            "in_reply_to_id": None,
+            "sensitive": False,
+            "spoiler_text": "",
+            "visibility": "public",
+            "uri": f"https://{instance}/users/{account['username']}/statuses/{status_id}",
+            "url": f"https://{instance}/@{account['username']}/{status_id}",
+            "content": f"<p>post {status_id}</p>",
+            "reblog": reblog,
+            "account": account,
+            "media_attachments": [] if reblog else attachments,
+            "mentions": [],
+            "tags": [],
+            "emojis": [],
         }
         self.statuses[account["id"]].insert(0, status)
         return status
@@ -76,10 +108,17 @@ class FakeMastodon:
         for index, (pattern, status, headers) in enumerate(self.scripted):
             if re.search(pattern, f"{parts.hostname}{parts.path}"):
                 del self.scripted[index]
-                return status, {"content-type": "application/json", **headers}, json.dumps(
-                    {"error": "Too many requests"})
-        headers = {"content-type": "application/json", "X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "299",
-                   "X-RateLimit-Reset": "2027-01-15T08:05:00.000Z"}
+                return (
+                    status,
+                    {"content-type": "application/json", **headers},
+                    json.dumps({"error": "Too many requests"}),
+                )
+        headers = {
+            "content-type": "application/json",
+            "X-RateLimit-Limit": "300",
+            "X-RateLimit-Remaining": "299",
+            "X-RateLimit-Reset": "2027-01-15T08:05:00.000Z",
+        }
         if parts.path == "/api/v1/accounts/lookup":
             account = self.accounts.get((parts.hostname, params["acct"]))
             if account is None:
@@ -103,13 +142,15 @@ class FakeMastodon:
         if what == "statuses" and "max_id" in params:
             items = [s for s in items if int(s["id"]) < int(params["max_id"])]
         limit = int(params.get("limit", 20))
-        page = items[start:start + limit] if what == "following" else items[:limit]
+        page = items[start : start + limit] if what == "following" else items[:limit]
         if page and len(items) > (start + limit if what == "following" else limit):
             cursor = str(start + limit) if key is None else page[-1]["id"]
             next_params = {k: v for k, v in params.items() if k not in ("max_id", "since_id")}
             # Mastodon's Link carries the filters and max_id, not since_id: the client must stop by itself.
-            headers["Link"] = (f'<https://{parts.hostname}{parts.path}?{urlencode({**next_params, "max_id": cursor})}>;'
-                               f' rel="next", <https://{parts.hostname}{parts.path}?min_id={page[0]["id"]}>; rel="prev"')
+            headers["Link"] = (
+                f"<https://{parts.hostname}{parts.path}?{urlencode({**next_params, 'max_id': cursor})}>;"
+                f' rel="next", <https://{parts.hostname}{parts.path}?min_id={page[0]["id"]}>; rel="prev"'
+            )
         return 200, headers, json.dumps(page)
 
     def media_file(self, request):
@@ -120,11 +161,16 @@ class FakeMastodon:
 
     def install(self, mock: responses.RequestsMock) -> None:
         for host in (HOME, "art.example"):
-            mock.add_callback(responses.GET, re.compile(rf"https://{re.escape(host)}/api/.*"), callback=self.api,
-                              content_type=None)
+            mock.add_callback(
+                responses.GET, re.compile(rf"https://{re.escape(host)}/api/.*"), callback=self.api, content_type=None
+            )
         for host in (f"files.{HOME}", "art.example", "cdn.elsewhere.example"):
-            mock.add_callback(responses.GET, re.compile(rf"https://{re.escape(host)}/media_attachments/.*"),
-                              callback=self.media_file, content_type=None)
+            mock.add_callback(
+                responses.GET,
+                re.compile(rf"https://{re.escape(host)}/media_attachments/.*"),
+                callback=self.media_file,
+                content_type=None,
+            )
 
 
 def build_world(clock: FakeClock) -> tuple[FakeMastodon, dict[str, bytes]]:
@@ -141,23 +187,35 @@ def build_world(clock: FakeClock) -> tuple[FakeMastodon, dict[str, bytes]]:
     fake.status(HOME, artist, [fake.attachment("video", images["video"], files, preview_body=make_jpeg(6))])
     fake.status(HOME, artist, [fake.attachment("image", None, files, status=404)])
     fake.status(HOME, artist, [fake.attachment("image", images["a1"], "cdn.elsewhere.example")])
-    fake.status(HOME, artist, [fake.attachment("image", images["a2"], files),
-                               fake.attachment("image", images["a3"], files)])
+    fake.status(
+        HOME, artist, [fake.attachment("image", images["a2"], files), fake.attachment("image", images["a3"], files)]
+    )
     fake.status("art.example", painter, [fake.attachment("image", images["p1"], "art.example")])
     # painter boosts the lighthouse; art.example serves its cached copy (same bytes) from its own host.
     boosted = dict(first, media_attachments=[fake.attachment("image", images["a1"], "art.example")])
     fake.status("art.example", painter, [], reblog=boosted)
     fake.status("art.example", painter, [fake.attachment("image", images["p2"], "art.example")])
     fake.status("art.example", late, [fake.attachment("image", images["l1"], "art.example")])
-    fake.following[artist["id"]] = [dict(painter, acct="painter@art.example", id="9001"),
-                                    dict(late, acct="late@art.example", id="9002")]
+    fake.following[artist["id"]] = [
+        dict(painter, acct="painter@art.example", id="9001"),
+        dict(late, acct="late@art.example", id="9002"),
+    ]
     return fake, images
 
 
 def mastodon_config(tmp_path, **settings):
-    return crawl_config(tmp_path, {"mastodon": {"instance": HOME, "access_token": "home-token", "page_size": 2,
-                                                "accounts": ["@artist@mastodon.example", "painter@art.example"],
-                                                **settings}})
+    return crawl_config(
+        tmp_path,
+        {
+            "mastodon": {
+                "instance": HOME,
+                "access_token": "home-token",
+                "page_size": 2,
+                "accounts": ["@artist@mastodon.example", "painter@art.example"],
+                **settings,
+            }
+        },
+    )
 
 
 world = world_fixture(build_world)
@@ -176,9 +234,11 @@ def test_crawl_stores_images_links_boosts_and_keeps_the_token_home(world, tmp_pa
         videos = store.query("SELECT frames, duration_s FROM media WHERE mime = 'video/mp4' ORDER BY id")
         assert [(row["frames"], row["duration_s"]) for row in videos] == [(24, 2.0), (30, 2.5)]
         lighthouse = store.scalar("SELECT id FROM media WHERE sha256 = ?", (sha(images["a1"]),))
-        linked = store.query("SELECT a.handle, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
-                             "JOIN accounts a ON a.id = p.account_id WHERE pm.media_id = ? ORDER BY a.handle",
-                             (lighthouse,))
+        linked = store.query(
+            "SELECT a.handle, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
+            "JOIN accounts a ON a.id = p.account_id WHERE pm.media_id = ? ORDER BY a.handle",
+            (lighthouse,),
+        )
         assert [row["handle"] for row in linked] == ["artist@mastodon.example", "painter@art.example"]
         assert linked[0]["alt_text"] == "a lighthouse"
         failures = {row["reason"].split(" ")[0]: row["given_up"] for row in store.query("SELECT * FROM fetch_failures")}
@@ -207,8 +267,13 @@ def test_second_run_sends_since_id_and_stores_nothing(world, tmp_path):
 
 def test_429_with_a_far_reset_defers_and_unfollow_stops_crawling(world, tmp_path):
     fake, images, clock = world
-    fake.scripted.append((r"art\.example/api/v1/accounts/\d+/statuses", 429,
-                          {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2027-01-15T09:00:00.000Z"}))
+    fake.scripted.append(
+        (
+            r"art\.example/api/v1/accounts/\d+/statuses",
+            429,
+            {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2027-01-15T09:00:00.000Z"},
+        )
+    )
     config = mastodon_config(tmp_path)
     with Store.open(config.data_path) as store:
         summary = crawl_once(store, config, http=http_for(clock))
@@ -241,7 +306,8 @@ def test_post_text_is_stored_as_plain_text(world, tmp_path):
         '<p>New piece! <a href="https://mastodon.example/tags/art" class="mention hashtag" rel="tag">#<span>art'
         '</span></a></p><p>ink &amp; paper<br />more &lt;3 <a href="https://shop.example/prints/fox-2026" '
         'rel="nofollow noopener" target="_blank"><span class="invisible">https://</span><span class="ellipsis">'
-        'shop.example/prints/fo</span><span class="invisible">x-2026</span></a></p>')
+        'shop.example/prints/fo</span><span class="invisible">x-2026</span></a></p>'
+    )
     config = mastodon_config(tmp_path, accounts=["artist"])
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))

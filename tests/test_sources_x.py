@@ -1,4 +1,5 @@
 """X source and crawl against a fake X API v2 served through `responses` (payloads written from the API docs)."""
+
 from __future__ import annotations
 
 import json
@@ -39,13 +40,25 @@ class FakeX:
         self.users[user_id] = (username, username.title())
         self.timelines.setdefault(user_id, [])
 
-    def photo(self, body: bytes | None, url: str | None = None, alt: str | None = None,
-              orig_status: int = 200, content_type: str = "image/jpeg") -> str:
+    def photo(
+        self,
+        body: bytes | None,
+        url: str | None = None,
+        alt: str | None = None,
+        orig_status: int = 200,
+        content_type: str = "image/jpeg",
+    ) -> str:
         self.next_key += 1
         key = f"3_{self.next_key}"
         url = url or f"https://pbs.twimg.com/media/F{self.next_key}xYz.jpg"
-        self.media[key] = {"media_key": key, "type": "photo", "url": url, "width": 96, "height": 64,
-                           **({"alt_text": alt} if alt else {})}
+        self.media[key] = {
+            "media_key": key,
+            "type": "photo",
+            "url": url,
+            "width": 96,
+            "height": 64,
+            **({"alt_text": alt} if alt else {}),
+        }
         base = url.rsplit(".", 1)[0]
         for name in ("orig", "4096x4096", "large"):
             status = orig_status if name == "orig" else 200
@@ -62,8 +75,13 @@ class FakeX:
         number = self.next_key
         if kind == "animated_gif":
             key, preview_url = f"16_{number}", f"https://pbs.twimg.com/tweet_video_thumb/G{number}.jpg"
-            variants = [{"bit_rate": 0, "content_type": "video/mp4",
-                         "url": f"https://video.twimg.com/tweet_video/G{number}.mp4"}]
+            variants = [
+                {
+                    "bit_rate": 0,
+                    "content_type": "video/mp4",
+                    "url": f"https://video.twimg.com/tweet_video/G{number}.mp4",
+                }
+            ]
         else:
             key, preview_url = f"7_{number}", f"https://pbs.twimg.com/ext_tw_video_thumb/{number}/pu/img/V{number}.jpg"
             base = f"https://video.twimg.com/ext_tw_video/{number}/pu"
@@ -73,8 +91,15 @@ class FakeX:
                 {"bit_rate": 2176000, "content_type": "video/mp4", "url": f"{base}/vid/1280x720/Tq{number}.mp4?tag=12"},
                 {"content_type": "application/x-mpegURL", "url": f"{base}/pl/Yl{number}.m3u8?tag=12&container=fmp4"},
             ]
-        self.media[key] = {"media_key": key, "type": kind, "preview_image_url": preview_url, "width": 640,
-                           "height": 360, "duration_ms": 2000, "variants": variants}
+        self.media[key] = {
+            "media_key": key,
+            "type": kind,
+            "preview_image_url": preview_url,
+            "width": 640,
+            "height": 360,
+            "duration_ms": 2000,
+            "variants": variants,
+        }
         self.files[preview_url] = (200, "image/jpeg", preview)
         for variant in variants:
             if variant["content_type"] == "video/mp4":
@@ -86,10 +111,16 @@ class FakeX:
                 self.files[variant["url"]] = (200, "application/x-mpegURL", HLS_PLAYLIST)
         return key
 
-    def tweet(self, user_id: str, tweet_id: str, media_keys: list[str] = (), text: str = "art",
-              retweet_of: str | None = None) -> None:
-        tweet = {"id": tweet_id, "text": text, "created_at": "2026-11-20T10:00:00.000Z", "author_id": user_id,
-                 "edit_history_tweet_ids": [tweet_id]}
+    def tweet(
+        self, user_id: str, tweet_id: str, media_keys: list[str] = (), text: str = "art", retweet_of: str | None = None
+    ) -> None:
+        tweet = {
+            "id": tweet_id,
+            "text": text,
+            "created_at": "2026-11-20T10:00:00.000Z",
+            "author_id": user_id,
+            "edit_history_tweet_ids": [tweet_id],
+        }
         if media_keys:
             tweet["attachments"] = {"media_keys": list(media_keys)}
         if retweet_of:
@@ -98,28 +129,47 @@ class FakeX:
         self.timelines[user_id].insert(0, tweet)
 
     def original(self, tweet_id: str, author_id: str, media_keys: list[str]) -> None:
-        self.originals[tweet_id] = {"id": tweet_id, "text": "original", "author_id": author_id,
-                                    "attachments": {"media_keys": media_keys}, "edit_history_tweet_ids": [tweet_id]}
+        self.originals[tweet_id] = {
+            "id": tweet_id,
+            "text": "original",
+            "author_id": author_id,
+            "attachments": {"media_keys": media_keys},
+            "edit_history_tweet_ids": [tweet_id],
+        }
 
     # HTTP --------------------------------------------------------------------------------------------
 
     def _limit_headers(self) -> dict:
-        return {"x-rate-limit-limit": "1500", "x-rate-limit-remaining": "1400",
-                "x-rate-limit-reset": str(int(self.clock.now) + 900), "content-type": "application/json"}
+        return {
+            "x-rate-limit-limit": "1500",
+            "x-rate-limit-remaining": "1400",
+            "x-rate-limit-reset": str(int(self.clock.now) + 900),
+            "content-type": "application/json",
+        }
 
     def _scripted(self, path: str):
         for index, (pattern, status, headers) in enumerate(self.scripted):
             if re.search(pattern, path):
                 del self.scripted[index]
-                body = {"title": "Too Many Requests", "detail": "Too Many Requests", "type": "about:blank",
-                        "status": status} if status == 429 else {"title": "error", "status": status,
-                                                                  "detail": f"scripted {status}"}
+                body = (
+                    {
+                        "title": "Too Many Requests",
+                        "detail": "Too Many Requests",
+                        "type": "about:blank",
+                        "status": status,
+                    }
+                    if status == 429
+                    else {"title": "error", "status": status, "detail": f"scripted {status}"}
+                )
                 if status == 403:
-                    body = {"title": "Client Forbidden", "reason": "client-not-enrolled",
-                            "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use "
-                                      "keys and tokens from a Twitter developer App that is attached to a Project.",
-                            "required_enrollment": "Appropriate Level of API Access",
-                            "type": "https://api.twitter.com/2/problems/client-forbidden"}
+                    body = {
+                        "title": "Client Forbidden",
+                        "reason": "client-not-enrolled",
+                        "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use "
+                        "keys and tokens from a Twitter developer App that is attached to a Project.",
+                        "required_enrollment": "Appropriate Level of API Access",
+                        "type": "https://api.twitter.com/2/problems/client-forbidden",
+                    }
                 return status, {"content-type": "application/json", **headers}, json.dumps(body)
         return None
 
@@ -132,24 +182,37 @@ class FakeX:
             return scripted
         if parts.path == "/2/users/by":
             names = params["usernames"].split(",")
-            found = [{"id": uid, "username": name, "name": display}
-                     for uid, (name, display) in self.users.items() if name.lower() in [n.lower() for n in names]]
+            found = [
+                {"id": uid, "username": name, "name": display}
+                for uid, (name, display) in self.users.items()
+                if name.lower() in [n.lower() for n in names]
+            ]
             missing = [n for n in names if n.lower() not in [u["username"].lower() for u in found]]
             body = {"data": found} if found else {}
             if missing:
-                body["errors"] = [{"value": n, "detail": f"Could not find user with usernames: [{n}].",
-                                   "title": "Not Found Error", "resource_type": "user", "parameter": "usernames",
-                                   "resource_id": n, "type": "https://api.twitter.com/2/problems/resource-not-found"}
-                                  for n in missing]
+                body["errors"] = [
+                    {
+                        "value": n,
+                        "detail": f"Could not find user with usernames: [{n}].",
+                        "title": "Not Found Error",
+                        "resource_type": "user",
+                        "parameter": "usernames",
+                        "resource_id": n,
+                        "type": "https://api.twitter.com/2/problems/resource-not-found",
+                    }
+                    for n in missing
+                ]
             return 200, self._limit_headers(), json.dumps(body)
         match = re.fullmatch(r"/2/users/(\d+)/following", parts.path)
         if match:
             ids = self.following.get(match.group(1), [])
             start = int(params.get("pagination_token", 0))
             size = int(params.get("max_results", 100))
-            page = ids[start:start + size]
-            body = {"data": [{"id": uid, "username": self.users[uid][0], "name": self.users[uid][1]} for uid in page],
-                    "meta": {"result_count": len(page)}}
+            page = ids[start : start + size]
+            body = {
+                "data": [{"id": uid, "username": self.users[uid][0], "name": self.users[uid][1]} for uid in page],
+                "meta": {"result_count": len(page)},
+            }
             if start + size < len(ids):
                 body["meta"]["next_token"] = str(start + size)
             return 200, self._limit_headers(), json.dumps(body)
@@ -160,13 +223,14 @@ class FakeX:
 
     def _timeline_page(self, user_id: str, params: dict) -> dict:
         excluded = params.get("exclude", "").split(",")
-        tweets = [t for t in self.timelines.get(user_id, [])
-                  if not ("retweets" in excluded and "referenced_tweets" in t)]
+        tweets = [
+            t for t in self.timelines.get(user_id, []) if not ("retweets" in excluded and "referenced_tweets" in t)
+        ]
         if "since_id" in params:
             tweets = [t for t in tweets if int(t["id"]) > int(params["since_id"])]
         start = int(params.get("pagination_token", 0))
         size = int(params.get("max_results", 10))
-        page = tweets[start:start + size]
+        page = tweets[start : start + size]
         if not page:
             return {"meta": {"result_count": 0}}
         keys, referenced = [], []
@@ -178,8 +242,10 @@ class FakeX:
                 if ref["id"] in self.originals and "referenced_tweets.id" in params.get("expansions", ""):
                     referenced.append(self.originals[ref["id"]])
                     keys += self.originals[ref["id"]]["attachments"]["media_keys"]
-        body = {"data": page, "meta": {"newest_id": page[0]["id"], "oldest_id": page[-1]["id"],
-                                       "result_count": len(page)}}
+        body = {
+            "data": page,
+            "meta": {"newest_id": page[0]["id"], "oldest_id": page[-1]["id"], "result_count": len(page)},
+        }
         includes = {}
         if keys:
             includes["media"] = [self.media[key] for key in dict.fromkeys(keys) if key in self.media]
@@ -202,13 +268,19 @@ class FakeX:
     def install(self, mock: responses.RequestsMock) -> None:
         mock.add_callback(responses.GET, re.compile(re.escape(API) + r"/2/.*"), callback=self.api, content_type=None)
         for host in ("pbs.twimg.com", "video.twimg.com", "evil.example.com"):
-            mock.add_callback(responses.GET, re.compile(rf"https://{re.escape(host)}/.*"), callback=self.media_file,
-                              content_type=None)
+            mock.add_callback(
+                responses.GET, re.compile(rf"https://{re.escape(host)}/.*"), callback=self.media_file, content_type=None
+            )
 
 
 def x_config(tmp_path, **x_settings):
-    settings = {"bearer_token": "test-bearer", "accounts": ["alice", "bob"], "page_size": 5,
-                "backfill_tweets": 100, **x_settings}
+    settings = {
+        "bearer_token": "test-bearer",
+        "accounts": ["alice", "bob"],
+        "page_size": 5,
+        "backfill_tweets": 100,
+        **x_settings,
+    }
     return crawl_config(tmp_path, {"x": settings}, ingest={"max_bytes": 200_000})
 
 
@@ -217,8 +289,10 @@ def build_world(clock: FakeClock) -> tuple[FakeX, dict[str, bytes]]:
     x = FakeX(clock)
     x.add_user("101", "alice")
     x.add_user("202", "bob")
-    images = {name: make_jpeg(seed) for seed, name in enumerate(
-        ["p1", "p2", "p3", "gif", "video", "deleted", "b1", "b2", "b3"], start=1)}
+    images = {
+        name: make_jpeg(seed)
+        for seed, name in enumerate(["p1", "p2", "p3", "gif", "video", "deleted", "b1", "b2", "b3"], start=1)
+    }
     images["gif.mp4"] = panned_mp4(picture(11))
     images["video.mp4"] = panned_mp4(picture(12), size=(480, 270), frames=36)
     p1 = x.photo(images["p1"], alt="a fox")
@@ -274,8 +348,11 @@ def test_first_crawl_stores_every_image_once_and_records_failures(world, tmp_pat
         assert summary.total("media_new") == 6
         # The retweet links the stored fox to bob's post instead of storing it again.
         fox = store.scalar("SELECT id FROM media WHERE sha256 = ?", (sha(images["p1"]),))
-        linked = store.query("SELECT p.external_id, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
-                             "WHERE pm.media_id = ? ORDER BY p.external_id", (fox,))
+        linked = store.query(
+            "SELECT p.external_id, pm.alt_text FROM post_media pm JOIN posts p ON p.id = pm.post_id "
+            "WHERE pm.media_id = ? ORDER BY p.external_id",
+            (fox,),
+        )
         assert [row["external_id"] for row in linked] == ["1002", "2003"]
         assert linked[0]["alt_text"] == "a fox"
         # The non-image body behind an image URL is a rejected media row with a reason.
@@ -288,14 +365,18 @@ def test_first_crawl_stores_every_image_once_and_records_failures(world, tmp_pat
         assert "allow-list" in failures["1010"]["reason"] and failures["1010"]["given_up"] == 1
         # Original size first, then the fallback for p3.
         p3_calls = [url for url in x.media_calls if "F3xYz" in url]
-        assert p3_calls == ["https://pbs.twimg.com/media/F3xYz?format=jpg&name=orig",
-                            "https://pbs.twimg.com/media/F3xYz?format=jpg&name=4096x4096"]
+        assert p3_calls == [
+            "https://pbs.twimg.com/media/F3xYz?format=jpg&name=orig",
+            "https://pbs.twimg.com/media/F3xYz?format=jpg&name=4096x4096",
+        ]
         # GIFs and videos are stored as MP4 (the video's 720p variant: the smallest at least 480 px high),
         # with their length and frame count; neither the previews nor the HLS playlist are fetched.
         videos = store.query("SELECT mime, frames, duration_s, width FROM media WHERE mime = 'video/mp4' ORDER BY id")
         assert [(row["frames"], row["duration_s"], row["width"]) for row in videos] == [(24, 2.0, 320), (36, 3.0, 480)]
         assert [url for url in x.media_calls if "video.twimg.com" in url] == [
-            "https://video.twimg.com/tweet_video/G4.mp4", "https://video.twimg.com/ext_tw_video/5/pu/vid/1280x720/Tq5.mp4?tag=12"]
+            "https://video.twimg.com/tweet_video/G4.mp4",
+            "https://video.twimg.com/ext_tw_video/5/pu/vid/1280x720/Tq5.mp4?tag=12",
+        ]
         assert not any("_thumb/" in url for url in x.media_calls)
         cursors = {row["handle"]: row["cursor"] for row in store.query("SELECT handle, cursor FROM accounts")}
         assert cursors == {"alice": "1010", "bob": "2007"}
@@ -309,15 +390,21 @@ def test_second_run_sends_since_id_and_stores_nothing_twice(world, tmp_path):
     config = x_config(tmp_path, include_retweets=True)
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))
-        before = (media_count(store), store.scalar("SELECT COUNT(*) FROM posts"),
-                  store.scalar("SELECT COUNT(*) FROM post_media"))
+        before = (
+            media_count(store),
+            store.scalar("SELECT COUNT(*) FROM posts"),
+            store.scalar("SELECT COUNT(*) FROM post_media"),
+        )
         x.api_calls.clear()
         summary = crawl_once(store, config, http=http_for(clock))
         timeline_calls = [params for path, params in x.api_calls if path.endswith("/tweets")]
         assert [params.get("since_id") for params in timeline_calls] == ["1010", "2007"]
         assert not any(path == "/2/users/by" for path, _ in x.api_calls)  # ids are known from the store
-        assert (media_count(store), store.scalar("SELECT COUNT(*) FROM posts"),
-                store.scalar("SELECT COUNT(*) FROM post_media")) == before
+        assert (
+            media_count(store),
+            store.scalar("SELECT COUNT(*) FROM posts"),
+            store.scalar("SELECT COUNT(*) FROM post_media"),
+        ) == before
         assert summary.total("media_new") == 0
         # A new tweet afterwards is the only thing the third run stores.
         x.tweet("101", "1011", [x.photo(make_jpeg(77))])
@@ -340,8 +427,9 @@ def test_failed_media_is_retried_on_a_later_run(world, tmp_path):
         assert summary.runs[0].recovered == 1
         row = store.query_one("SELECT resolved_at FROM fetch_failures WHERE post_external_id = '1006'")
         assert row["resolved_at"] is not None
-        linked = store.scalar("SELECT COUNT(*) FROM post_media pm JOIN posts p ON p.id = pm.post_id "
-                              "WHERE p.external_id = '1006'")
+        linked = store.scalar(
+            "SELECT COUNT(*) FROM post_media pm JOIN posts p ON p.id = pm.post_id WHERE p.external_id = '1006'"
+        )
         assert linked == 1
         # Refused downloads (oversized, foreign host) are never retried.
         calls = len(x.media_calls)
@@ -351,8 +439,9 @@ def test_failed_media_is_retried_on_a_later_run(world, tmp_path):
 
 def test_short_429_waits_for_the_reset_then_continues(world, tmp_path):
     x, images, clock = world
-    x.scripted.append((r"/2/users/101/tweets", 429, {"x-rate-limit-remaining": "0",
-                                                     "x-rate-limit-reset": str(int(clock.now) + 20)}))
+    x.scripted.append(
+        (r"/2/users/101/tweets", 429, {"x-rate-limit-remaining": "0", "x-rate-limit-reset": str(int(clock.now) + 20)})
+    )
     config = x_config(tmp_path)
     with Store.open(config.data_path) as store:
         summary = crawl_once(store, config, http=http_for(clock))
@@ -362,8 +451,9 @@ def test_short_429_waits_for_the_reset_then_continues(world, tmp_path):
 
 def test_long_429_defers_the_account_and_goes_on(world, tmp_path):
     x, images, clock = world
-    x.scripted.append((r"/2/users/101/tweets", 429, {"x-rate-limit-remaining": "0",
-                                                     "x-rate-limit-reset": str(int(clock.now) + 900)}))
+    x.scripted.append(
+        (r"/2/users/101/tweets", 429, {"x-rate-limit-remaining": "0", "x-rate-limit-reset": str(int(clock.now) + 900)})
+    )
     config = x_config(tmp_path)
     with Store.open(config.data_path) as store:
         summary = crawl_once(store, config, http=http_for(clock))
@@ -450,13 +540,16 @@ def test_missing_credentials_are_named(tmp_path):
 
 def test_photo_urls_ask_for_the_original_size():
     from bot.sources.x import photo_candidates
+
     assert photo_candidates("https://pbs.twimg.com/media/FoO7abc.png") == [
         "https://pbs.twimg.com/media/FoO7abc?format=png&name=orig",
         "https://pbs.twimg.com/media/FoO7abc?format=png&name=4096x4096",
         "https://pbs.twimg.com/media/FoO7abc?format=png&name=large",
     ]
-    assert photo_candidates("https://pbs.twimg.com/media/FoO7abc?format=webp&name=small")[0] == \
-        "https://pbs.twimg.com/media/FoO7abc?format=webp&name=orig"
+    assert (
+        photo_candidates("https://pbs.twimg.com/media/FoO7abc?format=webp&name=small")[0]
+        == "https://pbs.twimg.com/media/FoO7abc?format=webp&name=orig"
+    )
 
 
 def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world, tmp_path):
@@ -470,15 +563,16 @@ def test_an_original_over_the_size_limit_falls_back_to_a_smaller_rendition(world
     with Store.open(config.data_path) as store:
         crawl_once(store, config, http=http_for(clock))
         assert store.media_by_sha256(sha(big_then_small)) is not None
-        assert [url for url in x.media_calls if base in url] == [f"{base}?format=jpg&name=orig",
-                                                                 f"{base}?format=jpg&name=4096x4096"]
+        assert [url for url in x.media_calls if base in url] == [
+            f"{base}?format=jpg&name=orig",
+            f"{base}?format=jpg&name=4096x4096",
+        ]
         assert store.scalar("SELECT COUNT(*) FROM fetch_failures WHERE post_external_id = '2008'") == 0
         # Too big at every size: refused for good, each size tried once.
         x.tweet("202", "2009", [x.photo(b"\xff\xd8\xff" + bytes(300_000))])
         crawl_once(store, config, http=http_for(clock))
         row = store.query_one("SELECT reason, given_up FROM fetch_failures WHERE post_external_id = '2009'")
         assert row["given_up"] == 1 and row["reason"].count("over the limit") == 3
-
 
 
 def test_a_video_over_the_byte_limit_falls_back_to_a_smaller_mp4_then_the_preview(world, tmp_path):
@@ -492,8 +586,11 @@ def test_a_video_over_the_byte_limit_falls_back_to_a_smaller_mp4_then_the_previe
         crawl_once(store, config, http=http_for(clock))
         # 720p (the smallest >= 480 px) is too large, then 360p (the largest below 480), so 180p is taken.
         first = f"https://video.twimg.com/ext_tw_video/{x.next_key - 1}/pu/vid/"
-        assert [url[len(first):].split("/")[0] for url in x.media_calls if url.startswith(first)] == [
-            "1280x720", "640x360", "320x180"]
+        assert [url[len(first) :].split("/")[0] for url in x.media_calls if url.startswith(first)] == [
+            "1280x720",
+            "640x360",
+            "320x180",
+        ]
         stored = store.media_by_sha256(sha(small))
         assert stored is not None and stored["mime"] == "video/mp4" and stored["frames"] == 12
         # Every MP4 too large: the preview still is stored instead, and nothing is recorded as failed.
@@ -505,20 +602,35 @@ def test_a_video_over_the_byte_limit_falls_back_to_a_smaller_mp4_then_the_previe
 def test_video_variants_are_ordered_smallest_sufficient_first_and_hls_never():
     from bot.sources.x import media_ref
 
-    item = {"type": "video", "preview_image_url": "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg",
-            "width": 1280, "height": 720, "variants": [
-                {"bit_rate": 832000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/640x360/b.mp4"},
-                {"bit_rate": 256000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/320x180/c.mp4"},
-                {"bit_rate": 2176000, "content_type": "video/mp4",
-                 "url": "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4"},
-                {"bit_rate": 5000000, "content_type": "video/mp4",
-                 "url": "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4"},
-                {"content_type": "application/x-mpegURL", "url": "https://video.twimg.com/v/pl/f.m3u8"}]}
+    item = {
+        "type": "video",
+        "preview_image_url": "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg",
+        "width": 1280,
+        "height": 720,
+        "variants": [
+            {"bit_rate": 832000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/640x360/b.mp4"},
+            {"bit_rate": 256000, "content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/320x180/c.mp4"},
+            {
+                "bit_rate": 2176000,
+                "content_type": "video/mp4",
+                "url": "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4",
+            },
+            {
+                "bit_rate": 5000000,
+                "content_type": "video/mp4",
+                "url": "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4",
+            },
+            {"content_type": "application/x-mpegURL", "url": "https://video.twimg.com/v/pl/f.m3u8"},
+        ],
+    }
     ref = media_ref(item)
     assert [ref.url, *ref.fallbacks] == [
-        "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4", "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4",
-        "https://video.twimg.com/v/vid/640x360/b.mp4", "https://video.twimg.com/v/vid/320x180/c.mp4",
-        "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg"]
+        "https://video.twimg.com/v/vid/avc1/1280x720/d.mp4",
+        "https://video.twimg.com/v/vid/avc1/1920x1080/e.mp4",
+        "https://video.twimg.com/v/vid/640x360/b.mp4",
+        "https://video.twimg.com/v/vid/320x180/c.mp4",
+        "https://pbs.twimg.com/ext_tw_video_thumb/1/pu/img/a.jpg",
+    ]
     # A vertical clip: 720x1280 is "at least 480 px on the short side" as well.
     item["variants"] = [{"content_type": "video/mp4", "url": "https://video.twimg.com/v/vid/720x1280/g.mp4"}]
     assert media_ref(item).url.endswith("g.mp4")

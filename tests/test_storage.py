@@ -1,4 +1,5 @@
 """The SQLite store and blob files: schema, pragmas, transactions, atomic never-overwritten blobs."""
+
 import sqlite3
 
 import pytest
@@ -13,8 +14,17 @@ def test_new_store_has_schema_wal_and_foreign_keys(tmp_path):
         assert store.scalar("PRAGMA journal_mode") == "wal"
         assert store.scalar("PRAGMA foreign_keys") == 1
         tables = set(store.db.table_names())
-        assert {"accounts", "posts", "media", "post_media", "predictions", "labels", "review_queue", "models",
-                "features"} <= tables
+        assert {
+            "accounts",
+            "posts",
+            "media",
+            "post_media",
+            "predictions",
+            "labels",
+            "review_queue",
+            "models",
+            "features",
+        } <= tables
         with pytest.raises(sqlite3.IntegrityError):
             store.execute("INSERT INTO post_media (post_id, media_id) VALUES (999, 999)")
 
@@ -133,6 +143,7 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
 
 def test_only_old_temp_files_are_cleaned_up(tmp_path):
     import os
+
     blobs = BlobStore(tmp_path)
     folder = blobs.temp_dir
     folder.mkdir(parents=True)
@@ -168,7 +179,10 @@ def test_a_bluesky_account_is_its_did_through_handle_changes(store):
     # The handle changes: same row, same cursor and post; the old name is remembered for config lists.
     assert store.upsert_account("bluesky", "new.example.com", did, None) == account
     assert store.query_one("SELECT handle, cursor, display_name FROM accounts WHERE id = ?", (account,)) == {
-        "handle": "new.example.com", "cursor": "c1", "display_name": "Old"}
+        "handle": "new.example.com",
+        "cursor": "c1",
+        "display_name": "Old",
+    }
     assert store.former_handles("bluesky") == {"old.example.com": did}
     # A DID given as the handle (followed before it was resolved) never replaces the real handle.
     assert store.upsert_account("bluesky", did, did) == account
@@ -178,7 +192,8 @@ def test_a_bluesky_account_is_its_did_through_handle_changes(store):
     store.execute("UPDATE accounts SET followed = 1, followed_via = 'command' WHERE id = ?", (placeholder,))
     assert store.upsert_account("bluesky", "newest.example.com", did) == account
     assert store.query("SELECT id, handle, followed_via FROM accounts") == [
-        {"id": account, "handle": "newest.example.com", "followed_via": "command"}]
+        {"id": account, "handle": "newest.example.com", "followed_via": "command"}
+    ]
     # The old handle passes to another account: the first keeps its row and is renamed to its DID until resolved.
     second = store.upsert_account("bluesky", "someone.example.com", other_did)
     assert store.upsert_account("bluesky", "newest.example.com", other_did) == second

@@ -1,6 +1,7 @@
 """Commands on a failing data dir: a full tmpfs, a full disk at COMMIT and mid-migration, a database another
 process holds, a read-only mount. One line each, an exit code per kind, nothing stored lost, the same command
 run again completes with one blob per row."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,15 +21,23 @@ from storage.errors import EXIT_DISK_FULL, EXIT_LOCKED, EXIT_READ_ONLY
 from tests import imagegen
 from tests.conftest import cli_env
 from tests.storage_faults import (
-    fail_nth, fail_times, grow_tmpfs, inject_sqlite_fault, integrity, read_only_view, small_tmpfs,
+    fail_nth,
+    fail_times,
+    grow_tmpfs,
+    inject_sqlite_fault,
+    integrity,
+    read_only_view,
+    small_tmpfs,
 )
 from tests.test_storage_faults import database_at_version
 
 
 def write_config(tmp_path: Path, data_dir: Path, busy_timeout_s: float = 2.0) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(f'data_dir = "{data_dir}"\n[ingest]\nprogress = false\n'
-                    f"[storage]\nbusy_timeout_seconds = {busy_timeout_s}\n[classifier]\nprogress = false\n")
+    path.write_text(
+        f'data_dir = "{data_dir}"\n[ingest]\nprogress = false\n'
+        f"[storage]\nbusy_timeout_seconds = {busy_timeout_s}\n[classifier]\nprogress = false\n"
+    )
     return path
 
 
@@ -69,8 +78,9 @@ def test_import_on_a_full_tmpfs_says_how_far_it_got_and_the_same_command_complet
         assert lines[0].startswith(f"illustfeed: disk full writing {disk / 'data'}")
         stored = int(lines[0].split(": ")[2].split(" of ")[0])
         assert 0 < stored < 200
-        assert lines[0].endswith(f"{stored} of 200 images stored; free space and run the same command again "
-                                 "(nothing is lost)")
+        assert lines[0].endswith(
+            f"{stored} of 200 images stored; free space and run the same command again (nothing is lost)"
+        )
         with Store.open(disk / "data", read_only=True) as store:  # every stored media has its whole file
             assert store.scalar("SELECT COUNT(*) FROM media") == stored
         assert integrity(disk / "data/illustfeed.db") == "ok"
@@ -88,8 +98,10 @@ def test_import_cut_by_a_full_disk_at_commit_counts_what_is_stored_and_resumes(t
     inject_sqlite_fault(monkeypatch, fail_nth(5, lambda sql: sql == "COMMIT"))
     code, _out, err = run(capsys, config, "import", str(inbox))
     assert code == EXIT_DISK_FULL
-    assert err == (f"illustfeed: disk full writing {tmp_path / 'data/illustfeed.db'}: 4 of 12 images stored; "
-                   "free space and run the same command again (nothing is lost)\n")
+    assert err == (
+        f"illustfeed: disk full writing {tmp_path / 'data/illustfeed.db'}: 4 of 12 images stored; "
+        "free space and run the same command again (nothing is lost)\n"
+    )
     monkeypatch.undo()
     with Store.open(tmp_path / "data") as store:
         assert store.scalar("SELECT COUNT(*) FROM media") == 4
@@ -105,8 +117,10 @@ def test_a_migration_cut_by_a_full_disk_is_named_and_the_next_start_resumes_it(t
     inject_sqlite_fault(monkeypatch, fail_times(1, lambda sql: sql.startswith("CREATE INDEX media_verdict_final")))
     code, _out, err = run(capsys, config, "status")
     assert code == EXIT_DISK_FULL
-    assert err.startswith(f"illustfeed: disk full while migrating the database schema from version 2 to 3 of "
-                          f"{SCHEMA_VERSION} (it resumes on the next start) writing {tmp_path / 'data/illustfeed.db'}")
+    assert err.startswith(
+        f"illustfeed: disk full while migrating the database schema from version 2 to 3 of "
+        f"{SCHEMA_VERSION} (it resumes on the next start) writing {tmp_path / 'data/illustfeed.db'}"
+    )
     assert "cannot rollback" not in err and err.count("\n") == 1
     code, out, err = run(capsys, config, "status")
     assert code == 0, err
@@ -130,16 +144,23 @@ def test_a_locked_database_names_the_process_holding_it_and_the_retry_completes(
     inbox = make_inbox(tmp_path, 3)
     config = write_config(tmp_path, tmp_path / "data", busy_timeout_s=0.5)
     assert run(capsys, config, "init")[0] == 0
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "data")], env=cli_env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "data")],
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         code, _out, err = run(capsys, config, "import", str(inbox))
         assert code == EXIT_LOCKED
-        assert err == (f"illustfeed: database locked by another process (PID {holder.pid} holds the data dir's "
-                       f"illustfeed.lock) for 0.5 s: {tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; "
-                       "wait for it to finish (or stop it) and run the same command again (nothing is lost); "
-                       "[storage] busy_timeout_seconds sets how long to wait\n")
+        assert err == (
+            f"illustfeed: database locked by another process (PID {holder.pid} holds the data dir's "
+            f"illustfeed.lock) for 0.5 s: {tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; "
+            "wait for it to finish (or stop it) and run the same command again (nothing is lost); "
+            "[storage] busy_timeout_seconds sets how long to wait\n"
+        )
         code, out, _err = run(capsys, config, "status")  # readers are not blocked by a writer (WAL)
         assert code == 0 and out.startswith("media: 0 stored")
     finally:
@@ -207,9 +228,17 @@ def test_a_runner_job_meeting_a_locked_database_logs_one_line_and_the_next_run_s
     from bot.run.scheduler import JobContext, run_job
 
     make_inbox(tmp_path, 3)
-    context = JobContext(parse_config({"data_dir": str(tmp_path / "data"), "storage": {"busy_timeout_seconds": 0.3},
-                                       "ingest": {"progress": False},
-                                       "sources": {"folder": {"path": str(tmp_path / "inbox")}}}, environ={}))
+    context = JobContext(
+        parse_config(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "storage": {"busy_timeout_seconds": 0.3},
+                "ingest": {"progress": False},
+                "sources": {"folder": {"path": str(tmp_path / "inbox")}},
+            },
+            environ={},
+        )
+    )
 
     def folder_import(store, context):
         return {"new": crawl_folder(store, context.config).ingest.media_new}
@@ -223,9 +252,14 @@ def test_a_runner_job_meeting_a_locked_database_logs_one_line_and_the_next_run_s
     holder.close()
     failed = [record for record in caplog.records if record.getMessage().startswith("event=folder.failed")]
     assert len(failed) == 1 and failed[0].exc_info is None
-    assert failed[0].getMessage().startswith(
-        f'event=folder.failed storage=locked error="database locked by another process for 0.3 s: '
-        f"{tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; wait for it")
+    assert (
+        failed[0]
+        .getMessage()
+        .startswith(
+            f'event=folder.failed storage=locked error="database locked by another process for 0.3 s: '
+            f"{tmp_path / 'data/illustfeed.db'}: 0 of 3 images stored; wait for it"
+        )
+    )
     assert run_job("folder", folder_import, context) == {"new": 3}  # the next tick
     assert_one_blob_per_row(tmp_path / "data", 3)
 
@@ -241,13 +275,15 @@ def test_a_review_answer_on_a_read_only_store_is_a_503_with_the_sentence(store, 
     media = queued(store)
 
     async def scenario():
-        app = create_app(FeedConfig(review_token=TOKEN), lambda: Store.open(tmp_path / "data", read_only=True),
-                         EXTENSIONS)
+        app = create_app(
+            FeedConfig(review_token=TOKEN), lambda: Store.open(tmp_path / "data", read_only=True), EXTENSIONS
+        )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             await logged_in(client)
             page = await (await client.get("/review")).text()  # reading works
-            response = await client.post("/review", data={**form_fields(page), "answer": "photo"},
-                                         allow_redirects=False)
+            response = await client.post(
+                "/review", data={**form_fields(page), "answer": "photo"}, allow_redirects=False
+            )
             return page, response.status, response.headers.get("Cache-Control"), await response.text()
 
     page, status, cache, text = asyncio.run(scenario())

@@ -1,5 +1,6 @@
 """The store under real faults: a full tmpfs, a full disk at COMMIT and mid-migration, a locked database, a
 read-only mount. Each says what happened in one line, keeps what was stored, and works again once fixed."""
+
 from __future__ import annotations
 
 import errno
@@ -12,11 +13,23 @@ import pytest
 from storage import SCHEMA_VERSION, Store, StorageFault, sha256_hex, storage_fault
 from storage.blobs import BlobStore
 from storage.errors import (
-    DISK_FULL, EXIT_DISK_FULL, EXIT_LOCKED, EXIT_READ_ONLY, LOCKED, READ_ONLY, lock_holder_pid,
+    DISK_FULL,
+    EXIT_DISK_FULL,
+    EXIT_LOCKED,
+    EXIT_READ_ONLY,
+    LOCKED,
+    READ_ONLY,
+    lock_holder_pid,
 )
 from storage.schema import MIGRATIONS, split_statements
 from tests.storage_faults import (
-    fail_times, fill, grow_tmpfs, inject_sqlite_fault, integrity, read_only_view, small_tmpfs,
+    fail_times,
+    fill,
+    grow_tmpfs,
+    inject_sqlite_fault,
+    integrity,
+    read_only_view,
+    small_tmpfs,
 )
 
 
@@ -98,8 +111,10 @@ def database_at_version(data_dir, version: int) -> None:
             conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {version}")
     for index in range(20):
-        conn.execute("INSERT INTO media (sha256, ext, bytes, status, first_seen_at) VALUES (?, 'png', 10, 'ok', 'x')",
-                     (f"{index:064x}",))
+        conn.execute(
+            "INSERT INTO media (sha256, ext, bytes, status, first_seen_at) VALUES (?, 'png', 10, 'ok', 'x')",
+            (f"{index:064x}",),
+        )
     conn.close()
 
 
@@ -110,8 +125,10 @@ def test_a_full_disk_during_migration_is_reported_as_such_and_the_migration_resu
     with pytest.raises(StorageFault) as caught:
         Store.open(data_dir)
     message = str(caught.value)
-    assert message.startswith(f"disk full while migrating the database schema from version 2 to 3 of "
-                              f"{SCHEMA_VERSION} (it resumes on the next start) writing {data_dir / 'illustfeed.db'}")
+    assert message.startswith(
+        f"disk full while migrating the database schema from version 2 to 3 of "
+        f"{SCHEMA_VERSION} (it resumes on the next start) writing {data_dir / 'illustfeed.db'}"
+    )
     assert "cannot rollback" not in message and caught.value.exit_code == EXIT_DISK_FULL
     conn = sqlite3.connect(data_dir / "illustfeed.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2  # the failed step left nothing half-done
@@ -130,11 +147,15 @@ def test_a_real_full_tmpfs_during_migration_keeps_the_old_schema_and_resumes(tmp
         database_at_version(data_dir, 2)
         conn = sqlite3.connect(data_dir / "illustfeed.db")
         # Enough rows that migration 3 (media_verdict filled from every prediction, and indexed) needs pages.
-        conn.executemany("INSERT INTO media (sha256, ext, bytes, status, first_seen_at) VALUES (?, 'png', 10, 'ok', ?)",
-                         [(f"{index:064x}", "y" * 300) for index in range(100, 3000)])
-        conn.execute("INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot,"
-                     " prob_photo, label, confidence, margin, borderline, created_at)"
-                     " SELECT id, 'm', 0.5, 0.3, 0.2, 'illustration', 0.5, 0.2, 0, first_seen_at FROM media")
+        conn.executemany(
+            "INSERT INTO media (sha256, ext, bytes, status, first_seen_at) VALUES (?, 'png', 10, 'ok', ?)",
+            [(f"{index:064x}", "y" * 300) for index in range(100, 3000)],
+        )
+        conn.execute(
+            "INSERT INTO predictions (media_id, model_version, prob_illustration, prob_screenshot,"
+            " prob_photo, label, confidence, margin, borderline, created_at)"
+            " SELECT id, 'm', 0.5, 0.3, 0.2, 'illustration', 0.5, 0.2, 0, first_seen_at FROM media"
+        )
         conn.commit()
         # Another process (the runner, a feed server) has the database open: its shared-memory file exists,
         # so the disk fills while the migration writes, not before.
@@ -169,7 +190,8 @@ def test_a_writer_waits_the_busy_timeout_then_says_the_database_is_locked(tmp_pa
             waited = time.monotonic() - started
         assert 0.25 <= waited < 5
         assert str(caught.value).startswith(
-            f"database locked by another process for 0.3 s: {data_dir / 'illustfeed.db'}; wait for it")
+            f"database locked by another process for 0.3 s: {data_dir / 'illustfeed.db'}; wait for it"
+        )
         assert caught.value.exit_code == EXIT_LOCKED
     finally:
         holder.execute("ROLLBACK")

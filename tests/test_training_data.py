@@ -1,4 +1,5 @@
 """Training from labelled folders with manifests: origin groups, several folders, bad rows, per-origin results."""
+
 import csv
 
 import pytest
@@ -27,13 +28,18 @@ def with_manifest(root, origins_per_label: int, prefix: str, extra_rows=()):
 
 
 def test_two_folders_are_grouped_by_manifest_origin_and_missing_rows_are_reported(tmp_path):
-    first = with_manifest(write_dataset(tmp_path / "dev", per_label=6, seed=0), 3, "deb:a-",
-                          extra_rows=[("photo/gone.jpg", "photo", "deb:gone=1 /x.jpg")])
+    first = with_manifest(
+        write_dataset(tmp_path / "dev", per_label=6, seed=0),
+        3,
+        "deb:a-",
+        extra_rows=[("photo/gone.jpg", "photo", "deb:gone=1 /x.jpg")],
+    )
     second = with_manifest(write_dataset(tmp_path / "train", per_label=4, seed=1), 2, "github:b-")
     items, problems = scan_folders([first, second])
     assert len(items) == 30
     assert {item.group for item in items} == {f"deb:a-{label}-{k}=1.0" for label in LABELS for k in range(3)} | {
-        f"github:b-{label}-{k}=1.0" for label in LABELS for k in range(2)}
+        f"github:b-{label}-{k}=1.0" for label in LABELS for k in range(2)
+    }
     assert len(problems) == 1 and "photo/gone.jpg" in problems[0] and "no such image" in problems[0]
     train, validation = split_by_group(items)
     assert not {i.group for i in train} & {i.group for i in validation}
@@ -49,13 +55,23 @@ def test_a_class_without_images_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_training_skips_undecodable_files_counts_them_and_reports_per_origin_validation(tmp_path):
-    root = with_manifest(write_dataset(tmp_path / "data", per_label=24, seed=2), 8, "deb:p-",
-                         extra_rows=[("illustration/missing.png", "illustration", "deb:p-x=1 /m.png")])
+    root = with_manifest(
+        write_dataset(tmp_path / "data", per_label=24, seed=2),
+        8,
+        "deb:p-",
+        extra_rows=[("illustration/missing.png", "illustration", "deb:p-x=1 /m.png")],
+    )
     (root / "photo" / "photo_0000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     items, problems = scan_folders([root])
     base = tiny_base_model()
-    result = train_model(base, items, TrainOptions(progress=False, epochs=40, patience=10),
-                         runner=FeatureRunner(base, precision="fp32"), source="test", problems=problems)
+    result = train_model(
+        base,
+        items,
+        TrainOptions(progress=False, epochs=40, patience=10),
+        runner=FeatureRunner(base, precision="fp32"),
+        source="test",
+        problems=problems,
+    )
     skipped = result.model.data_summary["skipped"]
     assert skipped["count"] == 2
     assert any("missing.png" in line for line in skipped["inputs"])
@@ -79,11 +95,24 @@ def test_cli_eval_reports_per_origin_rows_from_the_manifest(tmp_path):
 
     root = with_manifest(write_dataset(tmp_path / "data", per_label=4, seed=3), 2, "deb:e-")
     model_file = save_model(tiny_base_model(), tmp_path / "m.pt")
-    result = run_cli("eval", "--data", str(root), "--model", str(model_file), "--json", "--png",
-                     str(tmp_path / "c.png"), cwd=tmp_path, env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "d")}, timeout=300)
+    result = run_cli(
+        "eval",
+        "--data",
+        str(root),
+        "--model",
+        str(model_file),
+        "--json",
+        "--png",
+        str(tmp_path / "c.png"),
+        cwd=tmp_path,
+        env={"ILLUSTFEED_DATA_DIR": str(tmp_path / "d")},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["per_origin"]
-    assert {(row["label"], row["origin"]) for row in rows} == {(label, f"deb:e-{label}-{k}=1.0") for label in LABELS for k in range(2)}
+    assert {(row["label"], row["origin"]) for row in rows} == {
+        (label, f"deb:e-{label}-{k}=1.0") for label in LABELS for k in range(2)
+    }
     assert all(row["images"] == 2 for row in rows)
     confusion = json.loads(result.stdout)["confusion"]
     for index, label in enumerate(LABELS):
@@ -99,8 +128,12 @@ def test_cli_train_on_two_folders_reports_groups_skips_and_per_origin_rows(tmp_p
     from storage import Store
     from tests.conftest import run_cli
 
-    first = with_manifest(write_dataset(tmp_path / "dev", per_label=12, seed=4), 4, "deb:d-",
-                          extra_rows=[("screenshot/lost.png", "screenshot", "deb:lost=1 /l.png")])
+    first = with_manifest(
+        write_dataset(tmp_path / "dev", per_label=12, seed=4),
+        4,
+        "deb:d-",
+        extra_rows=[("screenshot/lost.png", "screenshot", "deb:lost=1 /l.png")],
+    )
     second = with_manifest(write_dataset(tmp_path / "train", per_label=12, seed=5), 4, "github:t-")
     (second / "illustration" / "illustration_0003.png").write_bytes(b"GIF89a broken")
     # The active model is the base a training run starts from: a tiny one, so no ImageNet weights are needed.
@@ -109,8 +142,9 @@ def test_cli_train_on_two_folders_reports_groups_skips_and_per_origin_rows(tmp_p
         base.version = "tiny-base"
         register_model(store, base)
         activate(store, "tiny-base")
-    (tmp_path / "config.toml").write_text(f'data_dir = "{tmp_path / "data"}"\n[classifier]\nprecision = "fp32"\n'
-                                          'progress = false\n')
+    (tmp_path / "config.toml").write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[classifier]\nprecision = "fp32"\nprogress = false\n'
+    )
     folders = ["--data", str(first), "--data", str(second), "--config", str(tmp_path / "config.toml")]
     result = run_cli("train", *folders, "--json", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -120,7 +154,8 @@ def test_cli_train_on_two_folders_reports_groups_skips_and_per_origin_rows(tmp_p
     assert summary["train"]["groups"] + summary["validation"]["groups"] == 24  # 12 origins per folder
     assert summary["skipped"]["count"] == 2
     assert {origin for row in report["metrics"]["per_origin"] for origin in [row["origin"]]} <= {
-        f"{prefix}{label}-{k}=1.0" for prefix in ("deb:d-", "github:t-") for label in LABELS for k in range(4)}
+        f"{prefix}{label}-{k}=1.0" for prefix in ("deb:d-", "github:t-") for label in LABELS for k in range(4)
+    }
     text = run_cli("train", *folders, cwd=tmp_path, timeout=600)
     assert text.returncode == 0, text.stderr
     assert "validation by origin" in text.stdout and "2 inputs skipped:" in text.stdout

@@ -1,4 +1,5 @@
 """Real videos encoded for tests with PyAV: a picture panned across the frame, as X serves an animated GIF."""
+
 from __future__ import annotations
 
 import io
@@ -30,12 +31,13 @@ def panned_frames(picture: Image.Image, size: tuple[int, int], frames: int) -> l
     out = []
     for index in range(frames):
         left = round(travel * index / max(1, frames - 1))
-        out.append(np.ascontiguousarray(pixels[:height, left:left + width]))
+        out.append(np.ascontiguousarray(pixels[:height, left : left + width]))
     return out
 
 
-def encode_video(frames: list[np.ndarray], fps: int = 12, container: str = "mp4", codec: str = "libx264",
-                 path: Path | None = None) -> bytes:
+def encode_video(
+    frames: list[np.ndarray], fps: int = 12, container: str = "mp4", codec: str = "libx264", path: Path | None = None
+) -> bytes:
     """Encode RGB frames (even sides) to a video; written to `path` too when given (faststart needs a file)."""
     target = str(path) if path is not None else io.BytesIO()
     options = {"movflags": "faststart"} if path is not None and container == "mp4" else {}
@@ -76,8 +78,10 @@ def many_frames_mp4(count: int, side: int = 16, fps: int = 1000) -> bytes:
     return buffer.getvalue()
 
 
-HLS_PLAYLIST = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nvideo0.ts\n"
-                b"#EXTINF:2.5,\nvideo1.ts\n#EXT-X-ENDLIST\n")
+HLS_PLAYLIST = (
+    b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nvideo0.ts\n"
+    b"#EXTINF:2.5,\nvideo1.ts\n#EXT-X-ENDLIST\n"
+)
 
 
 def animation_frames(source: Path | bytes) -> tuple[str, list[Image.Image]]:

@@ -7,6 +7,7 @@ follows in `bot.sources.follows`. `labels.by` is a stable identity (`discord:<us
 user name), `labels.via` the interface ("discord", "cli"); a correction adds a row, `/undo` sets
 `revoked_at`, the latest row counts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -185,8 +186,10 @@ def _record_label(store: Store, actor: Actor, media_id: int, label: str) -> tupl
         return f"Media {media_id} labelled {label}.", False
     if previous["by"] == actor.by and previous["label"] == label:
         return f"Media {media_id} labelled {label} again (you had already labelled it).", False
-    return (f"Media {media_id} was already labelled {_describe_label(previous)}; "
-            f"your {label} is recorded too and now counts (history keeps both)."), True
+    return (
+        f"Media {media_id} was already labelled {_describe_label(previous)}; "
+        f"your {label} is recorded too and now counts (history keeps both)."
+    ), True
 
 
 def review_answer(store: Store, actor: Actor, media_id: int, answer: str) -> Reply:
@@ -241,7 +244,8 @@ def undo(store: Store, actor: Actor) -> Reply:
         return refusal(NOT_ALLOWED)
     with store.transaction():
         last = store.query_one(
-            'SELECT * FROM labels WHERE "by" = ? AND revoked_at IS NULL ORDER BY id DESC LIMIT 1', (actor.by,))
+            'SELECT * FROM labels WHERE "by" = ? AND revoked_at IS NULL ORDER BY id DESC LIMIT 1', (actor.by,)
+        )
         if last is None:
             return refusal("You have no label to undo.")
         store.execute("UPDATE labels SET revoked_at = ? WHERE id = ?", (utc_now(), last["id"]))
@@ -265,8 +269,9 @@ def undo(store: Store, actor: Actor) -> Reply:
 Explainer = Callable[[Path, str], tuple[bytes, str]]
 
 
-def why(store: Store, media_reference: str | int, method: str = DEFAULT_METHOD,
-        explainer: Explainer | None = None) -> Reply:
+def why(
+    store: Store, media_reference: str | int, method: str = DEFAULT_METHOD, explainer: Explainer | None = None
+) -> Reply:
     """`/why media [method]`: a fresh overlay when an explainer is available, else the stored Grad-CAM."""
     if method not in EXPLAIN_METHODS:
         return refusal(f"Unknown explanation method {method!r}; expected one of {', '.join(EXPLAIN_METHODS)}.")
@@ -286,12 +291,16 @@ def why(store: Store, media_reference: str | int, method: str = DEFAULT_METHOD,
             note = f"A fresh {method} explanation failed: {error}"
         else:
             fresh = store.derived.path(store.derived.put(data, ext), ext)
-            return Reply(f"Media {media_id}: fresh {method} explanation.\n{summary}",
-                         attachments=(Attachment(fresh, f"{method} overlay of media {media_id}"),))
+            return Reply(
+                f"Media {media_id}: fresh {method} explanation.\n{summary}",
+                attachments=(Attachment(fresh, f"{method} overlay of media {media_id}"),),
+            )
     if item.overlay_path is None:
         return Reply(f"Media {media_id} has no stored overlay. {note}\n{summary}", ok=False)
-    return Reply(f"Media {media_id}: stored Grad-CAM overlay. {note}\n{summary}",
-                 attachments=(Attachment(item.overlay_path, f"Grad-CAM overlay of media {media_id}"),))
+    return Reply(
+        f"Media {media_id}: stored Grad-CAM overlay. {note}\n{summary}",
+        attachments=(Attachment(item.overlay_path, f"Grad-CAM overlay of media {media_id}"),),
+    )
 
 
 # --- stats and retraining -------------------------------------------------------------------------------
@@ -302,15 +311,19 @@ def stats_data(store: Store) -> dict:
     active = store.active_model()
     since = active["created_at"] if active else ""
     status["labels_since_model"] = store.scalar(
-        "SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND at > ?", (since,))
+        "SELECT COUNT(*) FROM labels WHERE revoked_at IS NULL AND at > ?", (since,)
+    )
     status["active_model_metrics"] = json.loads(active["metrics"]) if active and active["metrics"] else {}
     status["retrain_pending"] = retrain.pending_request(store) is not None
     return status
 
 
 def _format_metrics(metrics: dict) -> str:
-    shown = [f"{name} {value:.3f}" for name, value in metrics.items()
-             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    shown = [
+        f"{name} {value:.3f}"
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
     return ", ".join(shown) or "none recorded"
 
 
@@ -336,8 +349,10 @@ def request_retrain(store: Store, actor: Actor, notify: Callable[[], None] | Non
         return refusal(NOT_ALLOWED)
     request_id, pending = retrain.request(store, actor.by, actor.via)
     if pending is not None:
-        return Reply(f"A retrain is already queued (request {pending['id']} by {pending['requested_by']} "
-                     f"at {pending['requested_at']}).")
+        return Reply(
+            f"A retrain is already queued (request {pending['id']} by {pending['requested_by']} "
+            f"at {pending['requested_at']})."
+        )
     if notify is not None:
         notify()
     return Reply(f"Retrain queued (request {request_id}); the runner starts it at its next check.")
@@ -346,8 +361,9 @@ def request_retrain(store: Store, actor: Actor, notify: Callable[[], None] | Non
 # --- sources --------------------------------------------------------------------------------------------
 
 
-def follow(store: Store, actor: Actor, source: str, handle: str, followed: bool = True,
-           mastodon_instance: str = "") -> Reply:
+def follow(
+    store: Store, actor: Actor, source: str, handle: str, followed: bool = True, mastodon_instance: str = ""
+) -> Reply:
     """`/follow source handle` (and `/unfollow` with followed=False), through bot.sources.follows."""
     if not actor.authorised:
         return refusal(NOT_ALLOWED)
@@ -372,9 +388,11 @@ def sources(store: Store, config: Config | None = None) -> Reply:
         if item["source"] == "folder":
             lines.append(f"folder ({state}): {item['path']}, {item['accounts']} accounts")
             continue
-        lines.append(f"{item['source']} ({state}): config {', '.join(item['configured_accounts']) or '-'}; "
-                     f"followed {', '.join(item['followed']) or '-'}; "
-                     f"unfollowed {', '.join(item['unfollowed']) or '-'}; reads today {item['reads_today']}")
+        lines.append(
+            f"{item['source']} ({state}): config {', '.join(item['configured_accounts']) or '-'}; "
+            f"followed {', '.join(item['followed']) or '-'}; "
+            f"unfollowed {', '.join(item['unfollowed']) or '-'}; reads today {item['reads_today']}"
+        )
         for account in item["accounts"]:
             if not account["followed"]:
                 continue

@@ -4,6 +4,7 @@ This module only translates: an interaction becomes an `Actor` and a call into `
 `Reply` becomes message content, files and buttons. Buttons are `DynamicItem`s whose custom id carries the
 media id and the answer (`illustfeed:label:<media_id>:<answer>`), so they keep working after a restart.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,6 +48,7 @@ async def _explained_in_thread(explainer: Explainer, image_path: Path, method: s
 
         def replay_error(_path: Path, _method: str) -> tuple[bytes, str]:
             raise failure
+
         return replay_error
     return lambda _path, _method: result
 
@@ -59,15 +61,20 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
     """One answer for one media; rebuilt from its custom id by discord.py when pressed, even after a restart."""
 
     def __init__(self, media_id: int, answer: str, text: str | None = None):
-        super().__init__(discord.ui.Button(
-            label=text or answer.title(), custom_id=custom_id(media_id, answer),
-            style=BUTTON_STYLES.get(answer, discord.ButtonStyle.primary)))
+        super().__init__(
+            discord.ui.Button(
+                label=text or answer.title(),
+                custom_id=custom_id(media_id, answer),
+                style=BUTTON_STYLES.get(answer, discord.ButtonStyle.primary),
+            )
+        )
         self.media_id = media_id
         self.answer = answer
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str], /
-                             ) -> "ReviewButton":
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str], /
+    ) -> "ReviewButton":
         return cls(int(match["media_id"]), match["answer"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -78,7 +85,7 @@ def render(reply: Reply) -> dict[str, Any]:
     """Keyword arguments for send_message / edit_message / followup.send."""
     content = DISCORD_BY.sub(r"<@\1>", reply.text)
     if len(content) > MESSAGE_LIMIT:
-        content = content[:MESSAGE_LIMIT - 1] + "…"
+        content = content[: MESSAGE_LIMIT - 1] + "…"
     view = None
     if reply.choices:
         view = discord.ui.View(timeout=None)
@@ -95,8 +102,14 @@ def render(reply: Reply) -> dict[str, Any]:
 class ChatAdapter:
     """Each slash command and button press: who is asking, which command, how the reply is sent."""
 
-    def __init__(self, store: Store, permissions: Permissions, explainer: Explainer | None = None,
-                 on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None):
+    def __init__(
+        self,
+        store: Store,
+        permissions: Permissions,
+        explainer: Explainer | None = None,
+        on_retrain_requested: Callable[[], None] | None = None,
+        config: Config | None = None,
+    ):
         self.store = store
         self.permissions = permissions
         self.explainer = explainer
@@ -105,8 +118,12 @@ class ChatAdapter:
 
     def actor(self, user: discord.abc.User) -> Actor:
         role_ids = [role.id for role in getattr(user, "roles", ())]  # a Member has roles, a DM User none
-        return Actor(by=f"discord:{user.id}", via="discord", name=str(user),
-                     authorised=self.permissions.allows(user.id, role_ids))
+        return Actor(
+            by=f"discord:{user.id}",
+            via="discord",
+            name=str(user),
+            authorised=self.permissions.allows(user.id, role_ids),
+        )
 
     async def send(self, interaction: discord.Interaction, reply: Reply) -> None:
         kwargs = render(reply)
@@ -151,10 +168,18 @@ class ChatAdapter:
         actor = self.actor(interaction.user)
         await self.send(interaction, commands.request_retrain(self.store, actor, self.on_retrain_requested))
 
-    async def follow(self, interaction: discord.Interaction, source: str, handle: str, followed: bool = True
-                     ) -> None:
-        await self.send(interaction, commands.follow(self.store, self.actor(interaction.user), source, handle,
-                                                     followed, self.config.sources.mastodon.instance))
+    async def follow(self, interaction: discord.Interaction, source: str, handle: str, followed: bool = True) -> None:
+        await self.send(
+            interaction,
+            commands.follow(
+                self.store,
+                self.actor(interaction.user),
+                source,
+                handle,
+                followed,
+                self.config.sources.mastodon.instance,
+            ),
+        )
 
     async def sources(self, interaction: discord.Interaction) -> None:
         await self.send(interaction, commands.sources(self.store, self.config))
@@ -171,8 +196,9 @@ class ChatAdapter:
         kwargs["attachments"] = kwargs.pop("files")  # edit_message replaces the old files with these
         await interaction.response.edit_message(**kwargs)
         if reply.notice:
-            await interaction.followup.send(DISCORD_BY.sub(r"<@\1>", reply.notice), ephemeral=True,
-                                            allowed_mentions=discord.AllowedMentions.none())
+            await interaction.followup.send(
+                DISCORD_BY.sub(r"<@\1>", reply.notice), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
 
 
 # Literal of a tuple is the Literal of its items: Discord shows them as the option's choices.
@@ -189,6 +215,7 @@ def _forward(method: Callable[[discord.Interaction], Any]) -> Callable[[discord.
     # A plain function: discord.py reads the callback's signature, and a bound method's would confuse it.
     async def callback(interaction: discord.Interaction) -> None:
         await method(interaction)
+
     return callback
 
 
@@ -197,8 +224,9 @@ def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.Comman
     described = commands.CHAT_COMMANDS
     tree = app_commands.CommandTree(client)
     for name in COMMANDS_WITHOUT_OPTIONS:
-        tree.add_command(app_commands.Command(name=name, description=described[name],
-                                              callback=_forward(getattr(chat, name))))
+        tree.add_command(
+            app_commands.Command(name=name, description=described[name], callback=_forward(getattr(chat, name)))
+        )
 
     @tree.command(name="label", description=described["label"])
     @app_commands.describe(media="media id or sha256 prefix", label="what the image is")
@@ -211,8 +239,9 @@ def build_tree(client: discord.Client, chat: ChatAdapter) -> app_commands.Comman
         await chat.why(interaction, media, method)
 
     for name, followed in (("follow", True), ("unfollow", False)):
-        tree.add_command(app_commands.Command(name=name, description=described[name],
-                                              callback=_follow_callback(chat, followed)))
+        tree.add_command(
+            app_commands.Command(name=name, description=described[name], callback=_follow_callback(chat, followed))
+        )
     missing = set(described) - {command.name for command in tree.get_commands()}
     if missing:  # a command registered in bot.chat.commands without its Discord wiring
         raise RuntimeError(f"chat commands without a slash command: {', '.join(sorted(missing))}")
@@ -223,6 +252,7 @@ def _follow_callback(chat: ChatAdapter, followed: bool) -> Callable[..., Any]:
     @app_commands.describe(source="network", handle=HANDLE_HELP)
     async def callback(interaction: discord.Interaction, source: Source, handle: str) -> None:
         await chat.follow(interaction, source, handle, followed)
+
     return callback
 
 
@@ -233,8 +263,14 @@ def feed_channel_key(channel_id: int) -> str:
 class IllustfeedBot(discord.Client):
     """The Discord client: syncs the commands to the configured guild and posts the feed in batches."""
 
-    def __init__(self, settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-                 on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None):
+    def __init__(
+        self,
+        settings: DiscordConfig,
+        store: Store,
+        explainer: Explainer | None = None,
+        on_retrain_requested: Callable[[], None] | None = None,
+        config: Config | None = None,
+    ):
         # Slash commands and buttons need no privileged intent: roles come with each interaction's member.
         super().__init__(intents=discord.Intents.default())
         self.settings = settings
@@ -267,15 +303,23 @@ class IllustfeedBot(discord.Client):
     async def feed_loop(self) -> None:
         await self.wait_until_ready()
         if not self.settings.feed_post_backlog:
-            skipped = feed_channel.skip_feed_backlog(self.store, feed_channel_key(self.settings.feed_channel_id),
-                                                 self.chat.config.feed.rule)
+            skipped = feed_channel.skip_feed_backlog(
+                self.store, feed_channel_key(self.settings.feed_channel_id), self.chat.config.feed.rule
+            )
             if skipped:
-                log.info("feed channel %s starts after %d stored illustrations (feed_post_backlog = false)",
-                         self.settings.feed_channel_id, skipped)
+                log.info(
+                    "feed channel %s starts after %d stored illustrations (feed_post_backlog = false)",
+                    self.settings.feed_channel_id,
+                    skipped,
+                )
         while not self.is_closed():
             try:
-                await post_feed_batch(self.store, await self.channel(self.settings.feed_channel_id), self.settings,
-                                      self.chat.config.feed.rule)
+                await post_feed_batch(
+                    self.store,
+                    await self.channel(self.settings.feed_channel_id),
+                    self.settings,
+                    self.chat.config.feed.rule,
+                )
             except (discord.HTTPException, OSError) as error:
                 # Not marked as posted: the same items go out at the next tick.
                 log.warning("posting to feed channel %s failed: %s", self.settings.feed_channel_id, error)
@@ -290,34 +334,51 @@ class IllustfeedBot(discord.Client):
             await channel.send(text[:MESSAGE_LIMIT], files=files, allowed_mentions=discord.AllowedMentions.none())
 
 
-async def post_feed_batch(store: Store, channel: discord.abc.Messageable, settings: DiscordConfig,
-                          rule: str = feed_channel.DEFAULT_FEED_RULE) -> int:
+async def post_feed_batch(
+    store: Store, channel: discord.abc.Messageable, settings: DiscordConfig, rule: str = feed_channel.DEFAULT_FEED_RULE
+) -> int:
     """Post one message with the next unposted illustrations; returns how many it carried. One message per
     interval stays far below Discord's per-channel rate limit (5 messages / 5 s)."""
     key = feed_channel_key(channel.id)
     batch = feed_channel.feed_batch(store, key, settings.feed_batch_size, settings.feed_max_attachment_bytes, rule)
     if not batch.items:
         return 0
-    files = [discord.File(item.image_path, filename=f"illustfeed-{item.media_id}{item.image_path.suffix}",
-                          description=item.caption[:1024]) for item in batch.attached]
+    files = [
+        discord.File(
+            item.image_path,
+            filename=f"illustfeed-{item.media_id}{item.image_path.suffix}",
+            description=item.caption[:1024],
+        )
+        for item in batch.attached
+    ]
     # Link previews of every post would bury the images.
-    message = await channel.send(batch.text[:MESSAGE_LIMIT], files=files, suppress_embeds=True,
-                                 allowed_mentions=discord.AllowedMentions.none())
+    message = await channel.send(
+        batch.text[:MESSAGE_LIMIT], files=files, suppress_embeds=True, allowed_mentions=discord.AllowedMentions.none()
+    )
     feed_channel.mark_feed_posted(store, key, [item.media_id for item in batch.items], str(message.id))
     return len(batch.items)
 
 
-def create_bot(settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-               on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None
-               ) -> IllustfeedBot:
+def create_bot(
+    settings: DiscordConfig,
+    store: Store,
+    explainer: Explainer | None = None,
+    on_retrain_requested: Callable[[], None] | None = None,
+    config: Config | None = None,
+) -> IllustfeedBot:
     """The bot, not yet connected. `config` (the whole configuration) lets /sources show configured accounts."""
     if not settings.token:
         raise DiscordTokenMissing("no Discord bot token: set ILLUSTFEED_DISCORD_TOKEN or [discord] token")
     return IllustfeedBot(settings, store, explainer, on_retrain_requested, config)
 
 
-async def run_bot(settings: DiscordConfig, store: Store, explainer: Explainer | None = None,
-                  on_retrain_requested: Callable[[], None] | None = None, config: Config | None = None) -> None:
+async def run_bot(
+    settings: DiscordConfig,
+    store: Store,
+    explainer: Explainer | None = None,
+    on_retrain_requested: Callable[[], None] | None = None,
+    config: Config | None = None,
+) -> None:
     """The async entry the runner starts inside its loop; returns when the bot is closed or cancelled."""
     bot = create_bot(settings, store, explainer, on_retrain_requested, config)
     async with bot:

@@ -1,4 +1,5 @@
 """The terminal chat client: the review queue one key at a time, over the same commands as Discord."""
+
 from __future__ import annotations
 
 import sys

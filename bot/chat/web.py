@@ -9,6 +9,7 @@ Access: off unless `[feed] review_token` is set. `/review?token=TOKEN` once sets
 cookie (derived from the token, so changing the token logs every browser out) and redirects to `/review`.
 Without the cookie GET answers 401 and POST 403; a POST without the page's CSRF field answers 403.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,14 +69,24 @@ async def review_page(request: web.Request) -> web.Response:
             raise web.HTTPUnauthorized(text="wrong review token")
         # The token leaves the address bar (and history) at once; the cookie carries the session.
         response = web.HTTPSeeOther("/review")
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="Strict", path="/review",
-                            secure=request.secure, max_age=400 * 24 * 3600)
+        response.set_cookie(
+            COOKIE,
+            session_value(token),
+            httponly=True,
+            samesite="Strict",
+            path="/review",
+            secure=request.secure,
+            max_age=400 * 24 * 3600,
+        )
         raise response
     if not _authorised(request, token):
         raise web.HTTPUnauthorized(text="open /review?token=TOKEN once in this browser ([feed] review_token)")
     media = request.query.get("media")  # "wrong? relabel" on a media page names one
-    reply = await request.app[STORE].call(commands.show, media) if media else \
-        await request.app[STORE].call(commands.next_review)
+    reply = (
+        await request.app[STORE].call(commands.show, media)
+        if media
+        else await request.app[STORE].call(commands.next_review)
+    )
     document = review_html(reply, csrf_value(token), request.query.get("said", "")[:MESSAGE_LIMIT])
     return web.Response(text=document, content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -112,8 +123,7 @@ async def review_file(request: web.Request) -> web.Response:
     path = None if item is None else (item.image_path if kind == "image" else item.overlay_path)
     if path is None or not path.is_file():
         raise web.HTTPNotFound(text=f"no {kind} for media {media_id}")
-    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600",
-                                           "Content-Disposition": "inline"})
+    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"})
 
 
 def _item_or_none(store: Store, media_id: int) -> ReviewItem | None:
@@ -129,11 +139,13 @@ def _item_or_none(store: Store, media_id: int) -> ReviewItem | None:
 def review_html(reply: Reply, csrf: str, said: str = "") -> str:
     """The page for one reply of `commands.next_review`; every stored or user-derived string is escaped."""
     item = reply.item
-    parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-             f'<title>Review{f" media {item.media_id}" if item else ""} - illustfeed</title>'
-             f'<link rel="stylesheet" href="{STYLESHEET_URL}"></head><body class="review"><header><h1>Review</h1>'
-             f'<nav><a href="/">feed</a></nav></header>']
+    parts = [
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Review{f' media {item.media_id}' if item else ''} - illustfeed</title>"
+        f'<link rel="stylesheet" href="{STYLESHEET_URL}"></head><body class="review"><header><h1>Review</h1>'
+        f'<nav><a href="/">feed</a></nav></header>'
+    ]
     for message in (said, "" if reply.ok else reply.text):
         if message:
             parts.append(f'<p class="said" role="status">{_e(message)}</p>')
@@ -145,25 +157,35 @@ def review_html(reply: Reply, csrf: str, said: str = "") -> str:
 
 
 def _item_html(item: ReviewItem) -> str:
-    pictures = [f'<figure><img src="/review/image/{item.media_id}" alt="media {item.media_id}">'
-                f'<figcaption>image</figcaption></figure>']
+    pictures = [
+        f'<figure><img src="/review/image/{item.media_id}" alt="media {item.media_id}">'
+        f"<figcaption>image</figcaption></figure>"
+    ]
     if item.overlay_path is not None:
-        pictures.append(f'<figure><img src="/review/overlay/{item.media_id}" alt="Grad-CAM overlay of media '
-                        f'{item.media_id}"><figcaption>where the model looked (Grad-CAM)</figcaption></figure>')
+        pictures.append(
+            f'<figure><img src="/review/overlay/{item.media_id}" alt="Grad-CAM overlay of media '
+            f'{item.media_id}"><figcaption>where the model looked (Grad-CAM)</figcaption></figure>'
+        )
     if item.probabilities is not None:
-        rows = "".join(f'<tr><th scope="row">{_e(label)}</th><td>{item.probabilities[label]:.0%}</td>'
-                       f'<td><meter min="0" max="1" value="{item.probabilities[label]:.4f}"></meter></td></tr>'
-                       for label in LABELS)
-        call = (f'<p>Model {_e(item.model_version)} says <strong>{_e(item.predicted)}</strong></p>'
-                f'<table class="probabilities">{rows}</table>')
+        rows = "".join(
+            f'<tr><th scope="row">{_e(label)}</th><td>{item.probabilities[label]:.0%}</td>'
+            f'<td><meter min="0" max="1" value="{item.probabilities[label]:.4f}"></meter></td></tr>'
+            for label in LABELS
+        )
+        call = (
+            f"<p>Model {_e(item.model_version)} says <strong>{_e(item.predicted)}</strong></p>"
+            f'<table class="probabilities">{rows}</table>'
+        )
     else:
         call = "<p>Not classified yet.</p>"
     link = safe_link(item.post_url)
     author = _e(item.author or "unknown author")
     origin = f'<a href="{_e(link)}" rel="noopener noreferrer">{author}</a>' if link else author
     reason = f"<p>Queued because: {_e(item.reason)}</p>" if item.reason else ""
-    return (f'<main><p>Media {item.media_id} ({item.pending} waiting for review)</p>'
-            f'<div class="pair">{"".join(pictures)}</div>{call}{reason}<p>By {origin}</p></main>')
+    return (
+        f"<main><p>Media {item.media_id} ({item.pending} waiting for review)</p>"
+        f'<div class="pair">{"".join(pictures)}</div>{call}{reason}<p>By {origin}</p></main>'
+    )
 
 
 def _form_html(item: ReviewItem | None, csrf: str) -> str:
@@ -171,11 +193,15 @@ def _form_html(item: ReviewItem | None, csrf: str) -> str:
     for key, text, answer in ANSWERS:
         if item is None and answer != "undo":
             continue
-        buttons.append(f'<button type="submit" name="answer" value="{answer}" accesskey="{key}">'
-                       f'{_e(text)} <kbd>{key}</kbd></button>')
+        buttons.append(
+            f'<button type="submit" name="answer" value="{answer}" accesskey="{key}">'
+            f"{_e(text)} <kbd>{key}</kbd></button>"
+        )
     media = f'<input type="hidden" name="media" value="{item.media_id}">' if item is not None else ""
-    return (f'<form method="post" action="/review" class="answers"><input type="hidden" name="csrf" '
-            f'value="{_e(csrf)}">{media}{"".join(buttons)}</form>')
+    return (
+        f'<form method="post" action="/review" class="answers"><input type="hidden" name="csrf" '
+        f'value="{_e(csrf)}">{media}{"".join(buttons)}</form>'
+    )
 
 
 def install(app: web.Application) -> None:

@@ -1,4 +1,5 @@
 """`illustfeed` command line: a thin shell over library functions; each feature registers its own subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,12 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise CommandError(f"import: {folder} is not a directory")
-    source = FolderSource(folder, default_account=args.account or folder.resolve().name, account=args.account,
-                          max_bytes=config.ingest.max_bytes)
+    source = FolderSource(
+        folder,
+        default_account=args.account or folder.resolve().name,
+        account=args.account,
+        max_bytes=config.ingest.max_bytes,
+    )
     with open_store(config) as store:
         summary = ingest_source(store, source, config.ingest, progress=config.ingest.progress and not args.json)
     if args.json:
@@ -83,12 +88,12 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="illustfeed",
-                                     description="Turn followed accounts' images into a feed of illustrations.")
+    parser = argparse.ArgumentParser(
+        prog="illustfeed", description="Turn followed accounts' images into a feed of illustrations."
+    )
     parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                       parser_class=CommandParser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
 
     init = subparsers.add_parser("init", help="create the data dir, database and inbox")
     init.set_defaults(handler=cmd_init)
@@ -149,14 +154,15 @@ def describe_error(error: Exception, config: Config) -> tuple[str, int]:
     """The one line printed for an error and the exit code: storage faults first (they say what to do)."""
     fault = storage_fault(error, config.data_path / DB_FILENAME, busy_timeout_s=config.storage.busy_timeout_seconds)
     if fault is None and error.__cause__ is not None:  # a library's own error wrapping a disk fault
-        fault = storage_fault(error.__cause__, config.data_path / DB_FILENAME,
-                              busy_timeout_s=config.storage.busy_timeout_seconds)
+        fault = storage_fault(
+            error.__cause__, config.data_path / DB_FILENAME, busy_timeout_s=config.storage.busy_timeout_seconds
+        )
     if fault is not None:
         if fault.kind == LOCKED and fault.holder_pid is None:
             fault.holder_pid = lock_holder_pid(config.data_path)
         return str(fault), fault.exit_code
     if isinstance(error, (CommandError, StoreError, ConfigError, OSError)):
         return f"error: {error}", EXIT_ERROR
-    return (f"unexpected error: {type(error).__name__}: {error} (run the command again with --debug for the "
-            "traceback)"), EXIT_BUG
-
+    return (
+        f"unexpected error: {type(error).__name__}: {error} (run the command again with --debug for the traceback)"
+    ), EXIT_BUG

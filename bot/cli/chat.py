@@ -1,4 +1,5 @@
 """`illustfeed review`, `illustfeed label` and `illustfeed bot`: shells over the terminal chat and the Discord bot."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from bot.chat.terminal import review_loop, terminal_actor
 from bot.cli import CommandError, open_store
 from bot.config import Config
 from storage import LABELS
+
 
 def cmd_review(args: argparse.Namespace, config: Config) -> int:
     with open_store(config) as store:
@@ -37,8 +39,10 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
     from bot.chat.discord_bot import run_bot
 
     if not config.discord.token:
-        raise CommandError("no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
-                           "or [discord] token in the config file")
+        raise CommandError(
+            "no Discord bot token: set the ILLUSTFEED_DISCORD_TOKEN environment variable "
+            "or [discord] token in the config file"
+        )
     with open_store(config) as store:
         try:
             asyncio.run(run_bot(config.discord, store, explainer=ActiveModelExplainer(config), config=config))
@@ -50,11 +54,12 @@ def cmd_bot(args: argparse.Namespace, config: Config) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    who = {"default": getpass.getuser(), "help": "who is labelling, recorded in the label history "
-                                                "(default: your login name)"}
+    who = {
+        "default": getpass.getuser(),
+        "help": "who is labelling, recorded in the label history (default: your login name)",
+    }
 
-    review = subparsers.add_parser("review",
-                                   help="answer the review queue one key at a time (most uncertain first)")
+    review = subparsers.add_parser("review", help="answer the review queue one key at a time (most uncertain first)")
     review.add_argument("--by", **who)
     review.add_argument("--open", action="store_true", help="open each overlay in the default image viewer")
     review.set_defaults(handler=cmd_review)

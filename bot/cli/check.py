@@ -1,5 +1,6 @@
 """`illustfeed check [--read-data] [--repair] [--json]`: a thin shell over storage.check, plus the model and
 thumbnail renderers that repair needs (they live above storage)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def overlay_maker(config: Config) -> OverlayMaker | None:
     def make(store: Store, media_id: int) -> tuple[bytes, str]:
         prediction = store.query_one(
             "SELECT model_version, prob_illustration, prob_screenshot, prob_photo FROM predictions"
-            " WHERE media_id = ? ORDER BY id DESC LIMIT 1", (media_id,))
+            " WHERE media_id = ? ORDER BY id DESC LIMIT 1",
+            (media_id,),
+        )
         version = prediction["model_version"]
         if version not in models:
             models[version] = _model_of_version(store, config, version)
@@ -55,8 +58,11 @@ def thumbnail_maker(config: Config) -> ThumbnailMaker:
 
     def make(store: Store, media_id: int, spec_key: str) -> None:
         fmt, _, size = spec_key.partition("-")
-        spec = ThumbnailSpec(int(size), fmt) if fmt in FORMATS and size.isdigit() else \
-            ThumbnailSpec(config.feed.thumbnail_size, config.feed.thumbnail_format)
+        spec = (
+            ThumbnailSpec(int(size), fmt)
+            if fmt in FORMATS and size.isdigit()
+            else ThumbnailSpec(config.feed.thumbnail_size, config.feed.thumbnail_format)
+        )
         data, width, height = render_thumbnail(store.media_path(media_id), spec)
         record_thumbnail(store, media_id, spec, data, width, height)
 
@@ -67,8 +73,13 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     # Checking alone changes nothing, so it also runs on a read-only data dir.
     with open_store(config, read_only=False if args.repair else None) as store:
         if args.repair:
-            report = check_and_repair(store, read_data=args.read_data, expect_overlays=config.classifier.overlays,
-                                      make_overlay=overlay_maker(config), make_thumbnail=thumbnail_maker(config))
+            report = check_and_repair(
+                store,
+                read_data=args.read_data,
+                expect_overlays=config.classifier.overlays,
+                make_overlay=overlay_maker(config),
+                make_thumbnail=thumbnail_maker(config),
+            )
         else:
             report = check_store(store, read_data=args.read_data, expect_overlays=config.classifier.overlays)
     if args.json:
@@ -86,16 +97,24 @@ def _print_report(report, say: Callable[[str], None]) -> None:
     hashed = f", {report.bytes_hashed / 1e6:.1f} MB hashed" if report.read_data else ""
     verdict = "no problems" if report.ok else f"{len(report.problems)} problems remain"
     hint = "" if report.ok or report.repaired else "; `illustfeed check --repair` fixes what it can"
-    say(f"checked {report.media_checked} media, {report.files_seen} files{hashed}, database {report.database} "
-        f"in {report.seconds:.1f} s: {verdict}{hint}")
+    say(
+        f"checked {report.media_checked} media, {report.files_seen} files{hashed}, database {report.database} "
+        f"in {report.seconds:.1f} s: {verdict}{hint}"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser("check", help="verify stored files against the database; --repair fixes")
-    check.add_argument("--read-data", action="store_true",
-                       help="also hash every file against its sha256 name, and run SQLite's full integrity_check")
-    check.add_argument("--repair", action="store_true",
-                       help="remove orphans and temp files, remake overlays and thumbnails, mark damaged media "
-                            "so the next import or crawl restores them")
+    check.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also hash every file against its sha256 name, and run SQLite's full integrity_check",
+    )
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove orphans and temp files, remake overlays and thumbnails, mark damaged media "
+        "so the next import or crawl restores them",
+    )
     check.add_argument("--json", action="store_true", help="one JSON object")
     check.set_defaults(handler=cmd_check)

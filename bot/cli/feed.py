@@ -1,4 +1,5 @@
 """`illustfeed serve`: run the feed web server (gallery, Atom, JSON API, review page) until interrupted."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     try:
         asyncio.run(serve_until_stopped(config, args.host, args.port, on_started=announce, extensions=EXTENSIONS))
     except OSError as error:  # address in use, or not one of this machine's
-        print(f"illustfeed: error: serve: cannot listen on {args.host or config.feed.host}:"
-              f"{config.feed.port if args.port is None else args.port}: {error.strerror or error}", file=sys.stderr)
+        print(
+            f"illustfeed: error: serve: cannot listen on {args.host or config.feed.host}:"
+            f"{config.feed.port if args.port is None else args.port}: {error.strerror or error}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

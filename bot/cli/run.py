@@ -1,4 +1,5 @@
 """CLI commands `illustfeed run` (the whole bot in one process) and `illustfeed retrain` (retrain now)."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=cmd_run)
 
     retrain = subparsers.add_parser("retrain", help="retrain the classifier on the human labels now")
-    retrain.add_argument("--force", action="store_true",
-                         help="train even with fewer new labels than [retrain] min_new_labels")
+    retrain.add_argument(
+        "--force", action="store_true", help="train even with fewer new labels than [retrain] min_new_labels"
+    )
     retrain.add_argument("--json", action="store_true", help="print the outcome as JSON")
     retrain.set_defaults(handler=cmd_retrain)

@@ -1,4 +1,5 @@
 """`illustfeed crawl|follow|unfollow|sources`: thin shells over bot.ingest.crawl and bot.sources.follows."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,21 +44,27 @@ def cmd_sources(args: argparse.Namespace, config: Config) -> int:
         if item["source"] == "folder":
             print(f"folder ({state}): {item['path']}, {item['accounts']} accounts")
             continue
-        print(f"{item['source']} ({state}): config {', '.join(item['configured_accounts']) or '-'}; "
-              f"following_of {item['following_of'] or '-'}; followed {', '.join(item['followed']) or '-'}; "
-              f"unfollowed {', '.join(item['unfollowed']) or '-'}; reads today {item['reads_today']}")
+        print(
+            f"{item['source']} ({state}): config {', '.join(item['configured_accounts']) or '-'}; "
+            f"following_of {item['following_of'] or '-'}; followed {', '.join(item['followed']) or '-'}; "
+            f"unfollowed {', '.join(item['unfollowed']) or '-'}; reads today {item['reads_today']}"
+        )
     return 0
 
 
 def register(subparsers) -> None:
-    crawl = subparsers.add_parser("crawl",
-                                  help="read new posts of every enabled source once and store their images")
-    crawl.add_argument("--once", action="store_true",
-                       help="one pass, then exit (the only mode here; `illustfeed run` crawls on an interval)")
+    crawl = subparsers.add_parser("crawl", help="read new posts of every enabled source once and store their images")
+    crawl.add_argument(
+        "--once",
+        action="store_true",
+        help="one pass, then exit (the only mode here; `illustfeed run` crawls on an interval)",
+    )
     crawl.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     crawl.set_defaults(handler=cmd_crawl)
-    for name, help_text in (("follow", "crawl this account from now on (in addition to the config lists)"),
-                            ("unfollow", "stop crawling this account, even if a config list names it")):
+    for name, help_text in (
+        ("follow", "crawl this account from now on (in addition to the config lists)"),
+        ("unfollow", "stop crawling this account, even if a config list names it"),
+    ):
         command = subparsers.add_parser(name, help=help_text)
         command.add_argument("source", choices=NETWORK_NAMES)
         command.add_argument("handle", help=HANDLE_HELP)

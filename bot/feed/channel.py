@@ -4,6 +4,7 @@ The web feed's rule decides what is an illustration here too, so a channel shows
 `feed_posts` remembers (media, channel) pairs; a message that failed to send is not marked, so its items go
 out at the next tick.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ def _unposted_illustrations(store: Store, channel: str, rule: str, limit: int = 
         f"SELECT m.id, m.bytes FROM media_verdict v JOIN media m ON m.id = v.media_id "
         f"WHERE v.{column} = 'illustration' AND m.status = 'ok' "
         f"AND NOT EXISTS (SELECT 1 FROM feed_posts f WHERE f.media_id = m.id AND f.channel = ?) "
-        f"ORDER BY m.id LIMIT ?", (channel, limit))
+        f"ORDER BY m.id LIMIT ?",
+        (channel, limit),
+    )
 
 
 def skip_feed_backlog(store: Store, channel: str, rule: str = DEFAULT_FEED_RULE) -> int:
@@ -68,8 +71,9 @@ def skip_feed_backlog(store: Store, channel: str, rule: str = DEFAULT_FEED_RULE)
     return len(backlog)
 
 
-def feed_batch(store: Store, channel: str, limit: int, max_attachment_bytes: int,
-               rule: str = DEFAULT_FEED_RULE) -> FeedBatch:
+def feed_batch(
+    store: Store, channel: str, limit: int, max_attachment_bytes: int, rule: str = DEFAULT_FEED_RULE
+) -> FeedBatch:
     """The oldest illustrations (under the web feed's `rule`) not yet posted to `channel`, at most `limit`,
     attachments kept under `max_attachment_bytes` in total."""
     rows = _unposted_illustrations(store, channel, rule, limit)
@@ -93,5 +97,9 @@ def mark_feed_posted(store: Store, channel: str, media_ids: Iterable[int], messa
     now = utc_now()
     with store.transaction():
         store.db["feed_posts"].insert_all(
-            ({"media_id": media_id, "channel": channel, "message_id": message_id, "posted_at": now}
-             for media_id in media_ids), ignore=True)
+            (
+                {"media_id": media_id, "channel": channel, "message_id": message_id, "posted_at": now}
+                for media_id in media_ids
+            ),
+            ignore=True,
+        )

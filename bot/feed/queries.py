@@ -5,6 +5,7 @@ in that same order and is the paging key, so a page boundary is a plain `id < cu
 later (always with a higher id) can never shift: paging has no gaps and no repeats while the store grows.
 The label test reads `media_verdict` (kept current by triggers, schema migration 3, FEED_V3) through an index.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -102,15 +103,24 @@ def parse_limit(value: str | None, default: int, maximum: int) -> int:
     return int(value)
 
 
-def feed_page(store: Store, rule: str, label: str = "illustration", cursor: int | None = None,
-              limit: int = 48, account: tuple[str, str] | None = None) -> FeedPage:
+def feed_page(
+    store: Store,
+    rule: str,
+    label: str = "illustration",
+    cursor: int | None = None,
+    limit: int = 48,
+    account: tuple[str, str] | None = None,
+) -> FeedPage:
     """Up to `limit` media whose label under `rule` is `label`, newest first, older than `cursor`; with
     `account` (source, handle), only media that account posted (reposts of others' media included)."""
     column = RULE_COLUMNS[rule]
     # One artist's media are found from their posts (a few rows), not by testing every media of the feed.
-    by_account = ("AND v.media_id IN (SELECT pm.media_id FROM accounts a JOIN posts p ON p.account_id = a.id "
-                  "JOIN post_media pm ON pm.post_id = p.id WHERE a.source = :source AND a.handle = :handle) "
-                  if account else "")
+    by_account = (
+        "AND v.media_id IN (SELECT pm.media_id FROM accounts a JOIN posts p ON p.account_id = a.id "
+        "JOIN post_media pm ON pm.post_id = p.id WHERE a.source = :source AND a.handle = :handle) "
+        if account
+        else ""
+    )
     # One row more than asked says whether a next page exists without a COUNT.
     rows = store.query(
         f"SELECT m.id, m.sha256, m.ext, m.mime, m.width, m.height, m.bytes, m.first_seen_at, "
@@ -119,16 +129,31 @@ def feed_page(store: Store, rule: str, label: str = "illustration", cursor: int 
         f"FROM media_verdict v JOIN media m ON m.id = v.media_id "
         f"WHERE v.{column} = :label AND v.media_id < :before AND m.status = 'ok' {by_account}"
         f"ORDER BY v.media_id DESC LIMIT :limit",
-        {"label": label, "before": cursor if cursor is not None else 2**62, "limit": limit + 1,
-         "source": account[0] if account else None, "handle": account[1] if account else None},
+        {
+            "label": label,
+            "before": cursor if cursor is not None else 2**62,
+            "limit": limit + 1,
+            "source": account[0] if account else None,
+            "handle": account[1] if account else None,
+        },
     )
     has_more = len(rows) > limit
     rows = rows[:limit]
     credits = credits_for(store, [row["id"] for row in rows])
     items = [
-        FeedItem(media_id=row["id"], sha256=row["sha256"], ext=row["ext"], mime=row["mime"], width=row["width"],
-                 height=row["height"], bytes=row["bytes"], first_seen_at=row["first_seen_at"], label=label,
-                 decided_by="human" if row["by_human"] else "model", credit=credits.get(row["id"]))
+        FeedItem(
+            media_id=row["id"],
+            sha256=row["sha256"],
+            ext=row["ext"],
+            mime=row["mime"],
+            width=row["width"],
+            height=row["height"],
+            bytes=row["bytes"],
+            first_seen_at=row["first_seen_at"],
+            label=label,
+            decided_by="human" if row["by_human"] else "model",
+            credit=credits.get(row["id"]),
+        )
         for row in rows
     ]
     return FeedPage(items, str(rows[-1]["id"]) if has_more else None)
@@ -140,13 +165,24 @@ def media_detail(store: Store, rule: str, media_id: int) -> FeedItem | None:
     row = store.query_one(
         f"SELECT m.id, m.sha256, m.ext, m.mime, m.width, m.height, m.bytes, m.first_seen_at, v.{column} AS label, "
         f"v.human_label IS NOT NULL AS by_human FROM media m LEFT JOIN media_verdict v ON v.media_id = m.id "
-        f"WHERE m.id = ? AND m.status = 'ok'", (media_id,))
+        f"WHERE m.id = ? AND m.status = 'ok'",
+        (media_id,),
+    )
     if row is None:
         return None
-    return FeedItem(media_id=row["id"], sha256=row["sha256"], ext=row["ext"], mime=row["mime"], width=row["width"],
-                    height=row["height"], bytes=row["bytes"], first_seen_at=row["first_seen_at"],
-                    label=row["label"], decided_by="human" if row["by_human"] else "model",
-                    credit=credits_for(store, [media_id]).get(media_id))
+    return FeedItem(
+        media_id=row["id"],
+        sha256=row["sha256"],
+        ext=row["ext"],
+        mime=row["mime"],
+        width=row["width"],
+        height=row["height"],
+        bytes=row["bytes"],
+        first_seen_at=row["first_seen_at"],
+        label=row["label"],
+        decided_by="human" if row["by_human"] else "model",
+        credit=credits_for(store, [media_id]).get(media_id),
+    )
 
 
 def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:
@@ -166,9 +202,16 @@ def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:
         posts_per_media[row["media_id"]] += 1
         first_rows.setdefault(row["media_id"], row)
     return {
-        media_id: Credit(source=row["source"], handle=row["handle"], display_name=row["display_name"],
-                         post_url=row["url"], text=row["text"], created_at=row["created_at"],
-                         alt_text=row["alt_text"], posts=posts_per_media[media_id])
+        media_id: Credit(
+            source=row["source"],
+            handle=row["handle"],
+            display_name=row["display_name"],
+            post_url=row["url"],
+            text=row["text"],
+            created_at=row["created_at"],
+            alt_text=row["alt_text"],
+            posts=posts_per_media[media_id],
+        )
         for media_id, row in first_rows.items()
     }
 
@@ -184,8 +227,9 @@ def media_origin(store: Store, media_id: int) -> tuple[str | None, str | None]:
 
 def visible_media(store: Store, sha256: str) -> dict | None:
     """The stored media row for a sha256 when it can be served (status ok), else None."""
-    return store.query_one("SELECT id, sha256, ext, mime, width, height, bytes FROM media"
-                           " WHERE sha256 = ? AND status = 'ok'", (sha256,))
+    return store.query_one(
+        "SELECT id, sha256, ext, mime, width, height, bytes FROM media WHERE sha256 = ? AND status = 'ok'", (sha256,)
+    )
 
 
 def feed_counts(store: Store, rule: str) -> dict:
@@ -194,8 +238,7 @@ def feed_counts(store: Store, rule: str) -> dict:
     # Counted on the (label, media_id) index alone, then the few media no longer served taken back out:
     # joining every verdict to its media row costs a table walk.
     by_label = {
-        label: store.scalar(f"SELECT COUNT(*) FROM media_verdict WHERE {column} = ?", (label,))
-        for label in LABELS
+        label: store.scalar(f"SELECT COUNT(*) FROM media_verdict WHERE {column} = ?", (label,)) for label in LABELS
     }
     for row in store.query(
         f"SELECT v.{column} AS label, COUNT(*) AS n FROM media m JOIN media_verdict v ON v.media_id = m.id "

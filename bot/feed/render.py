@@ -1,4 +1,5 @@
 """HTML gallery and Atom 1.0 documents from feed pages; every user-derived string is escaped here."""
+
 from __future__ import annotations
 
 import html
@@ -118,16 +119,21 @@ def _author_link(credit: Credit | None) -> str:
 
 def _when(item: FeedItem) -> str:
     moment = parse_time(item.published_at)
-    return (f'<time datetime="{_e(rfc3339(item.published_at))}">{_e(moment.strftime("%Y-%m-%d %H:%M"))}</time>'
-            if moment else "")
+    return (
+        f'<time datetime="{_e(rfc3339(item.published_at))}">{_e(moment.strftime("%Y-%m-%d %H:%M"))}</time>'
+        if moment
+        else ""
+    )
 
 
 def _shown(item: FeedItem, source: str, width: int, height: int, lazy: bool = True) -> str:
     """The image, or for a video a looping muted clip that plays by itself as X shows a GIF (no script)."""
     if (item.mime or "").startswith("video/"):
-        return (f'<video src="/media/{item.sha256}" poster="/thumb/{item.sha256}" width="{width}" '
-                f'height="{height}" autoplay loop muted playsinline preload="none" '
-                f'aria-label="{_e(alt_text(item))}"></video>')
+        return (
+            f'<video src="/media/{item.sha256}" poster="/thumb/{item.sha256}" width="{width}" '
+            f'height="{height}" autoplay loop muted playsinline preload="none" '
+            f'aria-label="{_e(alt_text(item))}"></video>'
+        )
     loading = ' loading="lazy" decoding="async"' if lazy else ""
     return f'<img src="{source}" width="{width}" height="{height}" alt="{_e(alt_text(item))}"{loading}>'
 
@@ -148,33 +154,38 @@ def _tile(item: FeedItem, thumbnail_size: int) -> str:
 
 
 def _page(title: str, body: str, head: str = "") -> str:
-    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{_e(title)}</title><link rel="stylesheet" href="{STYLESHEET_URL}">{head}</head>'
-            f"<body>{body}</body></html>\n")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{_e(title)}</title><link rel="stylesheet" href="{STYLESHEET_URL}">{head}</head>'
+        f"<body>{body}</body></html>\n"
+    )
 
 
-def gallery_html(page: FeedPage, title: str, label: str, thumbnail_size: int, limit: int | None = None,
-                 account: str | None = None) -> str:
+def gallery_html(
+    page: FeedPage, title: str, label: str, thumbnail_size: int, limit: int | None = None, account: str | None = None
+) -> str:
     """The gallery page; `limit` (when not the default page size) and `account` (SOURCE:HANDLE, one author's
     view) are kept in the page's links."""
     kept = {"account": account} if account else {}
     label_links = " ".join(
-        f'<a href="/?{_e(urlencode({"label": name} | kept))}"' + (' aria-current="page"' if name == label else "")
+        f'<a href="/?{_e(urlencode({"label": name} | kept))}"'
+        + (' aria-current="page"' if name == label else "")
         + f">{_e(name)}s</a>"
         for name in LABELS
     )
     tiles = "".join(_tile(item, thumbnail_size) for item in page.items)
     older_query = {"label": label} | kept | {"cursor": page.next_cursor} | ({"limit": limit} if limit else {})
     older = f'<a rel="next" href="/?{_e(urlencode(older_query))}">Older →</a>' if page.next_cursor else ""
-    atom = f'/feed.atom?{urlencode(kept)}' if account else "/feed.atom"
-    heading = f'{_e(title)}: {_e(account)}' if account else _e(title)
+    atom = f"/feed.atom?{urlencode(kept)}" if account else "/feed.atom"
+    heading = f"{_e(title)}: {_e(account)}" if account else _e(title)
     everyone = ' <a href="/">all authors</a>' if account else ""
-    body = (f'<header><h1><a href="/">{heading}</a></h1><nav>{label_links}{everyone}</nav>'
-            f'<a href="{_e(atom)}">Atom feed</a></header>'
-            + (f'<main class="grid">{tiles}</main>' if tiles else
-               f'<main><p class="empty">No {_e(label)}s yet.</p></main>')
-            + f'<nav class="pager"><a href="/?{_e(urlencode({"label": label} | kept))}">Newest</a>{older}</nav>')
+    body = (
+        f'<header><h1><a href="/">{heading}</a></h1><nav>{label_links}{everyone}</nav>'
+        f'<a href="{_e(atom)}">Atom feed</a></header>'
+        + (f'<main class="grid">{tiles}</main>' if tiles else f'<main><p class="empty">No {_e(label)}s yet.</p></main>')
+        + f'<nav class="pager"><a href="/?{_e(urlencode({"label": label} | kept))}">Newest</a>{older}</nav>'
+    )
     head = f'<link rel="alternate" type="application/atom+xml" title="{_e(title)}" href="{_e(atom)}">'
     return _page(f"{title}: {account}" if account else title, body, head)
 
@@ -185,20 +196,26 @@ def detail_html(item: FeedItem, title: str, review_on: bool) -> str:
     post_link = safe_link(credit.post_url) if credit else None
     label = _e(item.label) if item.label else "undecided (waiting for review)"
     decided = f" (decided by {'a human' if item.decided_by == 'human' else 'the model'})" if item.label else ""
-    relabel = (f'<a href="/review?{_e(urlencode({"media": item.media_id}))}">wrong? relabel</a>' if review_on
-               else "relabel with <code>illustfeed label " f"{item.media_id} LABEL</code> or /label in chat")
+    relabel = (
+        f'<a href="/review?{_e(urlencode({"media": item.media_id}))}">wrong? relabel</a>'
+        if review_on
+        else f"relabel with <code>illustfeed label {item.media_id} LABEL</code> or /label in chat"
+    )
     facts = [("label", f"{label}{decided}"), ("author", _author_link(credit)), ("posted", _when(item))]
     if post_link:
-        facts.append(("post", f'<a href="{_e(post_link)}" rel="noopener noreferrer nofollow">'
-                              f"{_e(shorten(post_link, 80))}</a>"))
+        facts.append(
+            ("post", f'<a href="{_e(post_link)}" rel="noopener noreferrer nofollow">{_e(shorten(post_link, 80))}</a>')
+        )
     if credit and credit.text:
         facts.append(("text", _e(credit.text)))
     facts += [("size", f"{item.width}×{item.height}, {_e(item.mime)}"), ("", relabel)]
     rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
-    body = (f'<header><h1><a href="/">{_e(title)}</a></h1><nav><a href="/">gallery</a></nav></header>'
-            f'<main class="detail"><a href="/media/{item.sha256}">'
-            f'{_shown(item, f"/media/{item.sha256}", item.width, item.height, lazy=False)}</a>'
-            f"<dl>{rows}</dl></main>")
+    body = (
+        f'<header><h1><a href="/">{_e(title)}</a></h1><nav><a href="/">gallery</a></nav></header>'
+        f'<main class="detail"><a href="/media/{item.sha256}">'
+        f"{_shown(item, f'/media/{item.sha256}', item.width, item.height, lazy=False)}</a>"
+        f"<dl>{rows}</dl></main>"
+    )
     return _page(f"{alt_text(item)} - {title}", body)
 
 
@@ -212,8 +229,10 @@ def _entry_content(item: FeedItem, media_url: str) -> str:
     post_link = safe_link(credit.post_url) if credit else None
     if (item.mime or "").startswith("video/"):
         poster = f"{media_url.rsplit('/media/', 1)[0]}/thumb/{item.sha256}"
-        image = (f'<video src="{_e(media_url)}" poster="{_e(poster)}" width="{item.width}" height="{item.height}" '
-                 f'controls loop muted playsinline>{_e(alt_text(item))}</video>')
+        image = (
+            f'<video src="{_e(media_url)}" poster="{_e(poster)}" width="{item.width}" height="{item.height}" '
+            f"controls loop muted playsinline>{_e(alt_text(item))}</video>"
+        )
     else:
         image = f'<img src="{_e(media_url)}" alt="{_e(alt_text(item))}" width="{item.width}" height="{item.height}">'
     parts = [f'<p><a href="{_e(post_link)}">{image}</a></p>' if post_link else f"<p>{image}</p>"]
@@ -228,8 +247,9 @@ def _atom_entry(item: FeedItem, base_url: str) -> str:
     media_url = f"{base_url}/media/{item.sha256}"
     credit = item.credit
     post_link = safe_link(credit.post_url) if credit else None
-    published = (f"<published>{rfc3339(credit.created_at)}</published>"
-                 if credit and parse_time(credit.created_at) else "")
+    published = (
+        f"<published>{rfc3339(credit.created_at)}</published>" if credit and parse_time(credit.created_at) else ""
+    )
     return (
         f"<entry><id>urn:illustfeed:media:{item.sha256}</id>"
         f"<title>{_x(entry_title(item))}</title>"
@@ -251,7 +271,7 @@ def atom_xml(page: FeedPage, title: str, label: str, base_url: str, self_url: st
     alternate = f"{base_url}/?{urlencode({'label': label} | ({'account': account} if account else {}))}"
     feed_id = f"urn:illustfeed:feed:{label}" + (f":{account}" if account else "")
     return (
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+        '<?xml version="1.0" encoding="utf-8"?>\n'
         f'<feed xmlns="{ATOM_NS}"><id>{_x(feed_id)}</id><title>{_x(feed_title)}</title>'
         f"<updated>{updated}</updated>"
         f'<link rel="self" type="application/atom+xml" href="{_x(self_url)}"/>'

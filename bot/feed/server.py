@@ -1,4 +1,5 @@
 """The feed web app (aiohttp): gallery, Atom feed, JSON API, media and thumbnails, health check."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,12 +17,25 @@ from aiohttp.helpers import ETAG_ANY
 
 from bot.config import Config, FeedConfig
 from bot.feed.queries import (
-    FeedItem, FeedPage, FeedQueryError, feed_counts, feed_page, media_detail, parse_account, parse_cursor, parse_label,
-    parse_limit, visible_media,
+    FeedItem,
+    FeedPage,
+    FeedQueryError,
+    feed_counts,
+    feed_page,
+    media_detail,
+    parse_account,
+    parse_cursor,
+    parse_label,
+    parse_limit,
+    visible_media,
 )
 from bot.feed.render import STYLESHEET, STYLESHEET_URL, alt_text, atom_xml, detail_html, gallery_html, safe_link
 from bot.feed.thumbnails import (
-    Thumbnail, ThumbnailSpec, record_thumbnail, render_thumbnail, stored_thumbnail,
+    Thumbnail,
+    ThumbnailSpec,
+    record_thumbnail,
+    render_thumbnail,
+    stored_thumbnail,
 )
 from storage import SCHEMA_VERSION, StorageFault, Store, storage_fault
 from storage.blobs import SHA256_PATTERN
@@ -59,7 +73,8 @@ class StoreWorker:
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(function, self._store, *args))
+            self._executor, functools.partial(function, self._store, *args)
+        )
 
     async def close(self) -> None:
         if self._store is not None:
@@ -102,8 +117,9 @@ def _cached(request: web.Request, etag: str, cache_control: str) -> web.Response
 
 def _page_response(request: web.Request, body: bytes, content_type: str) -> web.Response:
     etag = hashlib.sha256(body).hexdigest()[:32]
-    response = _cached(request, etag, PAGE_CACHE_CONTROL) or web.Response(body=body, content_type=content_type,
-                                                                         charset="utf-8")
+    response = _cached(request, etag, PAGE_CACHE_CONTROL) or web.Response(
+        body=body, content_type=content_type, charset="utf-8"
+    )
     response.etag = etag
     response.headers["Cache-Control"] = PAGE_CACHE_CONTROL
     return response
@@ -123,8 +139,14 @@ async def _page(request: web.Request, default_limit: int) -> tuple[str, int, Fee
 async def gallery(request: web.Request) -> web.Response:
     settings = settings_of(request)
     label, limit, page = await _page(request, settings.page_size)
-    document = gallery_html(page, settings.title, label, settings.thumbnail_size,
-                            limit if limit != settings.page_size else None, request.query.get("account"))
+    document = gallery_html(
+        page,
+        settings.title,
+        label,
+        settings.thumbnail_size,
+        limit if limit != settings.page_size else None,
+        request.query.get("account"),
+    )
     return _page_response(request, document.encode("utf-8"), "text/html")
 
 
@@ -163,10 +185,18 @@ def item_json(item: FeedItem, root: str) -> dict:
         "media_url": f"{root}/media/{item.sha256}",
         "thumbnail_url": f"{root}/thumb/{item.sha256}",
         "page_url": f"{root}/m/{item.media_id}",
-        "post": None if credit is None else {
-            "source": credit.source, "handle": credit.handle, "display_name": credit.display_name,
-            "author": credit.author, "url": credit.post_url, "link": safe_link(credit.post_url),
-            "text": credit.text, "created_at": credit.created_at, "posts": credit.posts,
+        "post": None
+        if credit is None
+        else {
+            "source": credit.source,
+            "handle": credit.handle,
+            "display_name": credit.display_name,
+            "author": credit.author,
+            "url": credit.post_url,
+            "link": safe_link(credit.post_url),
+            "text": credit.text,
+            "created_at": credit.created_at,
+            "posts": credit.posts,
         },
     }
 
@@ -174,13 +204,15 @@ def item_json(item: FeedItem, root: str) -> dict:
 async def api_media(request: web.Request) -> web.Response:
     label, _limit, page = await _page(request, settings_of(request).page_size)
     root = base_url(request)
-    response = web.json_response({
-        "label": label,
-        "account": request.query.get("account"),
-        "rule": settings_of(request).rule,
-        "items": [item_json(item, root) for item in page.items],
-        "next_cursor": page.next_cursor,
-    })
+    response = web.json_response(
+        {
+            "label": label,
+            "account": request.query.get("account"),
+            "rule": settings_of(request).rule,
+            "items": [item_json(item, root) for item in page.items],
+            "next_cursor": page.next_cursor,
+        }
+    )
     response.headers["Cache-Control"] = PAGE_CACHE_CONTROL
     return response
 
@@ -200,8 +232,9 @@ def _refuse(status: int, reason: str) -> web.HTTPException:
     return error_class(text=reason, headers={"Cache-Control": "no-store"})
 
 
-def _blob_response(request: web.Request, path, etag: str, mime: str, size: int | None = None,
-                   cache_control: str = BLOB_CACHE_CONTROL) -> web.Response:
+def _blob_response(
+    request: web.Request, path, etag: str, mime: str, size: int | None = None, cache_control: str = BLOB_CACHE_CONTROL
+) -> web.Response:
     """The file's bytes, only when they are all there: `size` (the row's) must match the file's."""
     try:
         handle = path.open("rb")
@@ -212,8 +245,11 @@ def _blob_response(request: web.Request, path, etag: str, mime: str, size: int |
     if size is not None and actual != size:
         handle.close()
         log.error("stored file damaged: %s has %d bytes, its row says %d", path, actual, size)
-        raise _refuse(410, f"the stored file is damaged ({actual} bytes of {size}); "
-                           "`illustfeed check --repair` and a re-import restore it")
+        raise _refuse(
+            410,
+            f"the stored file is damaged ({actual} bytes of {size}); "
+            "`illustfeed check --repair` and a re-import restore it",
+        )
     # Checked after the size: a 304 must never confirm bytes the server would not serve.
     cached = _cached(request, etag, cache_control)
     if cached is not None:
@@ -244,14 +280,18 @@ def _note_damage(store: Store, media_id: int, problem: str) -> None:
         log.warning("cannot record damaged media %s: %s", media_id, error)
 
 
-async def _original_response(request: web.Request, media: dict,
-                             cache_control: str = BLOB_CACHE_CONTROL) -> web.Response:
+async def _original_response(
+    request: web.Request, media: dict, cache_control: str = BLOB_CACHE_CONTROL
+) -> web.Response:
     worker = request.app[STORE]
     path = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
     try:
         return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(_blob_response, request, path, media["sha256"], media["mime"], media["bytes"],
-                                    cache_control))
+            None,
+            functools.partial(
+                _blob_response, request, path, media["sha256"], media["mime"], media["bytes"], cache_control
+            ),
+        )
     except web.HTTPException as refused:
         await worker.call(_note_damage, media["id"], refused.text)
         raise
@@ -278,8 +318,7 @@ async def _thumbnail(request: web.Request, media: dict) -> Thumbnail:
                 return existing
             source = await worker.call(lambda store: store.blobs.path(media["sha256"], media["ext"]))
             # Decoding and encoding run on the default pool, in parallel, off the loop and the store thread.
-            data, width, height = await asyncio.get_running_loop().run_in_executor(
-                None, render_thumbnail, source, spec)
+            data, width, height = await asyncio.get_running_loop().run_in_executor(None, render_thumbnail, source, spec)
             return await worker.call(record_thumbnail, media["id"], spec, data, width, height)
     finally:
         if locks.get(media["id"]) is lock and not lock.locked():
@@ -317,7 +356,11 @@ def storage_health(store: Store) -> str:
     if damaged:
         return f"damaged {damaged}"
     derived = store.derived.root
-    if store.read_only or not data_dir_writable(store.data_dir) or (derived.is_dir() and not data_dir_writable(derived)):
+    if (
+        store.read_only
+        or not data_dir_writable(store.data_dir)
+        or (derived.is_dir() and not data_dir_writable(derived))
+    ):
         return "read-only"
     return "ok"
 
@@ -331,8 +374,16 @@ async def healthz(request: web.Request) -> web.Response:
         log.error("health check failed: %s", error)
         return web.json_response({"ok": False, "error": f"database: {error}", "storage": "unreadable"}, status=503)
     # Damage or a read-only disk leaves the feed readable: the check stays 200 and says what is wrong.
-    return web.json_response({"ok": True, "storage": storage, "schema_version": SCHEMA_VERSION,
-                              "rule": settings_of(request).rule, "feed": counts["by_label"]["illustration"], **counts})
+    return web.json_response(
+        {
+            "ok": True,
+            "storage": storage,
+            "schema_version": SCHEMA_VERSION,
+            "rule": settings_of(request).rule,
+            "feed": counts["by_label"]["illustration"],
+            **counts,
+        }
+    )
 
 
 async def stylesheet(request: web.Request) -> web.Response:
@@ -376,8 +427,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 Extension = Callable[[web.Application], None]
 
 
-def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
-               extensions: Sequence[Extension] = ()) -> web.Application:
+def create_app(
+    settings: FeedConfig, store_factory: Callable[[], Store], extensions: Sequence[Extension] = ()
+) -> web.Application:
     """The feed app; it opens its own Store (one connection, on its store thread) at startup."""
     app = web.Application(middlewares=[_storage_faults, _bad_requests])
     app[SETTINGS] = settings
@@ -405,9 +457,13 @@ def create_app(settings: FeedConfig, store_factory: Callable[[], Store],
     return app
 
 
-async def start_feed_server(config: Config, store_factory: Callable[[], Store] | None = None,
-                            host: str | None = None, port: int | None = None,
-                            extensions: Sequence[Extension] = ()) -> web.AppRunner:
+async def start_feed_server(
+    config: Config,
+    store_factory: Callable[[], Store] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    extensions: Sequence[Extension] = (),
+) -> web.AppRunner:
     """Start serving inside the running loop; returns the runner (`await runner.cleanup()` stops it).
 
     `store_factory` must return a Store of its own (default: `Store.open(config.data_path)`): the app calls it
@@ -416,8 +472,9 @@ async def start_feed_server(config: Config, store_factory: Callable[[], Store] |
     `runner.addresses` holds the bound (host, port), which tells the port chosen when `port` is 0.
     """
     # Read-only when the data dir cannot be written: the feed is still served, thumbnails from the originals.
-    factory = store_factory or (lambda: Store.open(config.data_path, read_only=None,
-                                                   busy_timeout_s=config.storage.busy_timeout_seconds))
+    factory = store_factory or (
+        lambda: Store.open(config.data_path, read_only=None, busy_timeout_s=config.storage.busy_timeout_seconds)
+    )
     runner = web.AppRunner(create_app(config.feed, factory, extensions))
     await runner.setup()
     site = web.TCPSite(runner, host or config.feed.host, config.feed.port if port is None else port)
@@ -434,8 +491,13 @@ def server_url(runner: web.AppRunner) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve_until_stopped(config: Config, host: str | None, port: int | None,
-                              on_started: Callable[[str], None] = print, extensions: Sequence[Extension] = ()) -> None:
+async def serve_until_stopped(
+    config: Config,
+    host: str | None,
+    port: int | None,
+    on_started: Callable[[str], None] = print,
+    extensions: Sequence[Extension] = (),
+) -> None:
     """Serve until SIGINT or SIGTERM (the `illustfeed serve` command)."""
     runner = await start_feed_server(config, host=host, port=port, extensions=extensions)
     stop = asyncio.Event()

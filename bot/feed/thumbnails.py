@@ -1,4 +1,5 @@
 """Gallery thumbnails: made once per media and spec, stored as derived blobs, found again via `thumbnails`."""
+
 from __future__ import annotations
 
 import io
@@ -71,15 +72,17 @@ def render_thumbnail(source: Path, spec: ThumbnailSpec) -> tuple[bytes, int, int
 
 
 def stored_thumbnail(store: Store, media_id: int, spec: ThumbnailSpec) -> Thumbnail | None:
-    row = store.query_one("SELECT sha256, ext, mime, width, height FROM thumbnails WHERE media_id = ? AND spec = ?",
-                          (media_id, spec.key))
+    row = store.query_one(
+        "SELECT sha256, ext, mime, width, height FROM thumbnails WHERE media_id = ? AND spec = ?", (media_id, spec.key)
+    )
     if row is None or not store.derived.exists(row["sha256"], row["ext"]):
         return None
     return Thumbnail(**row)
 
 
-def record_thumbnail(store: Store, media_id: int, spec: ThumbnailSpec, data: bytes, width: int,
-                     height: int) -> Thumbnail:
+def record_thumbnail(
+    store: Store, media_id: int, spec: ThumbnailSpec, data: bytes, width: int, height: int
+) -> Thumbnail:
     """Store the encoded bytes as a derived blob and remember which media and spec they belong to."""
     digest = store.derived.put(data, spec.ext)
     store.execute(
@@ -90,4 +93,3 @@ def record_thumbnail(store: Store, media_id: int, spec: ThumbnailSpec, data: byt
         (media_id, spec.key, digest, spec.ext, spec.mime, width, height, utc_now()),
     )
     return Thumbnail(digest, spec.ext, spec.mime, width, height)
-

@@ -6,6 +6,7 @@ then store the new cursor, so a crash re-reads instead of skipping and dedupe ke
 that failed to download is recorded in `fetch_failures` in the same transaction as its post and retried on
 later runs; a rate-limited account is deferred to the next run while the others go on.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,16 +57,25 @@ class SourceRun:
 
     def as_dict(self) -> dict:
         return {
-            "source": self.source, "accounts": self.accounts, "deferred": self.deferred, "reads": self.reads,
-            "reads_today": self.reads_today, "read_budget": self.read_budget, "recovered": self.recovered,
-            **self.ingest.as_dict(), "problems": list(self.problems), "error": self.error,
+            "source": self.source,
+            "accounts": self.accounts,
+            "deferred": self.deferred,
+            "reads": self.reads,
+            "reads_today": self.reads_today,
+            "read_budget": self.read_budget,
+            "recovered": self.recovered,
+            **self.ingest.as_dict(),
+            "problems": list(self.problems),
+            "error": self.error,
         }
 
     def line(self) -> str:
         counts = self.ingest
-        text = (f"{self.source}: {self.accounts} accounts ({self.deferred} deferred), {counts.new_posts} new posts, "
-                f"{counts.media_new} new media, {counts.duplicates + counts.near_duplicates} duplicates, "
-                f"{counts.rejected} rejected, {counts.failed} failed, {self.recovered} recovered")
+        text = (
+            f"{self.source}: {self.accounts} accounts ({self.deferred} deferred), {counts.new_posts} new posts, "
+            f"{counts.media_new} new media, {counts.duplicates + counts.near_duplicates} duplicates, "
+            f"{counts.rejected} rejected, {counts.failed} failed, {self.recovered} recovered"
+        )
         if counts.restored:
             text += f", {counts.restored} damaged files restored"
         if self.source != "folder":
@@ -97,11 +107,17 @@ class CrawlSummary:
 
     def as_dict(self) -> dict:
         return {
-            "started_at": self.started_at, "seconds": round(self.seconds, 3), "accounts": self.accounts,
-            "posts": self.total("new_posts"), "media_new": self.total("media_new"),
+            "started_at": self.started_at,
+            "seconds": round(self.seconds, 3),
+            "accounts": self.accounts,
+            "posts": self.total("new_posts"),
+            "media_new": self.total("media_new"),
             "duplicates": self.total("duplicates") + self.total("near_duplicates"),
-            "rejected": self.total("rejected"), "failed": self.total("failed"), "deferred": self.deferred,
-            "reads": self.reads, "sources": [run.as_dict() for run in self.runs],
+            "rejected": self.total("rejected"),
+            "failed": self.total("failed"),
+            "deferred": self.deferred,
+            "reads": self.reads,
+            "sources": [run.as_dict() for run in self.runs],
         }
 
     def text(self) -> str:
@@ -111,9 +127,11 @@ class CrawlSummary:
             if run.error:
                 lines.append(f"  {run.source}: stopped: {run.error}")
         totals = self.as_dict()
-        lines.append(f"total: {totals['accounts']} accounts, {totals['posts']} new posts, {totals['media_new']} new "
-                     f"media, {totals['duplicates']} duplicates, {totals['rejected']} rejected, {totals['failed']} "
-                     f"failed, {totals['deferred']} deferred, {totals['reads']} API reads, {self.seconds:.1f} s")
+        lines.append(
+            f"total: {totals['accounts']} accounts, {totals['posts']} new posts, {totals['media_new']} new "
+            f"media, {totals['duplicates']} duplicates, {totals['rejected']} rejected, {totals['failed']} "
+            f"failed, {totals['deferred']} deferred, {totals['reads']} API reads, {self.seconds:.1f} s"
+        )
         return "\n".join(lines)
 
 
@@ -131,18 +149,27 @@ class ReadBudget:
         return datetime.fromtimestamp(self.clock(), tz=timezone.utc).date().isoformat()
 
     def used_today(self) -> int:
-        return self.store.scalar("SELECT reads FROM api_usage WHERE source = ? AND day = ?",
-                                 (self.source, self.day())) or 0
+        return (
+            self.store.scalar("SELECT reads FROM api_usage WHERE source = ? AND day = ?", (self.source, self.day()))
+            or 0
+        )
 
     def spend(self) -> None:
         day = self.day()
         with self.store.transaction():
-            used = self.store.scalar("SELECT reads FROM api_usage WHERE source = ? AND day = ?", (self.source, day)) or 0
+            used = (
+                self.store.scalar("SELECT reads FROM api_usage WHERE source = ? AND day = ?", (self.source, day)) or 0
+            )
             if self.limit and used >= self.limit:
-                raise BudgetExhausted(f"{self.source}: the daily read budget of {self.limit} requests is spent "
-                                      f"({used} on {day} UTC); the remaining accounts wait for tomorrow")
-            self.store.execute("INSERT INTO api_usage (source, day, reads) VALUES (?, ?, 1) "
-                               "ON CONFLICT (source, day) DO UPDATE SET reads = reads + 1", (self.source, day))
+                raise BudgetExhausted(
+                    f"{self.source}: the daily read budget of {self.limit} requests is spent "
+                    f"({used} on {day} UTC); the remaining accounts wait for tomorrow"
+                )
+            self.store.execute(
+                "INSERT INTO api_usage (source, day, reads) VALUES (?, ?, 1) "
+                "ON CONFLICT (source, day) DO UPDATE SET reads = reads + 1",
+                (self.source, day),
+            )
         self.used_in_run += 1
 
 
@@ -155,8 +182,9 @@ def post_to_json(post: Post) -> str:
 
 def post_from_json(text: str) -> Post:
     fields = json.loads(text)
-    fields["media"] = tuple(MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))})
-                            for ref in fields["media"])
+    fields["media"] = tuple(
+        MediaRef(**{**ref, "fallbacks": tuple(ref.get("fallbacks", ()))}) for ref in fields["media"]
+    )
     return Post(**fields)
 
 
@@ -182,8 +210,11 @@ class _FailureBook:
             for outcome in outcomes:
                 key = (self.source.name, post.post_id, outcome.ref.url)
                 if outcome.status != FAILED:
-                    self.store.execute("UPDATE fetch_failures SET resolved_at = ? WHERE source = ? AND "
-                                       "post_external_id = ? AND url = ? AND resolved_at IS NULL", (now, *key))
+                    self.store.execute(
+                        "UPDATE fetch_failures SET resolved_at = ? WHERE source = ? AND "
+                        "post_external_id = ? AND url = ? AND resolved_at IS NULL",
+                        (now, *key),
+                    )
                     continue
                 give_up = int(outcome.ref.url in self.refused)
                 self.store.execute(
@@ -194,6 +225,7 @@ class _FailureBook:
                     "given_up = MAX(excluded.given_up, attempts + 1 >= ?)",
                     (*key, post_to_json(post), outcome.reason or "unknown", give_up, now, now, self.max_attempts),
                 )
+
         return record
 
 
@@ -202,14 +234,20 @@ def retry_failed_media(store: Store, source, ingest: IngestConfig, max_attempts:
     rows = store.query(
         "SELECT post_external_id, MIN(post_json) AS post_json, COUNT(*) AS failing FROM fetch_failures "
         "WHERE source = ? AND resolved_at IS NULL AND given_up = 0 GROUP BY post_external_id "
-        "ORDER BY MIN(first_failed_at) LIMIT ?", (source.name, RETRIES_PER_RUN))
+        "ORDER BY MIN(first_failed_at) LIMIT ?",
+        (source.name, RETRIES_PER_RUN),
+    )
     book = _FailureBook(store, source, max_attempts)
     recovered = 0
     for row in rows:
         post = post_from_json(row["post_json"])
-        failing = {item["url"] for item in store.query(
-            "SELECT url FROM fetch_failures WHERE source = ? AND post_external_id = ? AND resolved_at IS NULL",
-            (source.name, post.post_id))}
+        failing = {
+            item["url"]
+            for item in store.query(
+                "SELECT url FROM fetch_failures WHERE source = ? AND post_external_id = ? AND resolved_at IS NULL",
+                (source.name, post.post_id),
+            )
+        }
         # The whole post is re-ingested so positions stay right; media already stored dedupe by sha256.
         _new, outcomes = ingest_post(store, post, book.fetch, ingest, book.after_write(post))
         recovered += sum(1 for outcome in outcomes if outcome.ref.url in failing and outcome.status != FAILED)
@@ -224,7 +262,9 @@ def refetch_damaged_media(store: Store, source) -> int:
         "SELECT d.media_id, m.sha256, m.ext, MIN(pm.source_url) AS url FROM damaged_media d"
         " JOIN media m ON m.id = d.media_id JOIN post_media pm ON pm.media_id = m.id"
         " JOIN posts p ON p.id = pm.post_id WHERE p.source = ? AND pm.source_url IS NOT NULL"
-        " GROUP BY d.media_id ORDER BY d.found_at LIMIT ?", (source.name, RETRIES_PER_RUN))
+        " GROUP BY d.media_id ORDER BY d.found_at LIMIT ?",
+        (source.name, RETRIES_PER_RUN),
+    )
     restored = 0
     for row in rows:
         try:
@@ -246,17 +286,23 @@ def refetch_damaged_media(store: Store, source) -> int:
 
 
 def _account_rows(store: Store, source: str) -> dict[str, dict]:
-    return {row["handle"]: row for row in store.query(
-        "SELECT handle, external_id, followed, followed_via, cursor, last_crawl_at FROM accounts WHERE source = ?",
-        (source,))}
+    return {
+        row["handle"]: row
+        for row in store.query(
+            "SELECT handle, external_id, followed, followed_via, cursor, last_crawl_at FROM accounts WHERE source = ?",
+            (source,),
+        )
+    }
 
 
 def _set_account_state(store: Store, source: str, account: Account, cursor: str | None, error: str | None) -> None:
     with store.transaction():
         account_id = store.upsert_account(source, account.handle, account.external_id, account.display_name)
         if error is None:
-            store.execute("UPDATE accounts SET cursor = COALESCE(?, cursor), last_crawl_at = ?, last_error = NULL "
-                          "WHERE id = ?", (cursor, utc_now(), account_id))
+            store.execute(
+                "UPDATE accounts SET cursor = COALESCE(?, cursor), last_crawl_at = ?, last_error = NULL WHERE id = ?",
+                (cursor, utc_now(), account_id),
+            )
         else:
             store.execute("UPDATE accounts SET last_error = ? WHERE id = ?", (error, account_id))
 
@@ -272,12 +318,14 @@ def _api_answer(doing: str):
         raise SourceError(f"unexpected API answer {doing}: {type(error).__name__}: {error}") from error
 
 
-def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget, ingest: IngestConfig,
-                         max_attempts: int) -> SourceRun | None:
+def crawl_network_source(
+    store: Store, source: NetworkSource, budget: ReadBudget, ingest: IngestConfig, max_attempts: int
+) -> SourceRun | None:
     """Crawl one network source; None when it has nothing configured or followed."""
     rows = _account_rows(store, source.name)
-    by_id = {row["external_id"]: row for row in rows.values()
-             if row["external_id"] and source.name in STABLE_ACCOUNT_IDS}
+    by_id = {
+        row["external_id"]: row for row in rows.values() if row["external_id"] and source.name in STABLE_ACCOUNT_IDS
+    }
 
     def row_of(account: Account) -> dict:
         """The stored state of an account: by its id where that outlives a renamed handle, else by handle."""
@@ -293,24 +341,32 @@ def crawl_network_source(store: Store, source: NetworkSource, budget: ReadBudget
             run.error = reason
             return run
         with _api_answer("while listing the accounts to crawl"):
-            known_ids = {**store.former_handles(source.name),
-                         **{h: row["external_id"] for h, row in rows.items() if row["external_id"]}}
+            known_ids = {
+                **store.former_handles(source.name),
+                **{h: row["external_id"] for h, row in rows.items() if row["external_id"]},
+            }
             targets = source.targets(followed, known_ids)
         # After `targets`: a source may derive its media host allow-list from the accounts it resolved.
         run.recovered = retry_failed_media(store, source, ingest, max_attempts)
         run.ingest.restored += refetch_damaged_media(store, source)
         run.problems += targets.problems
         # Accounts crawled longest ago go first, so a budget or rate limit that cuts a run short rotates.
-        accounts = sorted((account for account in targets.accounts if row_of(account).get("followed", 1)),
-                          key=lambda account: row_of(account).get("last_crawl_at") or "")
+        accounts = sorted(
+            (account for account in targets.accounts if row_of(account).get("followed", 1)),
+            key=lambda account: row_of(account).get("last_crawl_at") or "",
+        )
         run.accounts = len(accounts)
         with store.transaction():  # remember resolved ids, so later runs skip the lookup (a paid read on X)
             for account in accounts:
                 store.upsert_account(source.name, account.handle, account.external_id, account.display_name)
         book = _FailureBook(store, source, max_attempts)
         # A first run backfills every account: show progress when a person is watching (never in the runner's log).
-        progress = tqdm(accounts, desc=f"crawl {source.name}", unit="account",
-                        disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2)
+        progress = tqdm(
+            accounts,
+            desc=f"crawl {source.name}",
+            unit="account",
+            disable=not (ingest.progress and sys.stderr.isatty()) or len(accounts) < 2,
+        )
         for index, account in enumerate(progress):
             cursor = row_of(account).get("cursor")
             try:
@@ -377,14 +433,18 @@ def follows_network_accounts(store: Store, config: Config) -> bool:
     """Whether any enabled network source has an account to crawl (in the config or followed by hand)."""
     for network in NETWORKS.values():
         section = network.settings(config.sources)
-        if section.enabled and (section.accounts or section.following_of or store.scalar(
-                "SELECT 1 FROM accounts WHERE source = ? AND followed = 1 LIMIT 1", (network.name,))):
+        if section.enabled and (
+            section.accounts
+            or section.following_of
+            or store.scalar("SELECT 1 FROM accounts WHERE source = ? AND followed = 1 LIMIT 1", (network.name,))
+        ):
             return True
     return False
 
 
-def http_for(config: Config, sleep: Callable[[float], None] = time.sleep,
-             clock: Callable[[], float] = time.time) -> Http:
+def http_for(
+    config: Config, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time
+) -> Http:
     return Http(config.sources.http, sleep=sleep, clock=clock)
 
 

@@ -8,6 +8,7 @@ JSON of the expected shape, so an HTML page or an error object served with 200 i
 through `Http.download`, which also enforces a host allow-list (redirects included), a content type and a
 byte limit while streaming.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -94,8 +95,9 @@ def json_body(response: requests.Response, what: str, expect: type) -> Any:
         raise SourceError(f"{what}: the answer is not JSON ({content_type}): {response.text[:200]!r}") from None
     if not isinstance(body, expect):
         expected = JSON_KINDS[expect].split(" ", 1)[1]
-        raise SourceError(f"{what}: expected a JSON {expected}, got {JSON_KINDS.get(type(body), 'a number')}: "
-                          f"{str(body)[:200]}")
+        raise SourceError(
+            f"{what}: expected a JSON {expected}, got {JSON_KINDS.get(type(body), 'a number')}: {str(body)[:200]}"
+        )
     return body
 
 
@@ -173,9 +175,14 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
 class Http:
     """One session plus the retry and rate-limit policy; `sleep`, `clock` and `jitter` are injectable for tests."""
 
-    def __init__(self, settings: SourceHttpConfig = SourceHttpConfig(), session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
-                 jitter: Callable[[], float] = random.random):
+    def __init__(
+        self,
+        settings: SourceHttpConfig = SourceHttpConfig(),
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ):
         self.settings = settings
         self.session = session or _TimeoutSession(settings.timeout_s)
         self.session.headers["User-Agent"] = settings.user_agent
@@ -192,7 +199,7 @@ class Http:
         self.sleep(seconds)
 
     def _backoff(self, attempt: int, why: str) -> None:
-        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt)
+        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempt)
         # Full jitter: clients that failed together do not retry together.
         self._pause(ceiling * (0.5 + 0.5 * self.jitter()), f"retry {attempt + 1} after {why}")
 
@@ -200,12 +207,16 @@ class Http:
         if reset_in_s is None:
             reset_in_s = DEFAULT_RETRY_AFTER_S
         if reset_in_s > self.settings.max_rate_limit_wait_s:
-            raise RateLimited(f"{what}: {why}; resets in {reset_in_s:.0f} s, more than the "
-                              f"{self.settings.max_rate_limit_wait_s:.0f} s we wait", reset_in_s)
+            raise RateLimited(
+                f"{what}: {why}; resets in {reset_in_s:.0f} s, more than the "
+                f"{self.settings.max_rate_limit_wait_s:.0f} s we wait",
+                reset_in_s,
+            )
         self._pause(reset_in_s + 1, f"{what}: {why}")
 
-    def call(self, send: Callable[[], requests.Response], what: str, bucket: str,
-             meter: Callable[[], None] | None = None) -> requests.Response:
+    def call(
+        self, send: Callable[[], requests.Response], what: str, bucket: str, meter: Callable[[], None] | None = None
+    ) -> requests.Response:
         """Send until the answer is neither 429 nor 5xx; other statuses are returned for the caller to judge.
 
         `meter` runs before every request actually sent (a paid API's read budget), and may raise.
@@ -223,8 +234,9 @@ class Http:
                 response = send()
             except TRANSIENT_ERRORS as error:
                 if attempt >= self.settings.max_retries:
-                    raise ApiUnavailable(f"{what}: {type(error).__name__} after {attempt + 1} attempts: {error}") \
-                        from None
+                    raise ApiUnavailable(
+                        f"{what}: {type(error).__name__} after {attempt + 1} attempts: {error}"
+                    ) from None
                 self._backoff(attempt, type(error).__name__)
                 attempt += 1
                 continue
@@ -250,8 +262,16 @@ class Http:
                 continue
             return response
 
-    def get_json(self, url: str, what: str, bucket: str, expect: type = dict, params: dict | None = None,
-                 headers: dict | None = None, meter: Callable[[], None] | None = None) -> JsonReply:
+    def get_json(
+        self,
+        url: str,
+        what: str,
+        bucket: str,
+        expect: type = dict,
+        params: dict | None = None,
+        headers: dict | None = None,
+        meter: Callable[[], None] | None = None,
+    ) -> JsonReply:
         """GET an API URL through `call`, expecting a JSON `expect` (dict or list).
 
         401/403 become AccessDenied; other non-2xx, a body that is not JSON or JSON of another shape, a SourceError.
@@ -263,8 +283,9 @@ class Http:
             raise SourceError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
         return JsonReply(json_body(response, what, expect), response.links)
 
-    def download(self, url: str, allowed_hosts: Iterable[str], max_bytes: int,
-                 content_types: tuple[str, ...] = MEDIA_TYPES) -> bytes:
+    def download(
+        self, url: str, allowed_hosts: Iterable[str], max_bytes: int, content_types: tuple[str, ...] = MEDIA_TYPES
+    ) -> bytes:
         """The body of `url`, streamed under `max_bytes`; FetchError (DownloadRefused when permanent)."""
         allowed_hosts = tuple(allowed_hosts)
         current = url
@@ -275,7 +296,9 @@ class Http:
             target = current
             try:
                 response = self.call(
-                    lambda target=target: self.session.get(target, stream=True, allow_redirects=False), f"GET {target}", host
+                    lambda target=target: self.session.get(target, stream=True, allow_redirects=False),
+                    f"GET {target}",
+                    host,
                 )
             except SourceError as error:
                 raise FetchError(str(error)) from None
@@ -289,8 +312,9 @@ class Http:
                 if content_type in HLS_TYPES:
                     raise DownloadRefused(f"{current} is an HLS playlist ({content_type}), not a video file")
                 if not content_type.startswith(content_types):
-                    raise DownloadRefused(f"content type {content_type or 'missing'!r} of {current} is not an image "
-                                          "or video")
+                    raise DownloadRefused(
+                        f"content type {content_type or 'missing'!r} of {current} is not an image or video"
+                    )
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise TooLarge(f"{current} is {declared} bytes, over the limit of {max_bytes} bytes")

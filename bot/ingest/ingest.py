@@ -1,4 +1,5 @@
 """Store what a source yields: fetch, validate, dedupe, then write one post and its media in one transaction."""
+
 from __future__ import annotations
 
 import logging
@@ -64,9 +65,15 @@ class IngestSummary:
 
     def as_dict(self) -> dict:
         return {
-            "posts": self.posts, "known_posts": self.known_posts, "new_posts": self.new_posts, "media_new": self.media_new,
-            "duplicates": self.duplicates, "near_duplicates": self.near_duplicates, "restored": self.restored,
-            "rejected": self.rejected, "failed": self.failed,
+            "posts": self.posts,
+            "known_posts": self.known_posts,
+            "new_posts": self.new_posts,
+            "media_new": self.media_new,
+            "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
+            "restored": self.restored,
+            "rejected": self.rejected,
+            "failed": self.failed,
         }
 
 
@@ -102,8 +109,13 @@ def find_near_duplicate(store: Store, data: bytes, info: ImageInfo, settings: In
     return None
 
 
-def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], settings: IngestConfig,
-             seen_in_post: dict[str, _Prepared]) -> _Prepared:
+def _prepare(
+    store: Store,
+    ref: MediaRef,
+    fetch: Callable[[MediaRef], bytes],
+    settings: IngestConfig,
+    seen_in_post: dict[str, _Prepared],
+) -> _Prepared:
     try:
         data = fetch(ref)
     except MediaRefused as error:
@@ -115,16 +127,20 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
         return _Prepared(ref, DUPLICATE, sha256=digest)
     existing = store.media_by_sha256(digest)
     if existing is not None:
-        if existing["ext"] and (existing["status"] == "ok" or restorable_rejection(existing["reject_reason"])) \
-                and not store.blobs.intact(digest, existing["ext"], len(data)):
+        if (
+            existing["ext"]
+            and (existing["status"] == "ok" or restorable_rejection(existing["reject_reason"]))
+            and not store.blobs.intact(digest, existing["ext"], len(data))
+        ):
             # Its file was deleted or damaged behind the store's back: these are the right bytes, store them.
             store.blobs.put(data, existing["ext"])
             return _Prepared(ref, RESTORED, sha256=digest, media_id=existing["id"])
         status = REJECTED if existing["status"] == "rejected" else DUPLICATE
         return _Prepared(ref, status, sha256=digest, media_id=existing["id"], reason=existing["reject_reason"])
     try:
-        info = validate_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes,
-                              video_limits=settings.video)
+        info = validate_image(
+            data, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes, video_limits=settings.video
+        )
     except InvalidImage as error:
         return _Prepared(ref, REJECTED, sha256=digest, size=len(data), reason=str(error))
     near = find_near_duplicate(store, data, info, settings)
@@ -136,8 +152,13 @@ def _prepare(store: Store, ref: MediaRef, fetch: Callable[[MediaRef], bytes], se
     return _Prepared(ref, NEW, sha256=digest, info=info, size=len(data))
 
 
-def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], settings: IngestConfig,
-                after_write: Callable[[list[MediaOutcome]], None] | None = None) -> tuple[bool, list[MediaOutcome]]:
+def ingest_post(
+    store: Store,
+    post: Post,
+    fetch: Callable[[MediaRef], bytes],
+    settings: IngestConfig,
+    after_write: Callable[[list[MediaOutcome]], None] | None = None,
+) -> tuple[bool, list[MediaOutcome]]:
     """Fetch and validate the post's media, then write account, post, media and links atomically.
 
     `after_write(outcomes)` runs inside the same transaction, so a caller's own bookkeeping (the crawl's
@@ -155,20 +176,34 @@ def ingest_post(store: Store, post: Post, fetch: Callable[[MediaRef], bytes], se
     outcomes = []
     with store.transaction():
         account_id = store.upsert_account(post.source, post.account, post.account_id, post.display_name)
-        post_row_id, is_new = store.upsert_post(account_id, post.source, post.post_id, post.url, post.text,
-                                                post.created_at)
+        post_row_id, is_new = store.upsert_post(
+            account_id, post.source, post.post_id, post.url, post.text, post.created_at
+        )
         media_ids: dict[str, int] = {}
         for position, item in enumerate(prepared):
             media_id = item.media_id if item.media_id is not None else media_ids.get(item.sha256 or "")
             if media_id is None and item.status == NEW:
                 media_id = store.insert_media(
-                    sha256=item.sha256, phash=f"{item.info.phash:016x}", mime=item.info.mime, ext=item.info.ext,
-                    width=item.info.width, height=item.info.height, frames=item.info.frames, bytes=item.size,
-                    duration_s=item.info.duration_s, status="ok", source_url=item.ref.url,
+                    sha256=item.sha256,
+                    phash=f"{item.info.phash:016x}",
+                    mime=item.info.mime,
+                    ext=item.info.ext,
+                    width=item.info.width,
+                    height=item.info.height,
+                    frames=item.info.frames,
+                    bytes=item.size,
+                    duration_s=item.info.duration_s,
+                    status="ok",
+                    source_url=item.ref.url,
                 )
             elif media_id is None and item.status == REJECTED:
-                media_id = store.insert_media(sha256=item.sha256, bytes=item.size, status="rejected",
-                                              reject_reason=item.reason, source_url=item.ref.url)
+                media_id = store.insert_media(
+                    sha256=item.sha256,
+                    bytes=item.size,
+                    status="rejected",
+                    reject_reason=item.reason,
+                    source_url=item.ref.url,
+                )
             if item.sha256 is not None and media_id is not None:
                 media_ids[item.sha256] = media_id
             if item.status == RESTORED:
@@ -193,16 +228,20 @@ def post_is_stored(store: Store, post: Post) -> bool:
     media = store.query(
         "SELECT m.sha256, m.ext, m.bytes, m.status, EXISTS (SELECT 1 FROM damaged_media d WHERE d.media_id = m.id)"
         " AS damaged FROM posts p JOIN post_media pm ON pm.post_id = p.id JOIN media m ON m.id = pm.media_id"
-        " WHERE p.source = ? AND p.external_id = ?", (post.source, post.post_id))
+        " WHERE p.source = ? AND p.external_id = ?",
+        (post.source, post.post_id),
+    )
     if len(media) < len(post.media):
         return False
-    return not any(row["damaged"] or (row["status"] == "ok" and not store.blobs.intact(row["sha256"], row["ext"],
-                                                                                      row["bytes"]))
-                   for row in media)
+    return not any(
+        row["damaged"] or (row["status"] == "ok" and not store.blobs.intact(row["sha256"], row["ext"], row["bytes"]))
+        for row in media
+    )
 
 
-def ingest_source(store: Store, source, settings: IngestConfig, progress: bool = False,
-                  posts: Iterable[Post] | None = None) -> IngestSummary:
+def ingest_source(
+    store: Store, source, settings: IngestConfig, progress: bool = False, posts: Iterable[Post] | None = None
+) -> IngestSummary:
     """Ingest every post a source yields (or `posts`) that is not stored yet, one transaction per post."""
     from tqdm import tqdm
 

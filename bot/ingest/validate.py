@@ -1,5 +1,6 @@
 """Decode and check downloaded bytes (Pillow for images, PyAV for videos) before anything is stored; compute the
 perceptual hash."""
+
 from __future__ import annotations
 
 import io
@@ -76,12 +77,20 @@ def validate_video(data: bytes, limits: VideoLimits) -> ImageInfo:
         video = probe_video(data, limits)
     except VideoError as error:
         raise InvalidImage(str(error)) from None
-    return ImageInfo(mime=video.format.mime, ext=video.format.ext, width=video.width, height=video.height,
-                     frames=video.frames, phash=perceptual_hash(video.first_frame), duration_s=video.duration_s)
+    return ImageInfo(
+        mime=video.format.mime,
+        ext=video.format.ext,
+        width=video.width,
+        height=video.height,
+        frames=video.frames,
+        phash=perceptual_hash(video.first_frame),
+        duration_s=video.duration_s,
+    )
 
 
-def validate_image(data: bytes, max_pixels: int, max_bytes: int | None = None,
-                   video_limits: VideoLimits = DEFAULT_LIMITS) -> ImageInfo:
+def validate_image(
+    data: bytes, max_pixels: int, max_bytes: int | None = None, video_limits: VideoLimits = DEFAULT_LIMITS
+) -> ImageInfo:
     """Fully decode the first frame (every frame of a video), check limits and modes; raise InvalidImage with
     the reason."""
     if not data:

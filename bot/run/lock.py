@@ -1,4 +1,5 @@
 """One `illustfeed run` per data dir: an exclusive fcntl lock on `<data_dir>/illustfeed.lock` holding the PID."""
+
 from __future__ import annotations
 
 import fcntl

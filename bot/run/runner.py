@@ -1,4 +1,5 @@
 """`illustfeed run`: one asyncio process with the job scheduler, the feed server and, with a token, the Discord bot."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,14 @@ from bot import app, retrain
 from bot.config import Config, redacted
 from bot.run.lock import DataDirLock
 from bot.run.scheduler import (
-    CRAWL_JOB, FOLDER_JOB, RETRAIN_JOB, JobContext, build_scheduler, log_event, run_soon, without_folder,
+    CRAWL_JOB,
+    FOLDER_JOB,
+    RETRAIN_JOB,
+    JobContext,
+    build_scheduler,
+    log_event,
+    run_soon,
+    without_folder,
 )
 from storage import Store
 
@@ -23,8 +31,12 @@ log = logging.getLogger("illustfeed.runner")
 
 
 def _ingest_fields(totals: dict) -> dict:
-    return {"new": totals["media_new"], "duplicates": totals["duplicates"], "rejected": totals["rejected"],
-            "failed": totals["failed"]}
+    return {
+        "new": totals["media_new"],
+        "duplicates": totals["duplicates"],
+        "rejected": totals["rejected"],
+        "failed": totals["failed"],
+    }
 
 
 def folder_job(store: Store, context: JobContext) -> dict:
@@ -48,8 +60,13 @@ def crawl_job(store: Store, context: JobContext) -> dict:
         summary = crawl_once(store, without_folder(context.config))
     wake_for_retrain_request(store, context)
     totals = summary.as_dict()
-    return {"sources": len(summary.runs), "accounts": totals["accounts"], "posts": totals["posts"],
-            **_ingest_fields(totals), **classify_new(store, context)}
+    return {
+        "sources": len(summary.runs),
+        "accounts": totals["accounts"],
+        "posts": totals["posts"],
+        **_ingest_fields(totals),
+        **classify_new(store, context),
+    }
 
 
 def classify_new(store: Store, context: JobContext) -> dict:
@@ -69,8 +86,12 @@ def classify_new(store: Store, context: JobContext) -> dict:
             return {"classified": 0}
         context.classify_problem = None
         summary = app.classify(store, context.config, model, runner)
-    return {"classified": summary.classified, "borderline": summary.borderline,
-            "queued": summary.queued_for_review, "model": summary.model_version}
+    return {
+        "classified": summary.classified,
+        "borderline": summary.borderline,
+        "queued": summary.queued_for_review,
+        "model": summary.model_version,
+    }
 
 
 def wake_for_retrain_request(store: Store, context: JobContext) -> None:
@@ -83,8 +104,9 @@ def retrain_job(store: Store, context: JobContext) -> dict:
     """The nightly retrain, or one asked for with /retrain (which trains whatever the number of new labels)."""
     request = retrain.claim_request(store)
     try:
-        outcome = retrain.run_retrain(store, context.config, force=request is not None, model_lock=context.model_lock,
-                              report=context.report)
+        outcome = retrain.run_retrain(
+            store, context.config, force=request is not None, model_lock=context.model_lock, report=context.report
+        )
     except Exception as error:
         if request is not None:
             retrain.finish_request(store, request["id"], f"failed: {type(error).__name__}: {error}")
@@ -102,14 +124,19 @@ def startup_facts(config: Config, feed_url: str | None, discord_on: bool) -> lis
     facts = [f"data: {config.data_path.resolve()} (SQLite {config.data_path.resolve() / 'illustfeed.db'})"]
     folder = config.sources.folder
     if folder.enabled:
-        facts.append(f"inbox: {Path(folder.path).resolve()} (drop images into <inbox>/<account>/; "
-                     f"scanned every {config.scheduler.folder_poll_seconds} s)")
+        facts.append(
+            f"inbox: {Path(folder.path).resolve()} (drop images into <inbox>/<account>/; "
+            f"scanned every {config.scheduler.folder_poll_seconds} s)"
+        )
     facts.append(f"network crawl: every {config.scheduler.crawl_interval_seconds} s")
     facts.append(f"feed: {feed_url}" if feed_url else "feed: off")
     facts.append("discord: on" if discord_on else "discord: off (no token)")
     settings = config.retrain
-    facts.append(f"retrain: {settings.schedule!r} {settings.timezone or 'local time'}, "
-                 f"min {settings.min_new_labels} new labels" if settings.enabled else "retrain: off")
+    facts.append(
+        f"retrain: {settings.schedule!r} {settings.timezone or 'local time'}, min {settings.min_new_labels} new labels"
+        if settings.enabled
+        else "retrain: off"
+    )
     return facts
 
 
@@ -164,8 +191,13 @@ class Runner:
         self.scheduler.start()
         for fact in startup_facts(self.config, feed_url, self.bot is not None):
             self.announce(fact)
-        log_event("runner.started", pid=os.getpid(), feed=feed_url, discord="on" if self.bot else "off",
-                  jobs=",".join(self.jobs()))
+        log_event(
+            "runner.started",
+            pid=os.getpid(),
+            feed=feed_url,
+            discord="on" if self.bot else "off",
+            jobs=",".join(self.jobs()),
+        )
         log.debug("config %s", redacted(self.config))
 
     async def _start_discord(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -175,8 +207,13 @@ class Runner:
         from bot.chat.discord_bot import create_bot
 
         # The bot's Store is its own connection, used on the loop thread only.
-        self.bot = create_bot(settings, self.open_store(), explainer=app.ActiveModelExplainer(self.config),
-                              on_retrain_requested=self.wake_retrain, config=self.config)
+        self.bot = create_bot(
+            settings,
+            self.open_store(),
+            explainer=app.ActiveModelExplainer(self.config),
+            on_retrain_requested=self.wake_retrain,
+            config=self.config,
+        )
         self.loop = loop
         self.context.report = self.report_to_discord
 
@@ -237,4 +274,3 @@ def run(config: Config, announce: Callable[[str], None] = print) -> int:
     """Hold the data dir's lock for the life of the process and run until SIGTERM/SIGINT."""
     with DataDirLock(config.data_path):
         return asyncio.run(Runner(config, announce).run())
-

@@ -3,6 +3,7 @@
 A job never takes the process down: an exception is logged (`event=<job>.failed`) and the job runs again at
 its next time. On shutdown a job stops at its next transaction boundary (the current one commits first).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,8 +97,7 @@ class JobContext:
         return self.active_model.lock
 
     def open_store(self) -> StoppableStore:
-        return StoppableStore.open_stoppable(self.config.data_path, self.stop,
-                                             self.config.storage.busy_timeout_seconds)
+        return StoppableStore.open_stoppable(self.config.data_path, self.stop, self.config.storage.busy_timeout_seconds)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False when `timeout` seconds passed first."""
@@ -127,11 +127,20 @@ def run_job(name: str, body: JobBody, context: JobContext) -> dict | None:
         if fault is not None:  # a full, read-only or locked data dir: the sentence says it all, no traceback
             if fault.kind == LOCKED and fault.holder_pid is None:
                 fault.holder_pid = lock_holder_pid(context.config.data_path)
-            log_event(f"{name}.failed", logging.ERROR, storage=fault.kind, error=str(fault),
-                      duration_s=time.monotonic() - started)
+            log_event(
+                f"{name}.failed",
+                logging.ERROR,
+                storage=fault.kind,
+                error=str(fault),
+                duration_s=time.monotonic() - started,
+            )
         else:
-            log_event(f"{name}.failed", logging.ERROR, error=f"{type(error).__name__}: {error}",
-                      duration_s=time.monotonic() - started)
+            log_event(
+                f"{name}.failed",
+                logging.ERROR,
+                error=f"{type(error).__name__}: {error}",
+                duration_s=time.monotonic() - started,
+            )
         log.debug("%s failed", name, exc_info=True)
     finally:
         with context.running_changed:
@@ -165,7 +174,6 @@ def build_scheduler(context: JobContext, jobs: dict[str, JobBody]) -> AsyncIOSch
             timing = {"misfire_grace_time": intervals[name], "next_run_time": datetime.now(scheduler.timezone)}
         scheduler.add_job(run_job, trigger, args=(name, body, context), id=name, name=name, **timing)
     return scheduler
-
 
 
 def run_soon(scheduler: AsyncIOScheduler, context: JobContext, name: str, body: JobBody) -> None:

@@ -6,6 +6,7 @@ and Discord help all read it, so a new network is its module (a `NetworkSource` 
 section in `bot/config.py`. Entries name their module as a string: importing this package must stay cheap
 (the X module loads tweepy).
 """
+
 from __future__ import annotations
 
 import importlib

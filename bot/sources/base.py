@@ -1,4 +1,5 @@
 """The Source interface: a generator of Post records plus a way to fetch each MediaRef's bytes."""
+
 from __future__ import annotations
 
 from typing import Iterator, Protocol

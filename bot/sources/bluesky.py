@@ -11,6 +11,7 @@ and a thumbnail, so its progressive file is the blob the author uploaded, read f
 (`com.atproto.sync.getBlob`, the PDS named in the DID document from plc.directory or did:web); the thumbnail
 is taken when that file is refused (over the byte limit) or the PDS cannot be found.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,16 +49,21 @@ def embed_media(embed: Mapping | None, video_file: Callable[[str], str | None] =
         return []
     kind = embed.get("$type")
     if kind == "app.bsky.embed.images#view":
-        return [MediaRef(url=image["fullsize"], kind="photo", alt=image.get("alt") or None)
-                for image in embed.get("images") or [] if image.get("fullsize")]
+        return [
+            MediaRef(url=image["fullsize"], kind="photo", alt=image.get("alt") or None)
+            for image in embed.get("images") or []
+            if image.get("fullsize")
+        ]
     if kind == "app.bsky.embed.recordWithMedia#view":
         return embed_media(embed.get("media"), video_file)
     if kind == "app.bsky.embed.video#view":
-        renditions = [url for url in (video_file(embed["cid"]) if embed.get("cid") else None, embed.get("thumbnail"))
-                      if url]
+        renditions = [
+            url for url in (video_file(embed["cid"]) if embed.get("cid") else None, embed.get("thumbnail")) if url
+        ]
         if renditions:
-            return [MediaRef(url=renditions[0], kind="video", alt=embed.get("alt") or None,
-                             fallbacks=tuple(renditions[1:]))]
+            return [
+                MediaRef(url=renditions[0], kind="video", alt=embed.get("alt") or None, fallbacks=tuple(renditions[1:]))
+            ]
     return []
 
 
@@ -67,8 +73,12 @@ def pds_endpoint(did_document: Mapping) -> str | None:
         if not isinstance(service, Mapping):
             continue
         endpoint = service.get("serviceEndpoint")
-        if str(service.get("id", "")).endswith("#atproto_pds") and isinstance(endpoint, str) \
-                and urlsplit(endpoint).scheme == "https" and urlsplit(endpoint).hostname:
+        if (
+            str(service.get("id", "")).endswith("#atproto_pds")
+            and isinstance(endpoint, str)
+            and urlsplit(endpoint).scheme == "https"
+            and urlsplit(endpoint).hostname
+        ):
             return endpoint.rstrip("/")
     return None
 
@@ -83,8 +93,9 @@ class BlueskySource(ListedAccountsSource):
     name = SOURCE_NAME
     settings: BlueskySourceConfig
 
-    def __init__(self, settings: BlueskySourceConfig, http: Http, max_bytes: int,
-                 meter: Callable[[], None] | None = None):
+    def __init__(
+        self, settings: BlueskySourceConfig, http: Http, max_bytes: int, meter: Callable[[], None] | None = None
+    ):
         super().__init__(settings, http, max_bytes, meter)
         self.appview = settings.appview.rstrip("/")
         self.pds_by_did: dict[str, str | None] = {}
@@ -93,14 +104,15 @@ class BlueskySource(ListedAccountsSource):
         return None  # the public AppView needs no login
 
     def _xrpc(self, method: str, params: dict, what: str) -> dict:
-        return self.http.get_json(f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky",
-                                  params=params, meter=self.meter).body
+        return self.http.get_json(
+            f"{self.appview}/xrpc/{method}", f"Bluesky {method} ({what})", "bluesky", params=params, meter=self.meter
+        ).body
 
     def lookup(self, actors: Sequence[str]) -> tuple[dict[str, Account], list[str]]:
         """Accounts by the handle or DID asked for (a DID's answer names its current handle), and the unknown."""
         found: dict[str, Account] = {}
         for start in range(0, len(actors), PROFILES_PER_CALL):
-            chunk = list(actors[start:start + PROFILES_PER_CALL])
+            chunk = list(actors[start : start + PROFILES_PER_CALL])
             body = self._xrpc("app.bsky.actor.getProfiles", {"actors": chunk}, ", ".join(chunk))
             for profile in body.get("profiles") or []:
                 did = profile["did"]
@@ -123,8 +135,9 @@ class BlueskySource(ListedAccountsSource):
                 self.pds_by_did[did] = None
                 return None
             try:
-                document = self.http.get_json(url, f"DID document of {did}", urlsplit(url).hostname or "",
-                                              meter=self.meter).body
+                document = self.http.get_json(
+                    url, f"DID document of {did}", urlsplit(url).hostname or "", meter=self.meter
+                ).body
                 self.pds_by_did[did] = pds_endpoint(document)
             except SourceError as error:
                 log.warning("Bluesky videos of %s: their thumbnail only: %s", did, error)
@@ -136,8 +149,12 @@ class BlueskySource(ListedAccountsSource):
             if not self.settings.video_files:
                 return None
             pds = self.pds_of(did)
-            return None if pds is None else \
-                f"{pds}/xrpc/com.atproto.sync.getBlob?did={quote(did, safe='')}&cid={quote(cid, safe='')}"
+            return (
+                None
+                if pds is None
+                else f"{pds}/xrpc/com.atproto.sync.getBlob?did={quote(did, safe='')}&cid={quote(cid, safe='')}"
+            )
+
         return url
 
     def media_hosts(self) -> list[str]:
@@ -151,8 +168,10 @@ class BlueskySource(ListedAccountsSource):
         while True:
             params = {"actor": handle, "limit": FOLLOWS_PAGE, **({"cursor": cursor} if cursor else {})}
             body = self._xrpc("app.bsky.graph.getFollows", params, handle)
-            accounts += [Account(normalise_handle(actor["handle"]), actor["did"], actor.get("displayName"))
-                         for actor in body.get("follows") or []]
+            accounts += [
+                Account(normalise_handle(actor["handle"]), actor["did"], actor.get("displayName"))
+                for actor in body.get("follows") or []
+            ]
             cursor = body.get("cursor")
             if not cursor or not body.get("follows"):
                 return accounts
@@ -168,9 +187,11 @@ class BlueskySource(ListedAccountsSource):
             except SourceError as error:
                 problems.append(f"follows of {owner} unavailable: {error}")
         # Every listed account is asked for by its DID when one is stored, so a changed handle is followed.
-        actors = {name: known_ids.get(name, name)
-                  for name in dict.fromkeys(bluesky_handle(handle) for handle in (*self.settings.accounts, *followed))
-                  if name}
+        actors = {
+            name: known_ids.get(name, name)
+            for name in dict.fromkeys(bluesky_handle(handle) for handle in (*self.settings.accounts, *followed))
+            if name
+        }
         found, _missing = self.lookup(list(dict.fromkeys(actors.values()))) if actors else ({}, [])
         by_did = {account.external_id: account for account in by_handle.values()}
         for name, actor in actors.items():
@@ -185,8 +206,12 @@ class BlueskySource(ListedAccountsSource):
         items: list[dict] = []
         page_cursor = None
         while True:
-            params = {"actor": account.external_id or account.handle, "limit": self.settings.page_size,
-                      "filter": "posts_with_media", **({"cursor": page_cursor} if page_cursor else {})}
+            params = {
+                "actor": account.external_id or account.handle,
+                "limit": self.settings.page_size,
+                "filter": "posts_with_media",
+                **({"cursor": page_cursor} if page_cursor else {}),
+            }
             body = self._xrpc("app.bsky.feed.getAuthorFeed", params, account.handle)
             feed = [item for item in body.get("feed") or [] if (item.get("reason") or {}).get("$type") != PIN]
             # Strictly newer: the item at the cursor was read last run, and with backfill 0 deliberately not
@@ -195,11 +220,21 @@ class BlueskySource(ListedAccountsSource):
             fresh = [item for item in feed if cursor is None or item_time(item) > cursor]
             items += fresh
             page_cursor = body.get("cursor")
-            if (len(fresh) < len(feed) or not page_cursor or not feed
-                    or (cursor is None and len(items) >= self.settings.backfill_posts)):
+            if (
+                len(fresh) < len(feed)
+                or not page_cursor
+                or not feed
+                or (cursor is None and len(items) >= self.settings.backfill_posts)
+            ):
                 break
-        return account_batch(account, items, item_time, cursor is None, self.settings.backfill_posts,
-                             lambda item: self._post(account, item))
+        return account_batch(
+            account,
+            items,
+            item_time,
+            cursor is None,
+            self.settings.backfill_posts,
+            lambda item: self._post(account, item),
+        )
 
     def _post(self, account: Account, item: Mapping) -> Post | None:
         post = item["post"]
@@ -215,10 +250,17 @@ class BlueskySource(ListedAccountsSource):
             return None
         rkey = post["uri"].rsplit("/", 1)[-1]
         post_id = f"{post['uri']}#repost-by-{account.external_id}" if is_repost else post["uri"]
-        return Post(source=SOURCE_NAME, account=account.handle, post_id=post_id,
-                    url=f"https://bsky.app/profile/{author.get('handle') or author.get('did')}/post/{rkey}",
-                    text=record.get("text"), created_at=record.get("createdAt"), media=tuple(media),
-                    account_id=account.external_id, display_name=account.display_name)
+        return Post(
+            source=SOURCE_NAME,
+            account=account.handle,
+            post_id=post_id,
+            url=f"https://bsky.app/profile/{author.get('handle') or author.get('did')}/post/{rkey}",
+            text=record.get("text"),
+            created_at=record.get("createdAt"),
+            media=tuple(media),
+            account_id=account.external_id,
+            display_name=account.display_name,
+        )
 
     def fetch(self, ref: MediaRef) -> bytes:
         return self.http.download_first([ref.url, *ref.fallbacks], self.media_hosts(), self.max_bytes)
@@ -231,8 +273,9 @@ def canonical_handle(handle: str, default_instance: str = "") -> str:
     """A Bluesky handle (a bare name means name.bsky.social) or a DID, as the store keeps it."""
     name = bluesky_handle(handle)
     if not BLUESKY_HANDLE.match(name):
-        raise ValueError(f"Bluesky handle {handle!r} is not a domain name like artist.bsky.social "
-                         "or a DID like did:plc:...")
+        raise ValueError(
+            f"Bluesky handle {handle!r} is not a domain name like artist.bsky.social or a DID like did:plc:..."
+        )
     return name
 
 

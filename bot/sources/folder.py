@@ -1,4 +1,5 @@
 """The embedded default source: a local folder, each subfolder an account, each file a post with one image."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,9 @@ class FolderSource:
 
     name = SOURCE_NAME
 
-    def __init__(self, root: str | Path, default_account: str = "inbox", account: str | None = None,
-                 max_bytes: int | None = None):
+    def __init__(
+        self, root: str | Path, default_account: str = "inbox", account: str | None = None, max_bytes: int | None = None
+    ):
         self.root = Path(root)
         self.default_account = default_account
         self.fixed_account = account

@@ -4,6 +4,7 @@ A followed account (`accounts.followed = 1`, `followed_via = 'command'`) is craw
 lists; an unfollowed one (`followed = 0`) is skipped even when a config list or `following_of` names it. The
 row stays either way, so posts and media already stored keep their account.
 """
+
 from __future__ import annotations
 
 from bot.config import Config
@@ -28,10 +29,12 @@ def canonical_handle(source: str, handle: str, mastodon_instance: str = "") -> s
 def _account_row(store: Store, source: str, name: str) -> dict | None:
     """The stored account `name` names: by its DID for a Bluesky DID (whatever its handle is now), else by handle."""
     if source == "bluesky" and name.startswith("did:"):
-        return store.query_one("SELECT id, followed, followed_via FROM accounts WHERE source = ? AND external_id = ?",
-                               (source, name))
-    return store.query_one("SELECT id, followed, followed_via FROM accounts WHERE source = ? AND handle = ?",
-                           (source, name))
+        return store.query_one(
+            "SELECT id, followed, followed_via FROM accounts WHERE source = ? AND external_id = ?", (source, name)
+        )
+    return store.query_one(
+        "SELECT id, followed, followed_via FROM accounts WHERE source = ? AND handle = ?", (source, name)
+    )
 
 
 def _upsert(store: Store, source: str, name: str) -> int:
@@ -63,21 +66,34 @@ def unfollow(store: Store, source: str, handle: str, mastodon_instance: str = ""
 def list_sources(store: Store, config: Config | None = None) -> list[dict]:
     """Per source: enabled, configured accounts, accounts followed and unfollowed by hand, last crawl state."""
     config = config or Config()
-    listing = [{"source": "folder", "enabled": config.sources.folder.enabled, "path": config.sources.folder.path,
-                "accounts": store.scalar("SELECT COUNT(*) FROM accounts WHERE source = 'folder'")}]
+    listing = [
+        {
+            "source": "folder",
+            "enabled": config.sources.folder.enabled,
+            "path": config.sources.folder.path,
+            "accounts": store.scalar("SELECT COUNT(*) FROM accounts WHERE source = 'folder'"),
+        }
+    ]
     for source, network in NETWORKS.items():
         section = network.settings(config.sources)
-        rows = store.query("SELECT handle, followed, followed_via, cursor, last_crawl_at, last_error FROM accounts "
-                           "WHERE source = ? ORDER BY handle", (source,))
-        listing.append({
-            "source": source,
-            "enabled": section.enabled,
-            "configured_accounts": list(section.accounts),
-            "following_of": section.following_of or None,
-            "followed": [row["handle"] for row in rows if row["followed"] and row["followed_via"]],
-            "unfollowed": [row["handle"] for row in rows if not row["followed"]],
-            "accounts": [dict(row) for row in rows],
-            "reads_today": store.scalar("SELECT reads FROM api_usage WHERE source = ? AND day = ?",
-                                        (source, utc_now()[:10])) or 0,
-        })
+        rows = store.query(
+            "SELECT handle, followed, followed_via, cursor, last_crawl_at, last_error FROM accounts "
+            "WHERE source = ? ORDER BY handle",
+            (source,),
+        )
+        listing.append(
+            {
+                "source": source,
+                "enabled": section.enabled,
+                "configured_accounts": list(section.accounts),
+                "following_of": section.following_of or None,
+                "followed": [row["handle"] for row in rows if row["followed"] and row["followed_via"]],
+                "unfollowed": [row["handle"] for row in rows if not row["followed"]],
+                "accounts": [dict(row) for row in rows],
+                "reads_today": store.scalar(
+                    "SELECT reads FROM api_usage WHERE source = ? AND day = ?", (source, utc_now()[:10])
+                )
+                or 0,
+            }
+        )
     return listing

@@ -7,6 +7,7 @@ size; video and gifv (an MP4) as their file, the preview frame when the file is 
 status's HTML `content` is stored as plain text. The optional access
 token is sent only to the configured home instance.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,15 @@ from urllib.parse import urlsplit
 from bot.config import MastodonSourceConfig
 from bot.ingest.fetch import Http, JsonReply, SourceError
 from bot.sources.records import MediaRef, Post
-from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, normalise_handle,
-                                 numeric_id_key)
+from bot.sources.network import (
+    Account,
+    AccountBatch,
+    ListedAccountsSource,
+    Targets,
+    account_batch,
+    normalise_handle,
+    numeric_id_key,
+)
 
 SOURCE_NAME = "mastodon"
 FOLLOWING_PAGE = 80  # the API's maximum for /following
@@ -77,8 +85,12 @@ def attachment_ref(attachment: Mapping) -> MediaRef | None:
     if kind in ("gifv", "video"):
         renditions = [url for url in (attachment.get("url"), attachment.get("preview_url")) if url]
         if renditions:
-            return MediaRef(url=renditions[0], kind="animated_gif" if kind == "gifv" else "video", alt=alt,
-                            fallbacks=tuple(renditions[1:]))
+            return MediaRef(
+                url=renditions[0],
+                kind="animated_gif" if kind == "gifv" else "video",
+                alt=alt,
+                fallbacks=tuple(renditions[1:]),
+            )
     return None
 
 
@@ -86,8 +98,9 @@ class MastodonSource(ListedAccountsSource):
     name = SOURCE_NAME
     settings: MastodonSourceConfig
 
-    def __init__(self, settings: MastodonSourceConfig, http: Http, max_bytes: int,
-                 meter: Callable[[], None] | None = None):
+    def __init__(
+        self, settings: MastodonSourceConfig, http: Http, max_bytes: int, meter: Callable[[], None] | None = None
+    ):
         super().__init__(settings, http, max_bytes, meter)
         self.home = settings.instance.lower()
         self.instances: set[str] = {self.home} if self.home else set()
@@ -103,10 +116,14 @@ class MastodonSource(ListedAccountsSource):
     def _api(self, url: str, what: str, expect: type, params: dict | None = None) -> JsonReply:
         host = urlsplit(url).hostname or ""
         self.instances.add(host)
-        headers = {"Authorization": f"Bearer {self.settings.access_token}"} \
-            if self.settings.access_token and host == self.home else None
-        return self.http.get_json(url, f"Mastodon {what}", host, expect, params=params, headers=headers,
-                                  meter=self.meter)
+        headers = (
+            {"Authorization": f"Bearer {self.settings.access_token}"}
+            if self.settings.access_token and host == self.home
+            else None
+        )
+        return self.http.get_json(
+            url, f"Mastodon {what}", host, expect, params=params, headers=headers, meter=self.meter
+        )
 
     def lookup(self, handle: str) -> Account:
         user, instance = handle.split("@", 1)
@@ -166,9 +183,11 @@ class MastodonSource(ListedAccountsSource):
         instance = account.handle.split("@", 1)[1]
         url: str | None = f"https://{instance}/api/v1/accounts/{account.external_id}/statuses"
         params: dict | None = {
-            "only_media": "true", "exclude_replies": "true",
+            "only_media": "true",
+            "exclude_replies": "true",
             "exclude_reblogs": "false" if self.settings.include_reblogs else "true",
-            "limit": self.settings.page_size, **({"since_id": cursor} if cursor else {}),
+            "limit": self.settings.page_size,
+            **({"since_id": cursor} if cursor else {}),
         }
         statuses: list[dict] = []
         while url:
@@ -179,18 +198,32 @@ class MastodonSource(ListedAccountsSource):
             if len(fresh) < len(page) or not page or (cursor is None and len(statuses) >= self.settings.backfill_posts):
                 break
             url, params = self._next_page(reply, instance), None
-        return account_batch(account, statuses, lambda status: str(status["id"]), cursor is None,
-                             self.settings.backfill_posts, lambda status: self._post(account, status), numeric_id_key)
+        return account_batch(
+            account,
+            statuses,
+            lambda status: str(status["id"]),
+            cursor is None,
+            self.settings.backfill_posts,
+            lambda status: self._post(account, status),
+            numeric_id_key,
+        )
 
     def _post(self, account: Account, status: Mapping) -> Post | None:
         shown = status.get("reblog") or status  # a boost carries the original's attachments
         media = [ref for ref in map(attachment_ref, shown.get("media_attachments") or []) if ref is not None]
         if not media:
             return None
-        return Post(source=SOURCE_NAME, account=account.handle, post_id=status.get("uri") or str(status["id"]),
-                    url=shown.get("url") or status.get("url"), text=html_to_text(shown.get("content")),
-                    created_at=status.get("created_at"), media=tuple(media), account_id=account.external_id,
-                    display_name=account.display_name)
+        return Post(
+            source=SOURCE_NAME,
+            account=account.handle,
+            post_id=status.get("uri") or str(status["id"]),
+            url=shown.get("url") or status.get("url"),
+            text=html_to_text(shown.get("content")),
+            created_at=status.get("created_at"),
+            media=tuple(media),
+            account_id=account.external_id,
+            display_name=account.display_name,
+        )
 
     def fetch(self, ref: MediaRef) -> bytes:
         return self.http.download_first([ref.url, *ref.fallbacks], self.media_hosts(), self.max_bytes)

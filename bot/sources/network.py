@@ -4,6 +4,7 @@ A network source never touches the store. The crawl (bot/ingest/crawl.py) hands 
 it knows, ingests the posts it returns, and only then saves the returned cursor, so a crash re-reads rather
 than skips.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,8 +51,12 @@ class Targets:
     problems: tuple[str, ...] = field(default_factory=tuple)  # e.g. a following list the API tier cannot read
 
 
-def add_listed(by_handle: dict[str, Account], listed: Iterable[str], known_ids: Mapping[str, str],
-               lookup: Callable[[list[str]], tuple[dict[str, Account], list[str]]]) -> list[str]:
+def add_listed(
+    by_handle: dict[str, Account],
+    listed: Iterable[str],
+    known_ids: Mapping[str, str],
+    lookup: Callable[[list[str]], tuple[dict[str, Account], list[str]]],
+) -> list[str]:
     """Add the `listed` handles to `by_handle`, ids from the store or else one batched `lookup`.
 
     Accounts already in `by_handle` (from a following list) keep their entry. Returns the handles the
@@ -68,9 +73,15 @@ def add_listed(by_handle: dict[str, Account], listed: Iterable[str], known_ids: 
     return missing
 
 
-def account_batch(account: Account, items: Sequence[Item], cursor_of: Callable[[Item], str], first_run: bool,
-                  backfill: int, to_post: Callable[[Item], Post | None],
-                  order_key: Callable[[str], Any] = str) -> AccountBatch:
+def account_batch(
+    account: Account,
+    items: Sequence[Item],
+    cursor_of: Callable[[Item], str],
+    first_run: bool,
+    backfill: int,
+    to_post: Callable[[Item], Post | None],
+    order_key: Callable[[str], Any] = str,
+) -> AccountBatch:
     """How every network ends a read of one account: oldest first, a first run trimmed to the newest `backfill`.
 
     `cursor_of` gives an item's position in the feed (an id or a time, ordered by `order_key`). The cursor is
@@ -100,11 +111,9 @@ class NetworkSource(Protocol):
         """Accounts to crawl: the configured list, `following_of`, and `followed` (from the store)."""
         ...
 
-    def account_posts(self, account: Account, cursor: str | None) -> AccountBatch:
-        ...
+    def account_posts(self, account: Account, cursor: str | None) -> AccountBatch: ...
 
-    def fetch(self, ref: MediaRef) -> bytes:
-        ...
+    def fetch(self, ref: MediaRef) -> bytes: ...
 
 
 class ListedAccountsSource:

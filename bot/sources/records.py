@@ -1,4 +1,5 @@
 """Plain records passed between stages: what a source yields, whatever network it came from."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

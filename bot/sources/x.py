@@ -6,6 +6,7 @@ rate-limit policy of bot/ingest/fetch.py. Photos are fetched at original size (`
 variant at least 480 px on its short side, the others after it when that one is refused (over the byte limit),
 and the preview image last; the HLS variant is never taken.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,16 @@ from bot.config import XSourceConfig
 from bot.ingest.fetch import AccessDenied, BudgetExhausted, DownloadRefused, Http, SourceError, TooLarge, json_body
 from bot.sources.records import MediaRef, Post
 from bot.sources.base import FetchError
-from bot.sources.network import (Account, AccountBatch, ListedAccountsSource, Targets, account_batch, add_listed,
-                                 normalise_handle, numeric_id_key)
+from bot.sources.network import (
+    Account,
+    AccountBatch,
+    ListedAccountsSource,
+    Targets,
+    account_batch,
+    add_listed,
+    normalise_handle,
+    numeric_id_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +43,10 @@ MIN_VIDEO_SHORT_SIDE = 480  # the classifier looks at 224 px crops; a smaller cl
 VARIANT_SIZE = re.compile(r"/(\d+)x(\d+)/")  # .../vid/avc1/1280x720/abc.mp4
 USERS_PER_LOOKUP = 100  # GET /2/users/by accepts up to 100 usernames
 FOLLOWING_PAGE = 1000  # GET /2/users/:id/following returns up to 1000 users per page
-TIER_HINT = ("this endpoint is missing from some paid X API tiers (Basic/Pro) or needs user-context keys; "
-             "the configured accounts are still crawled")
+TIER_HINT = (
+    "this endpoint is missing from some paid X API tiers (Basic/Pro) or needs user-context keys; "
+    "the configured accounts are still crawled"
+)
 
 
 def photo_url(url: str, size: str) -> str:
@@ -98,27 +109,41 @@ class XSource(ListedAccountsSource):
     name = SOURCE_NAME
     settings: XSourceConfig
 
-    def __init__(self, settings: XSourceConfig, http: Http, max_bytes: int,
-                 meter: Callable[[], None] | None = None, client: tweepy.Client | None = None):
+    def __init__(
+        self,
+        settings: XSourceConfig,
+        http: Http,
+        max_bytes: int,
+        meter: Callable[[], None] | None = None,
+        client: tweepy.Client | None = None,
+    ):
         super().__init__(settings, http, max_bytes, meter)
         self.user_auth = not settings.bearer_token
         self.client = client or tweepy.Client(
             bearer_token=settings.bearer_token or None,
-            consumer_key=settings.consumer_key or None, consumer_secret=settings.consumer_secret or None,
-            access_token=settings.access_token or None, access_token_secret=settings.access_token_secret or None,
+            consumer_key=settings.consumer_key or None,
+            consumer_secret=settings.consumer_secret or None,
+            access_token=settings.access_token or None,
+            access_token_secret=settings.access_token_secret or None,
             return_type=requests.Response,
         )
         # tweepy builds its own Session; ours carries the timeout and User-Agent (and the tests' mocks).
         self.client.session = http.session
 
     def configured(self) -> str | None:
-        user_keys = (self.settings.consumer_key, self.settings.consumer_secret, self.settings.access_token,
-                     self.settings.access_token_secret)
+        user_keys = (
+            self.settings.consumer_key,
+            self.settings.consumer_secret,
+            self.settings.access_token,
+            self.settings.access_token_secret,
+        )
         if self.settings.bearer_token or all(user_keys):
             return None
-        return ("no X credentials: set ILLUSTFEED_X_BEARER_TOKEN (app bearer token), or all four of "
-                "ILLUSTFEED_X_CONSUMER_KEY, ILLUSTFEED_X_CONSUMER_SECRET, ILLUSTFEED_X_ACCESS_TOKEN, "
-                "ILLUSTFEED_X_ACCESS_TOKEN_SECRET")
+        return (
+            "no X credentials: set ILLUSTFEED_X_BEARER_TOKEN (app bearer token), or all four of "
+            "ILLUSTFEED_X_CONSUMER_KEY, ILLUSTFEED_X_CONSUMER_SECRET, ILLUSTFEED_X_ACCESS_TOKEN, "
+            "ILLUSTFEED_X_ACCESS_TOKEN_SECRET"
+        )
 
     # API --------------------------------------------------------------------------------------------
 
@@ -132,10 +157,16 @@ class XSource(ListedAccountsSource):
         response = self.http.call(send, f"X API {what}", bucket, self.meter)
         status = response.status_code
         if status == 401:
-            credential = "the user-context keys (ILLUSTFEED_X_CONSUMER_KEY...)" if self.user_auth \
+            credential = (
+                "the user-context keys (ILLUSTFEED_X_CONSUMER_KEY...)"
+                if self.user_auth
                 else "ILLUSTFEED_X_BEARER_TOKEN"
-            raise AccessDenied(f"X API {what}: 401 Unauthorized: the credentials were rejected; check {credential} "
-                               f"({_api_detail(response)})", 401)
+            )
+            raise AccessDenied(
+                f"X API {what}: 401 Unauthorized: the credentials were rejected; check {credential} "
+                f"({_api_detail(response)})",
+                401,
+            )
         if status == 403:
             raise AccessDenied(f"X API {what}: 403 Forbidden: {_api_detail(response)}", 403)
         if not 200 <= status < 300:
@@ -146,9 +177,8 @@ class XSource(ListedAccountsSource):
         """Accounts by handle (one read per 100 handles) and the handles X does not know."""
         found: dict[str, Account] = {}
         for start in range(0, len(handles), USERS_PER_LOOKUP):
-            chunk = list(handles[start:start + USERS_PER_LOOKUP])
-            body = self._get(f"GET /2/users/by ({', '.join(chunk)})", "users", self.client.get_users,
-                             usernames=chunk)
+            chunk = list(handles[start : start + USERS_PER_LOOKUP])
+            body = self._get(f"GET /2/users/by ({', '.join(chunk)})", "users", self.client.get_users, usernames=chunk)
             for user in body.get("data") or []:
                 handle = normalise_handle(user["username"])
                 found[handle] = Account(handle, str(user["id"]), user.get("name"))
@@ -168,10 +198,13 @@ class XSource(ListedAccountsSource):
             params = {"max_results": FOLLOWING_PAGE}
             if token:
                 params["pagination_token"] = token
-            body = self._get(f"GET /2/users/{user_id}/following", "following", self.client.get_users_following,
-                             id=user_id, **params)
-            accounts += [Account(normalise_handle(user["username"]), str(user["id"]), user.get("name"))
-                         for user in body.get("data") or []]
+            body = self._get(
+                f"GET /2/users/{user_id}/following", "following", self.client.get_users_following, id=user_id, **params
+            )
+            accounts += [
+                Account(normalise_handle(user["username"]), str(user["id"]), user.get("name"))
+                for user in body.get("data") or []
+            ]
             token = (body.get("meta") or {}).get("next_token")
             if not token:
                 return accounts
@@ -204,8 +237,12 @@ class XSource(ListedAccountsSource):
         if self.settings.include_retweets:
             expansions += ["referenced_tweets.id", "referenced_tweets.id.attachments.media_keys"]
         params: dict = {
-            "id": account.external_id, "max_results": min(100, max(5, self.settings.page_size)),
-            "exclude": exclude, "expansions": expansions, "media_fields": MEDIA_FIELDS, "tweet_fields": TWEET_FIELDS,
+            "id": account.external_id,
+            "max_results": min(100, max(5, self.settings.page_size)),
+            "exclude": exclude,
+            "expansions": expansions,
+            "media_fields": MEDIA_FIELDS,
+            "tweet_fields": TWEET_FIELDS,
         }
         if cursor:
             params["since_id"] = cursor
@@ -213,29 +250,46 @@ class XSource(ListedAccountsSource):
         media_by_key: dict[str, dict] = {}
         referenced: dict[str, dict] = {}
         while True:
-            body = self._get(f"GET /2/users/{account.external_id}/tweets (@{account.handle})", "tweets",
-                             self.client.get_users_tweets, **params)
+            body = self._get(
+                f"GET /2/users/{account.external_id}/tweets (@{account.handle})",
+                "tweets",
+                self.client.get_users_tweets,
+                **params,
+            )
             page = body.get("data") or []
             includes = body.get("includes") or {}
-            media_by_key.update({item["media_key"]: item for item in includes.get("media") or [] if "media_key" in item})
+            media_by_key.update(
+                {item["media_key"]: item for item in includes.get("media") or [] if "media_key" in item}
+            )
             referenced.update({tweet["id"]: tweet for tweet in includes.get("tweets") or [] if "id" in tweet})
             tweets += page
             token = (body.get("meta") or {}).get("next_token")
             if not token or not page or (cursor is None and len(tweets) >= self.settings.backfill_tweets):
                 break
             params["pagination_token"] = token
-        return account_batch(account, tweets, lambda tweet: str(tweet["id"]), cursor is None,
-                             self.settings.backfill_tweets,
-                             lambda tweet: self._post(account, tweet, media_by_key, referenced), numeric_id_key)
+        return account_batch(
+            account,
+            tweets,
+            lambda tweet: str(tweet["id"]),
+            cursor is None,
+            self.settings.backfill_tweets,
+            lambda tweet: self._post(account, tweet, media_by_key, referenced),
+            numeric_id_key,
+        )
 
-    def _post(self, account: Account, tweet: dict, media_by_key: Mapping[str, dict],
-              referenced: Mapping[str, dict]) -> Post | None:
-        retweeted_id = next((ref["id"] for ref in tweet.get("referenced_tweets") or []
-                             if ref.get("type") == "retweeted"), None)
+    def _post(
+        self, account: Account, tweet: dict, media_by_key: Mapping[str, dict], referenced: Mapping[str, dict]
+    ) -> Post | None:
+        retweeted_id = next(
+            (ref["id"] for ref in tweet.get("referenced_tweets") or [] if ref.get("type") == "retweeted"), None
+        )
         # A retweet's media belong to the original, which arrives under includes.tweets.
         carrier = referenced.get(retweeted_id, tweet) if retweeted_id else tweet
-        keys = (carrier.get("attachments") or {}).get("media_keys") or \
-            (tweet.get("attachments") or {}).get("media_keys") or []
+        keys = (
+            (carrier.get("attachments") or {}).get("media_keys")
+            or (tweet.get("attachments") or {}).get("media_keys")
+            or []
+        )
         media = []
         for key in keys:
             item = media_by_key.get(key)
@@ -247,10 +301,17 @@ class XSource(ListedAccountsSource):
                 media.append(ref)
         if not media:
             return None
-        return Post(source=SOURCE_NAME, account=account.handle, post_id=str(tweet["id"]),
-                    url=f"https://x.com/{account.handle}/status/{tweet['id']}", text=tweet.get("text"),
-                    created_at=tweet.get("created_at"), media=tuple(media), account_id=account.external_id,
-                    display_name=account.display_name)
+        return Post(
+            source=SOURCE_NAME,
+            account=account.handle,
+            post_id=str(tweet["id"]),
+            url=f"https://x.com/{account.handle}/status/{tweet['id']}",
+            text=tweet.get("text"),
+            created_at=tweet.get("created_at"),
+            media=tuple(media),
+            account_id=account.external_id,
+            display_name=account.display_name,
+        )
 
     # Media ------------------------------------------------------------------------------------------
 
