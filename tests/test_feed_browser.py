@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -15,9 +14,9 @@ from PIL import Image
 from bot.config import Config, FeedConfig
 from bot.feed import server_url, start_feed_server
 from storage import Store
+from tests.cdp import CHROMIUM, FLAGS
 from tests.test_feed_fixtures import COLOURS, illustrations
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)"),
@@ -65,15 +64,7 @@ def test_headless_chromium_renders_the_gallery_with_thumbnails(tmp_path):
         result = subprocess.run(
             [
                 CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
+                *FLAGS,
                 f"--user-data-dir={tmp_path / 'profile'}",
                 "--virtual-time-budget=10000",
                 f"--screenshot={screenshot}",

@@ -140,23 +140,25 @@ def feed_page(
     has_more = len(rows) > limit
     rows = rows[:limit]
     credits = credits_for(store, [row["id"] for row in rows])
-    items = [
-        FeedItem(
-            media_id=row["id"],
-            sha256=row["sha256"],
-            ext=row["ext"],
-            mime=row["mime"],
-            width=row["width"],
-            height=row["height"],
-            bytes=row["bytes"],
-            first_seen_at=row["first_seen_at"],
-            label=label,
-            decided_by="human" if row["by_human"] else "model",
-            credit=credits.get(row["id"]),
-        )
-        for row in rows
-    ]
+    items = [_feed_item(row, label, credits.get(row["id"])) for row in rows]
     return FeedPage(items, str(rows[-1]["id"]) if has_more else None)
+
+
+def _feed_item(row: dict, label: str | None, credit: Credit | None) -> FeedItem:
+    """A FeedItem from a media row carrying `by_human` (whether a human label decided)."""
+    return FeedItem(
+        media_id=row["id"],
+        sha256=row["sha256"],
+        ext=row["ext"],
+        mime=row["mime"],
+        width=row["width"],
+        height=row["height"],
+        bytes=row["bytes"],
+        first_seen_at=row["first_seen_at"],
+        label=label,
+        decided_by="human" if row["by_human"] else "model",
+        credit=credit,
+    )
 
 
 def media_detail(store: Store, rule: str, media_id: int) -> FeedItem | None:
@@ -170,19 +172,7 @@ def media_detail(store: Store, rule: str, media_id: int) -> FeedItem | None:
     )
     if row is None:
         return None
-    return FeedItem(
-        media_id=row["id"],
-        sha256=row["sha256"],
-        ext=row["ext"],
-        mime=row["mime"],
-        width=row["width"],
-        height=row["height"],
-        bytes=row["bytes"],
-        first_seen_at=row["first_seen_at"],
-        label=row["label"],
-        decided_by="human" if row["by_human"] else "model",
-        credit=credits_for(store, [media_id]).get(media_id),
-    )
+    return _feed_item(row, row["label"], credits_for(store, [media_id]).get(media_id))
 
 
 def credits_for(store: Store, media_ids: list[int]) -> dict[int, Credit]:
