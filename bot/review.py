@@ -72,6 +72,14 @@ def pending_ids(store: Store) -> set[int]:
     }
 
 
+def reviewable_count(store: Store) -> int:
+    """Waiting items whose media is stored: what a reviewer can still answer ("N waiting for review")."""
+    return store.scalar(
+        "SELECT COUNT(*) FROM review_queue q JOIN media m ON m.id = q.media_id "
+        "WHERE q.state IN ('pending', 'skipped') AND m.status = 'ok'"
+    )
+
+
 def pending_count(store: Store) -> int:
     return store.scalar("SELECT COUNT(*) FROM review_queue WHERE state IN ('pending', 'skipped')")
 
@@ -110,11 +118,7 @@ def next_item(store: Store) -> ReviewItem | None:
     row = head(store)
     if row is None:
         return None
-    waiting = store.scalar(
-        "SELECT COUNT(*) FROM review_queue q JOIN media m ON m.id = q.media_id "
-        "WHERE q.state IN ('pending', 'skipped') AND m.status = 'ok'"
-    )
-    return review_item(store, row["media_id"], row["reason"], waiting)
+    return review_item(store, row["media_id"], row["reason"], reviewable_count(store))
 
 
 # --- changing the queue ---------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def show(store: Store, media_reference: str | int) -> Reply:
     """One media as a review item, to relabel it, whether or not it waits in the queue."""
     try:
         media_id = store.resolve_media(media_reference)
-        item = review.review_item(store, media_id, pending_total=review.pending_count(store))
+        item = review.review_item(store, media_id, pending_total=review.reviewable_count(store))
     except StoreError as error:
         return refusal(str(error))
     return item_reply(item)

@@ -24,8 +24,8 @@ from bot.chat import commands
 from bot.chat.commands import Actor, Reply
 from bot.feed.render import STYLESHEET_URL, safe_link
 from bot.feed.server import STORE, settings_of
-from bot.review import ReviewItem
-from storage import LABELS, Store
+from bot.review import ReviewItem, review_item
+from storage import LABELS, Store, StoreError
 
 COOKIE = "illustfeed_review"
 ACTOR = Actor(by="web", via="web", name="web reviewer", authorised=True)
@@ -127,9 +127,6 @@ async def review_file(request: web.Request) -> web.Response:
 
 
 def _item_or_none(store: Store, media_id: int) -> ReviewItem | None:
-    from bot.review import review_item
-    from storage import StoreError
-
     try:
         return review_item(store, media_id)
     except StoreError:
