@@ -130,6 +130,20 @@ def file_sha256(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _report_unreferenced(report, entry, parts, nobody: str, grace_s: float, now: float) -> None:
+    """A blob-folder file nothing refers to: an orphan when it is named like a blob, else a stray file. Files
+    younger than the grace period are left alone (a write may still be going on)."""
+    if not _young(entry, grace_s, now):
+        report.problems.append(
+            Problem(
+                ORPHAN if parts else STRAY,
+                entry.path,
+                sha256=parts and parts[0],
+                detail=nobody if parts else "not a blob name",
+            )
+        )
+
+
 def _young(entry: os.DirEntry, grace_s: float, now: float) -> bool:
     try:
         return now - entry.stat(follow_symlinks=False).st_mtime < grace_s
@@ -167,15 +181,7 @@ def check_store(
         row = rows.get(entry.name)
         parts = _split_name(entry.name)
         if row is None or not _in_place(root, entry, row["sha256"]):
-            if not _young(entry, grace_s, now):
-                report.problems.append(
-                    Problem(
-                        ORPHAN if parts else STRAY,
-                        entry.path,
-                        sha256=parts and parts[0],
-                        detail="no media row refers to it" if parts else "not a blob name",
-                    )
-                )
+            _report_unreferenced(report, entry, parts, "no media row refers to it", grace_s, now)
             continue
         seen.add(entry.name)
         size = entry.stat(follow_symlinks=False).st_size
@@ -262,15 +268,7 @@ def _check_derived(
         report.files_seen += 1
         parts = _split_name(entry.name)
         if parts is None or parts[0] not in referenced or not _in_place(root, entry, parts[0]):
-            if not _young(entry, grace_s, now):
-                report.problems.append(
-                    Problem(
-                        ORPHAN if parts else STRAY,
-                        entry.path,
-                        sha256=parts and parts[0],
-                        detail="no thumbnail or overlay refers to it" if parts else "not a blob name",
-                    )
-                )
+            _report_unreferenced(report, entry, parts, "no thumbnail or overlay refers to it", grace_s, now)
             continue
         if read_data:
             digest, hashed = file_sha256(entry.path)
