@@ -481,3 +481,25 @@ def test_a_media_page_shows_the_whole_picture_the_post_and_who_decided(store, da
 
     page = with_client(data_dir, with_review, FeedConfig(review_token="t"))
     assert f'href="/review?media={decided}">wrong? relabel</a>' in page
+
+
+def test_media_known_damaged_leave_the_gallery_api_and_atom_until_restored(store, data_dir):
+    from storage.check import mark_damaged
+
+    intact, damaged = illustrations(store, 2)
+    mark_damaged(store, damaged, "wrong size: 10 bytes of 4096")
+
+    async def scenario(client):
+        return (
+            tile_ids(await get_text(client, "/")),
+            api_ids(await get_json(client, "/api/media")),
+            await get_text(client, "/feed.atom"),
+        )
+
+    page, api, atom = with_client(data_dir, scenario)
+    # A broken tile helps nobody: the media waits, out of sight, for the next crawl or import to restore it.
+    assert page == [intact] and api == [intact]
+    assert store.media(damaged)["sha256"] not in atom and store.media(intact)["sha256"] in atom
+    store.restore_media(damaged)
+    page, api, _atom = with_client(data_dir, scenario)
+    assert page == [damaged, intact] and api == [damaged, intact]

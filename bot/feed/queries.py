@@ -128,6 +128,9 @@ def feed_page(
         f"  v.human_label IS NOT NULL AS by_human "
         f"FROM media_verdict v JOIN media m ON m.id = v.media_id "
         f"WHERE v.{column} = :label AND v.media_id < :before AND m.status = 'ok' {by_account}"
+        # Known missing or wrong files (`illustfeed check`, the server) would be broken tiles: out of sight
+        # until a crawl or import restores them (`Store.restore_media`).
+        f"AND NOT EXISTS (SELECT 1 FROM damaged_media d WHERE d.media_id = v.media_id) "
         f"ORDER BY v.media_id DESC LIMIT :limit",
         {
             "label": label,
