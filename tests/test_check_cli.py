@@ -245,3 +245,43 @@ def test_thumbnails_fall_back_to_the_original_when_the_derived_folder_cannot_be_
         (status, cache, body), health = asyncio.run(scenario())
     assert status == 200 and body == blob.read_bytes() and cache == "no-cache"
     assert health["storage"] == "read-only" and health["ok"]
+
+
+def test_repair_waits_for_a_running_bot_and_touches_nothing_while_it_runs(tmp_path, capsys):
+    from bot.run.lock import DataDirLock
+    from storage.errors import EXIT_LOCKED
+
+    config = write_config(tmp_path)
+    data_dir = tmp_path / "data"
+    assert run(capsys, config, "import", str(make_inbox(tmp_path, 1)))[0] == 0
+    orphan = data_dir / "media" / "ab" / "cd" / ("abcd" + "e" * 60 + ".png")
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"an import of the running bot, not committed yet")
+    hour_ago = time.time() - 3600
+    os.utime(orphan, (hour_ago, hour_ago))
+    with DataDirLock(data_dir):  # what `illustfeed run` holds
+        code, out, err = run(capsys, config, "check", "--repair")
+        assert code == EXIT_LOCKED, (out, err)
+        assert f"(PID {os.getpid()})" in err and "--repair" in err and "illustfeed.lock" in err
+        assert orphan.exists()
+        code, out, err = run(capsys, config, "check")  # looking is always allowed
+        assert code == EXIT_DAMAGED and "orphan file" in out
+    code, out, err = run(capsys, config, "check", "--repair")
+    assert code == 0, (out, err)
+    assert not orphan.exists()
+
+
+def test_repair_on_a_read_only_data_dir_says_so_and_check_still_reads_it(tmp_path, capsys):
+    from storage.errors import EXIT_READ_ONLY
+    from tests.storage_faults import read_only_view
+
+    config = write_config(tmp_path)
+    assert run(capsys, config, "import", str(make_inbox(tmp_path, 2)))[0] == 0
+    with read_only_view(tmp_path / "data", tmp_path / "ro") as view:
+        view_config = tmp_path / "ro.toml"
+        view_config.write_text(config.read_text().replace(str(tmp_path / "data"), str(view)))
+        code, out, err = run(capsys, view_config, "check", "--repair")
+        assert code == EXIT_READ_ONLY, (out, err)
+        assert "the data dir is read-only" in err and "Traceback" not in err
+        code, out, err = run(capsys, view_config, "check")
+        assert code == 0 and "no problems" in out, (out, err)

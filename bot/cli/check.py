@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Callable
 
 from bot import app
 from bot.cli import open_store
 from bot.config import Config
+from bot.run.lock import DataDirLock, DataDirLocked
 from storage import Store
 from storage.check import OverlayMaker, ThumbnailMaker, check_and_repair, check_store
-from storage.errors import EXIT_DAMAGED
+from storage.errors import EXIT_DAMAGED, EXIT_LOCKED
 
 
 def overlay_maker(config: Config) -> OverlayMaker | None:
@@ -70,23 +72,35 @@ def thumbnail_maker(config: Config) -> ThumbnailMaker:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
-    # Checking alone changes nothing, so it also runs on a read-only data dir.
-    with open_store(config, read_only=False if args.repair else None) as store:
-        if args.repair:
-            report = check_and_repair(
-                store,
-                read_data=args.read_data,
-                expect_overlays=config.classifier.overlays,
-                make_overlay=overlay_maker(config),
-                make_thumbnail=thumbnail_maker(config),
-            )
-        else:
+    if args.repair:
+        # Repair removes files no row names yet: a running bot's import between writing a blob and committing
+        # its row looks exactly like that. The bot's own lock keeps the two apart.
+        try:
+            with DataDirLock(config.data_path):
+                report = _repair(args, config)
+        except DataDirLocked as error:
+            print(f"illustfeed: error: check --repair changes the data dir: {error}", file=sys.stderr)
+            return EXIT_LOCKED
+    else:
+        # Checking alone changes nothing, so it also runs on a read-only data dir and beside a running bot.
+        with open_store(config, read_only=None) as store:
             report = check_store(store, read_data=args.read_data, expect_overlays=config.classifier.overlays)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
         _print_report(report, print)
     return 0 if report.ok else EXIT_DAMAGED
+
+
+def _repair(args: argparse.Namespace, config: Config):
+    with open_store(config, read_only=False) as store:
+        return check_and_repair(
+            store,
+            read_data=args.read_data,
+            expect_overlays=config.classifier.overlays,
+            make_overlay=overlay_maker(config),
+            make_thumbnail=thumbnail_maker(config),
+        )
 
 
 def _print_report(report, say: Callable[[str], None]) -> None:
