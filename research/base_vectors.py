@@ -31,6 +31,7 @@ from research.corpus import shared_dir
 from research.extract import OUT_DIR
 from research.cv15 import VARIANTS
 from research.grid import variant_named
+from research.rich import rich_path, spec_columns
 from research.heads import fit_head
 from research.train_default import CHOSEN_VARIANT
 from research.validate import Dataset, cross_validate
@@ -66,12 +67,41 @@ def choose_validation(labels: list[str], groups: list[str]) -> list[bool]:
     return [group in held for group in groups]
 
 
-def folder_vectors(model, folder: Path, threads: int) -> dict:
+def rich_folder_vectors(model, folder: Path) -> dict | None:
+    """The same data from research.rich's pass over the corpus folder of that name, when it holds the model's
+    spec (its views' product vectors, averaged as `aggregate_views` does): the trunk need not run again."""
+    path = rich_path(folder.name)
+    if not path.is_file():
+        return None
+    columns = spec_columns(model.spec)
+    if columns is None:
+        return None
+    rich = torch.load(path, weights_only=False)
+    by_file = {Path(file).resolve(): index for index, file in enumerate(rich["files"])}
+    starts = [0]
+    for count in rich["view_counts"]:
+        starts.append(starts[-1] + count)
+    views = torch.cat([rich["blocks"][block][:, cols] for block, cols in columns], dim=1).float()
+    items = [item for item in scan_folder(folder) if Path(item.key).resolve() in by_file]
+    rows = [by_file[Path(item.key).resolve()] for item in items]
+    return {
+        "keys": [str(item.key.relative_to(folder)) for item in items],
+        "vectors": torch.stack([views[starts[row] : starts[row + 1]].mean(0) for row in rows]),
+        "labels": [item.label for item in items],
+        "groups": [item.group for item in items],
+        "subgroups": [item.subgroup for item in items],
+    }
+
+
+def folder_vectors(model, folder: Path, threads: int, from_rich: bool = False) -> dict:
     """{"keys", "vectors", "labels", "groups", "subgroups"} of every decodable image in `folder` (cached)."""
     digest = hashlib.sha256(f"{folder.resolve()}|{model.feature_key}".encode()).hexdigest()[:12]
     cache = CACHE_DIR / f"{folder.name}-{digest}.pt"
     if cache.is_file():
         return torch.load(cache, weights_only=True)
+    if from_rich and (data := rich_folder_vectors(model, folder)) is not None:
+        print(f"  {folder.name}: {len(data['keys'])} vectors from {rich_path(folder.name)}", flush=True)
+        return data
     items = scan_folder(folder)
     torch.set_num_threads(threads)
     runner = FeatureRunner(model, precision="fp32")
@@ -111,10 +141,13 @@ def main() -> None:
         help="research.grid variant whose head settings trained the shipped model",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--from-rich", action="store_true", help="take the vectors from research.rich's caches where they hold the spec"
+    )
     args = parser.parse_args()
     weights = shared_dir() / "weights" / "vgg16_features_imagenet.pth"
     model = load_model(args.model, lambda: torch.load(weights, map_location="cpu", weights_only=True))
-    parts = [folder_vectors(model, folder, args.threads) for folder in args.folders]
+    parts = [folder_vectors(model, folder, args.threads, args.from_rich) for folder in args.folders]
     vectors = torch.cat([part["vectors"] for part in parts])
     labels = [label for part in parts for label in part["labels"]]
     groups = [group for part in parts for group in part["groups"]]

@@ -111,7 +111,9 @@ def test_first_retrain_of_a_new_user_does_not_make_the_feed_worse(tmp_path):
     outcome = json.loads(cli("retrain", "--force", "--json").stdout)
     assert outcome["new_labels"] == len(chosen) == 3 * LABELLED_PER_CLASS  # media, not the 22 label rows
     # Trained from what the shipped model knows, validated on every class.
-    assert outcome["previous"] == SHIPPED and outcome["base_images"] > 500
+    # The base set is the shipped model's own training data (dev/ + train/: 2,683 vectors, 350 of them held
+    # out for validation), so the candidate starts from all it knows, anime and fan art included.
+    assert outcome["previous"] == SHIPPED and outcome["base_images"] > 2000
     validated = {
         label: outcome["validation"]["base"][label] + outcome["validation"]["human"][label] for label in LABELS
     }
