@@ -73,12 +73,21 @@ def choose_precision(requested: str, flags: set[str] | None = None) -> str:
     return requested
 
 
+def cpu_has_int8_kernels(flags: set[str] | None = None) -> bool:
+    """fbgemm's int8 convolutions need AVX2; VNNI makes them faster still (and lets activations use 8 bits)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags or cpu_has_vnni(flags)
+
+
 def auto_candidates(flags: set[str] | None = None) -> tuple[str, ...]:
     """What `auto` tries beside fp32 on this CPU. Which is fastest depends on the chip (on one AMX machine int8
-    ran at 11.2 img/s and bf16 at 6-7), so the runner times them rather than trusting the flags."""
+    ran at 11.2 img/s and bf16 at 6-7; on a 2-core AVX2 EPYC without VNNI int8 still ran 1.8x fp32), so the
+    runner times them rather than trusting the flags."""
     flags = cpu_flags() if flags is None else flags
     return tuple(
-        name for name, supported in (("int8", cpu_has_vnni(flags)), ("bf16", cpu_has_native_bf16(flags))) if supported
+        name
+        for name, supported in (("int8", cpu_has_int8_kernels(flags)), ("bf16", cpu_has_native_bf16(flags)))
+        if supported
     )
 
 
