@@ -13,7 +13,8 @@ FeatureExtractor does, so every block can be switched on or off by column slices
 - `gram`: conv2_2's channel Gram matrix (upper triangle, 8,256 values), the classic texture/style feature;
 - `stats`: all six pixel statistics of classifier.features.IMAGE_STATS.
 
-Output: research/out/rich_<corpus>.pt with files, labels, origins, view counts, blocks {name: [views, d] fp16}.
+Output: research/out/rich_<corpus>.pt with files, labels, origins, view counts, blocks {name: [views, d] fp16},
+and research.pool4's wide_<corpus>.pt (the shipped spec's vectors) for research.cv15 / research.train_default.
 
     nice -n 5 python -m research.rich [--corpus dev] [--limit 20]
 """
@@ -31,7 +32,7 @@ from classifier.features import IMAGE_STATS, FeatureSpec, image_views, view_stat
 from classifier.preprocess import load_rgb_frames
 from research.corpus import read_manifest, shared_dir
 from research.extract import OUT_DIR, load_vgg16_trunk
-from research.pool4 import CORPORA, WIDE_SPEC
+from research.pool4 import CORPORA, WIDE_SPEC, wide_path
 
 CONV1_2, CONV2_2, CONV3_3, CONV4_3, CONV5_3 = 3, 8, 15, 22, 29
 BLOCKS = ("wide", "std", "low", "grid", "gram", "stats")
@@ -182,17 +183,41 @@ def cache_corpus(corpus: str, trunk: torch.nn.Sequential, limit: int | None, bat
     )
 
 
+def write_wide(corpus: str) -> Path:
+    """research.pool4's `wide_<corpus>.pt` (the shipped spec's per-view vectors) from this pass, so research.cv15
+    and research.train_default train the shipped model from it without a pool4 pass."""
+    rich = torch.load(rich_path(corpus), weights_only=False)
+    torch.save(
+        {
+            "spec": WIDE_SPEC.to_dict(),
+            "precision": "fp32",
+            "files": rich["files"],
+            "labels": rich["labels"],
+            "origins": rich["origins"],
+            "view_counts": rich["view_counts"],
+            "vectors": rich["blocks"]["wide"].float(),
+            "skipped": rich["skipped"],
+            "seconds": rich["seconds"],
+        },
+        wide_path(corpus),
+    )
+    return wide_path(corpus)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", action="append", choices=CORPORA)
     parser.add_argument("--limit", type=int, help="first N images of each corpus (speed probe)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-views", type=int, default=16)
+    parser.add_argument("--wide-only", action="store_true", help="only (re)write wide_<corpus>.pt from the caches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     trunk = load_vgg16_trunk().to(memory_format=torch.channels_last)
     for corpus in args.corpus or CORPORA:
-        cache_corpus(corpus, trunk, args.limit, args.batch_views)
+        if not args.wide_only:
+            cache_corpus(corpus, trunk, args.limit, args.batch_views)
+        print(f"wrote {write_wide(corpus)}", flush=True)
 
 
 if __name__ == "__main__":
