@@ -8,7 +8,7 @@ import torch
 
 from classifier import LABELS
 from classifier.features import image_views
-from classifier.inference import FeatureRunner
+from classifier.inference import FeatureRunner, cpu_has_native_bf16
 from classifier.model import load_model, read_model_file, save_model
 from classifier.preprocess import load_rgb_frames
 from tests.test_default_model import DEFAULT_MODEL_FILE, VGG16_WEIGHTS, spread_sample
@@ -52,7 +52,10 @@ def test_finetuned_conv5_ships_in_fp16_loads_and_reduced_precisions_agree_with_f
     batches = [image_views(load_rgb_frames(p, max_frames=1)[0], finetuned.spec) for p, _ in sample]
     all_views, counts = torch.cat(batches), [len(views) for views in batches]
     labels = {}
-    for precision in ("fp32", "bf16", "int8"):
+    # bf16 runs only where the CPU has it natively (elsewhere a bf16 request runs fp32, and emulated bf16 would
+    # take minutes here): its agreement is checked on such machines, int8's everywhere fbgemm has kernels.
+    reduced = ("int8", "bf16") if cpu_has_native_bf16() else ("int8",)
+    for precision in ("fp32", *reduced):
         runner = FeatureRunner(finetuned, precision=precision)
         # Batches of 16 views, as classify runs them (int8 calibrates on the first).
         per_view = torch.cat([runner(all_views[i : i + 16]) for i in range(0, len(all_views), 16)])
@@ -60,7 +63,7 @@ def test_finetuned_conv5_ships_in_fp16_loads_and_reduced_precisions_agree_with_f
         # The runner's own check on its first batch did not fall back to fp32: the path under test ran.
         assert runner.precision == precision, (precision, runner.agreement)
         labels[precision] = finetuned.probabilities_from_vectors(vectors).argmax(1)
-    for precision in ("bf16", "int8"):
+    for precision in reduced:
         agreement = float((labels[precision] == labels["fp32"]).float().mean())
         assert agreement >= 0.99, (precision, agreement)
     # The stand-in still sorts dev images far above chance, so the labels compared carry information.
