@@ -29,11 +29,12 @@ def load_model(store: Store, config: Config, version_or_path: str | None = None)
     return load_classifier(store, config, version_or_path)
 
 
-def make_runner(model: ImageClassifier, settings: ClassifierConfig) -> FeatureRunner:
-    """The CPU-tuned feature runner for `model` at the configured precision and thread count."""
+def make_runner(model: ImageClassifier, settings: ClassifierConfig, data_path: Path | None = None) -> FeatureRunner:
+    """The CPU-tuned feature runner for `model` at the configured precision and thread count; with the data dir,
+    `precision = "auto"` remembers there what it measured."""
     from classifier.runtime import make_runner as classifier_runner
 
-    return classifier_runner(model, settings)
+    return classifier_runner(model, settings, data_path)
 
 
 def overlay_renderer(settings: ClassifierConfig) -> OverlayRenderer | None:
@@ -70,7 +71,7 @@ def classify(
     return classify_pending(
         store,
         model,
-        runner=runner or make_runner(model, settings),
+        runner=runner or make_runner(model, settings, config.data_path),
         borderline_confidence=settings.borderline_confidence,
         borderline_margin=settings.borderline_margin,
         batch_size=settings.batch_size,
@@ -107,7 +108,7 @@ class ActiveModel:
         path = self.path(store)
         if self._loaded is None or self._loaded[0] != path:
             model = load_model_file(path, trunk_weights_loader(self.config.classifier, self.config.data_path))
-            self._loaded = (path, model, make_runner(model, self.config.classifier))
+            self._loaded = (path, model, make_runner(model, self.config.classifier, self.config.data_path))
         return self._loaded[1], self._loaded[2]
 
 

@@ -10,6 +10,7 @@ bf16 autocast is used only on CPUs with native bf16 (avx512_bf16 / AMX); emulate
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import queue
@@ -28,6 +29,7 @@ from classifier.model import ImageClassifier
 from classifier.policy import ReviewPolicy
 from classifier.policy import decide as policy_decide
 from classifier.preprocess import load_rgb_frames
+from storage.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,17 @@ def cpu_flags() -> set[str]:
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def _cpu_model_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown cpu"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown cpu"
 
 
 def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
@@ -215,9 +228,18 @@ class FeatureRunner:
     """Pooled feature vectors [N, D] for image batches, on a trunk prepared for this CPU."""
 
     def __init__(
-        self, model: ImageClassifier, *, precision: str = "auto", channels_last: bool = True, freeze: bool = True
+        self,
+        model: ImageClassifier,
+        *,
+        precision: str = "auto",
+        channels_last: bool = True,
+        freeze: bool = True,
+        choice_file: Path | None = None,
     ):
         self.model = model.eval()
+        # `auto` remembers what it measured here (per CPU, torch build, thread count and model features), so a
+        # later process builds and checks only the winner instead of timing every candidate again.
+        self.choice_file = Path(choice_file) if choice_file is not None else None
         self.requested_precision = precision
         self.precision = choose_precision(precision)
         self.candidates = (
@@ -232,7 +254,11 @@ class FeatureRunner:
     def _prepare(self, batch: torch.Tensor) -> None:
         """Build the optimised extractor on the first batch: each candidate precision is built (int8 is
         calibrated on this batch) and kept only if its labels agree with fp32; with several left (`auto`),
-        each is timed on the batch and the fastest wins."""
+        each is timed on the batch and the fastest wins, and is remembered in `choice_file`. With a choice
+        remembered for this machine and model, only that precision is built and checked."""
+        remembered = self._remembered_choice()
+        if remembered is not None:
+            self.candidates = (remembered,) if remembered != "fp32" else ()
         fp32 = self._finish(copy.deepcopy(self.model.extractor).eval(), batch)
         with torch.inference_mode():
             expected = self.model.head(fp32(self._layout(batch))).argmax(1)
@@ -251,19 +277,59 @@ class FeatureRunner:
                     precision,
                     100 * agreements[precision],
                 )
-        if self.requested_precision == "auto" and len(usable) > 1:
+        if remembered is not None:
+            # Still checked against fp32 on this batch above; only the timing is skipped.
+            chosen = remembered if remembered in usable else "fp32"
+            log.info("precision auto: %s, as measured earlier on this machine (%s)", chosen, self.choice_file)
+        elif self.requested_precision == "auto" and len(usable) > 1:
             self.seconds_per_batch = {name: self._time(extractor, batch) for name, extractor in usable.items()}
             chosen = min(self.seconds_per_batch, key=self.seconds_per_batch.get)
             log.info(
                 "precision auto: %s",
                 ", ".join(f"{name} {seconds:.2f} s/batch" for name, seconds in self.seconds_per_batch.items()),
             )
+            self._remember_choice(chosen)
         else:
             chosen = next((name for name in self.candidates if name in usable), "fp32")
         self.precision = chosen
         # fp32 after every candidate was refused: report how close the best one came.
         self.agreement = agreements.get(chosen, max(agreements.values(), default=None))
         self._extractor = usable[chosen]
+
+    def _choice_key(self) -> str:
+        flags = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx")) or "vnni" in flag)
+        return "|".join(
+            [_cpu_model_name(), " ".join(flags), f"torch {torch.__version__}", f"threads {torch.get_num_threads()}"]
+            + [self.model.feature_key]
+        )
+
+    def _remembered_choice(self) -> str | None:
+        """The precision `auto` chose on this machine before, when it is still one this CPU offers."""
+        if self.requested_precision != "auto" or self.choice_file is None:
+            return None
+        try:
+            choices = json.loads(self.choice_file.read_text())
+        except (OSError, ValueError):
+            return None  # none yet, unreadable or damaged: measure again (and write it anew)
+        choice = choices.get(self._choice_key(), {}).get("precision") if isinstance(choices, dict) else None
+        return choice if choice == "fp32" or choice in auto_candidates() else None
+
+    def _remember_choice(self, chosen: str) -> None:
+        if self.choice_file is None:
+            return
+        try:
+            choices = json.loads(self.choice_file.read_text())
+            choices = choices if isinstance(choices, dict) else {}
+        except (OSError, ValueError):
+            choices = {}
+        choices[self._choice_key()] = {
+            "precision": chosen,
+            "seconds_per_batch": {name: round(value, 4) for name, value in self.seconds_per_batch.items()},
+        }
+        try:
+            atomic_write_bytes(self.choice_file, json.dumps(choices, indent=1).encode())
+        except OSError as error:  # a read-only or full data dir: the next process measures again
+            log.info("cannot remember the precision choice in %s: %s", self.choice_file, error)
 
     def _build(self, precision: str, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         if precision == "int8":

@@ -325,7 +325,7 @@ def _human_vectors(
     missing = [item for item in labelled if item.key not in known]
     if missing:
         model = trunk_model()
-        runner = make_runner(model, config.classifier)
+        runner = make_runner(model, config.classifier, config.data_path)
         for cacheable in (True, False):
             part = [item for item in missing if isinstance(item.key, int) == cacheable]
             try:

@@ -53,9 +53,14 @@ def load_classifier(store, config, version_or_path: str | None = None) -> ImageC
     return load_model(path, trunk_weights_loader(config.classifier, config.data_path))
 
 
-def make_runner(model: ImageClassifier, classifier_config) -> FeatureRunner:
+# Where `precision = "auto"` remembers its measured choice, per machine and model (inside the data dir).
+PRECISION_CHOICE_FILE = "precision.json"
+
+
+def make_runner(model: ImageClassifier, classifier_config, data_path: Path | None = None) -> FeatureRunner:
     apply_threads(classifier_config)
-    return FeatureRunner(model, precision=classifier_config.precision)
+    choice_file = Path(data_path) / PRECISION_CHOICE_FILE if data_path is not None else None
+    return FeatureRunner(model, precision=classifier_config.precision, choice_file=choice_file)
 
 
 def base_model(store, config) -> ImageClassifier:
@@ -111,7 +116,7 @@ def train_and_register(
     base = base or base_model(store, config)
     active_row = store.query_one("SELECT * FROM models WHERE active = 1")
     cache = StoreVectorCache(store, base.feature_key) if _keys_are_media_ids(items) else None
-    runner = make_runner(base, config.classifier)
+    runner = make_runner(base, config.classifier, config.data_path)
     result: TrainResult = train_model(
         base,
         items,
@@ -130,7 +135,7 @@ def train_and_register(
             result.validation_items,
             result.validation_vectors,
             base.feature_key,
-            lambda m: make_runner(m, config.classifier),
+            lambda m: make_runner(m, config.classifier, config.data_path),
         )
     decision = compare_for_promotion(result.model.metrics, active_metrics)
     path = register_model(store, result.model)

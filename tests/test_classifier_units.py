@@ -2,6 +2,7 @@
 augmentation, calibration."""
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -228,3 +229,38 @@ def test_reduced_precision_is_checked_against_fp32_before_use():
     assert vectors.dtype == torch.float32 and vectors.shape == (4, model.extractor.dim)
     assert runner.agreement is not None
     assert runner.precision == ("bf16" if runner.agreement >= 0.99 else "fp32")
+
+
+@pytest.mark.slow
+def test_auto_remembers_its_measured_choice_per_machine_and_model(monkeypatch, tmp_path):
+    import classifier.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(inference, "MIN_PRECISION_AGREEMENT", 0.0)  # a random tiny model: labels may differ
+    choice_file = tmp_path / "data" / "precision.json"
+    model = tiny_base_model()
+    batch = torch.randn(8, 3, 64, 64)
+    first = FeatureRunner(model, precision="auto", choice_file=choice_file)
+    first(batch)
+    assert set(first.seconds_per_batch) == {"fp32", "int8"}
+    (entry,) = json.loads(choice_file.read_text()).values()
+    assert entry["precision"] == first.precision and set(entry["seconds_per_batch"]) == {"fp32", "int8"}
+
+    built: list[str] = []
+    build = FeatureRunner._build
+    monkeypatch.setattr(FeatureRunner, "_build", lambda self, name, b: built.append(name) or build(self, name, b))
+    monkeypatch.setattr(FeatureRunner, "_time", lambda *_: pytest.fail("a remembered choice is not timed again"))
+    second = FeatureRunner(model, precision="auto", choice_file=choice_file)
+    vectors = second(batch)
+    assert second.precision == first.precision and vectors.shape[0] == 8
+    assert built == ([first.precision] if first.precision != "fp32" else [])  # the loser is not even built
+
+    # Another model (feature key) or a damaged file: measured again, and the file rewritten.
+    monkeypatch.undo()
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(inference, "MIN_PRECISION_AGREEMENT", 0.0)
+    choice_file.write_text("{not json")
+    third = FeatureRunner(model, precision="auto", choice_file=choice_file)
+    third(batch)
+    assert set(third.seconds_per_batch) == {"fp32", "int8"}
+    assert len(json.loads(choice_file.read_text())) == 1

@@ -116,7 +116,7 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     metrics, scored = evaluate_model(
         model,
         items,
-        runner=app.make_runner(model, config.classifier),
+        runner=app.make_runner(model, config.classifier, config.data_path),
         batch_size=config.classifier.batch_size,
         max_frames=config.classifier.max_frames,
     )
