@@ -15,6 +15,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -227,7 +228,13 @@ def main() -> None:
         ):
             results.append(summary(name + suffix, part, logits, part_fold, targets))
             print(format_summary(results[-1]), flush=True)
-    target = OUT_DIR / ("cv15.json" if not args.corpus or set(args.corpus) == set(CORPORA) else "cv15_trial.json")
+    merge_results(
+        OUT_DIR / ("cv15.json" if not args.corpus or set(args.corpus) == set(CORPORA) else "cv15_trial.json"), results
+    )
+
+
+def merge_results(target: Path, results: list[dict]) -> None:
+    """Add (or replace, by name) these results in a JSON file of earlier ones."""
     existing = json.loads(target.read_text()) if target.is_file() else {}
     existing.update({result["name"]: result for result in results})
     target.write_text(json.dumps(existing))

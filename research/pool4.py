@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -68,61 +70,90 @@ def run_views(trunk: torch.nn.Sequential, views: torch.Tensor, precision: str) -
     return torch.cat(blocks + [statistics], dim=1), pool4.contiguous()
 
 
+@dataclass
+class CorpusPass:
+    """What one pass over a corpus kept, skipped and did (filled in by `view_batches`)."""
+
+    corpus: str
+    kept: list = field(default_factory=list)
+    view_counts: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    done_views: int = 0
+
+    def record(self) -> dict:
+        """The per-image part of a cache file, with the pass's skips and seconds."""
+        return {
+            "files": [str(image.path) for image in self.kept],
+            "labels": [image.label for image in self.kept],
+            "origins": [image.origin for image in self.kept],
+            "view_counts": self.view_counts,
+            "skipped": self.skipped,
+            "seconds": time.monotonic() - self.started,
+        }
+
+    def summary(self, note: str = "") -> str:
+        elapsed = time.monotonic() - self.started
+        views = sum(self.view_counts)
+        return (
+            f"{self.corpus}: {len(self.kept)} images, {views} views in {elapsed:.0f} s "
+            f"({views / elapsed:.2f} views/s{note}); skipped {len(self.skipped)}"
+        )
+
+
+def view_batches(images: list, batch_views: int, progress: CorpusPass) -> Iterator[torch.Tensor]:
+    """Every image's `WIDE_SPEC` views, in image order, as batches of up to `batch_views` views. An image that
+    does not decode is recorded in `progress.skipped` and left out, never fatal."""
+    pending: list[torch.Tensor] = []
+
+    def drain() -> Iterator[torch.Tensor]:
+        batch = torch.cat(pending)
+        pending.clear()
+        for start in range(0, len(batch), batch_views):
+            part = batch[start : start + batch_views]
+            yield part
+            progress.done_views += len(part)
+
+    for number, image in enumerate(images, 1):
+        try:
+            views = image_views(load_rgb_frames(image.path, max_frames=1)[0], WIDE_SPEC)
+        except Exception as error:  # any decoder failure: reported and skipped, never fatal
+            progress.skipped.append((str(image.path), f"{type(error).__name__}: {error}"))
+            continue
+        progress.kept.append(image)
+        progress.view_counts.append(len(views))
+        pending.append(views)
+        if sum(len(v) for v in pending) >= batch_views:
+            yield from drain()
+        if number % 100 == 0:
+            rate = progress.done_views / (time.monotonic() - progress.started)
+            print(
+                f"  {progress.corpus}: {number}/{len(images)} images, {progress.done_views} views, {rate:.2f} views/s",
+                flush=True,
+            )
+    if pending:
+        yield from drain()
+
+
 def cache_corpus(corpus: str, trunk: torch.nn.Sequential, precision: str, limit: int | None, batch_views: int) -> None:
     images = read_manifest(shared_dir() / "corpus" / corpus)[:limit]
-    kept, view_counts, skipped, vectors = [], [], [], []
-    pending: list[torch.Tensor] = []
-    started, done_views = time.monotonic(), 0
+    progress, vectors = CorpusPass(corpus), []
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     with pool4_path(corpus).open("wb") as maps:
-
-        def flush() -> None:
-            nonlocal done_views
-            if not pending:
-                return
-            batch = torch.cat(pending)
-            pending.clear()
-            for start in range(0, len(batch), batch_views):
-                wide, pool4 = run_views(trunk, batch[start : start + batch_views], precision)
-                vectors.append(wide)
-                maps.write(pool4.numpy().tobytes())
-                done_views += len(wide)
-
-        for number, image in enumerate(images, 1):
-            try:
-                views = image_views(load_rgb_frames(image.path, max_frames=1)[0], WIDE_SPEC)
-            except Exception as error:  # any decoder failure: reported and skipped, never fatal
-                skipped.append((str(image.path), f"{type(error).__name__}: {error}"))
-                continue
-            kept.append(image)
-            view_counts.append(len(views))
-            pending.append(views)
-            if sum(len(v) for v in pending) >= batch_views:
-                flush()
-            if number % 100 == 0:
-                rate = done_views / (time.monotonic() - started)
-                print(f"  {corpus}: {number}/{len(images)} images, {done_views} views, {rate:.2f} views/s", flush=True)
-        flush()
-    elapsed = time.monotonic() - started
+        for batch in view_batches(images, batch_views, progress):
+            wide, pool4 = run_views(trunk, batch, precision)
+            vectors.append(wide)
+            maps.write(pool4.numpy().tobytes())
     torch.save(
         {
             "spec": WIDE_SPEC.to_dict(),
             "precision": precision,
-            "files": [str(image.path) for image in kept],
-            "labels": [image.label for image in kept],
-            "origins": [image.origin for image in kept],
-            "view_counts": view_counts,
+            **progress.record(),
             "vectors": torch.cat(vectors).to(torch.float32),
-            "skipped": skipped,
-            "seconds": elapsed,
         },
         wide_path(corpus),
     )
-    print(
-        f"{corpus}: {len(kept)} images, {sum(view_counts)} views in {elapsed:.0f} s "
-        f"({sum(view_counts) / elapsed:.2f} views/s, {precision}); skipped {len(skipped)}",
-        flush=True,
-    )
+    print(progress.summary(f", {precision}"), flush=True)
 
 
 def load_pool4(corpus: str) -> np.ndarray:

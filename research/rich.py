@@ -22,17 +22,15 @@ and research.pool4's wide_<corpus>.pt (the shipped spec's vectors) for research.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from classifier.features import IMAGE_STATS, FeatureSpec, image_views, view_statistics
-from classifier.preprocess import load_rgb_frames
+from classifier.features import IMAGE_STATS, FeatureSpec, view_statistics
 from research.corpus import read_manifest, shared_dir
 from research.extract import OUT_DIR, load_vgg16_trunk
-from research.pool4 import CORPORA, WIDE_SPEC, wide_path
+from research.pool4 import CORPORA, WIDE_SPEC, CorpusPass, view_batches, wide_path
 
 CONV1_2, CONV2_2, CONV3_3, CONV4_3, CONV5_3 = 3, 8, 15, 22, 29
 BLOCKS = ("wide", "std", "low", "grid", "gram", "stats")
@@ -131,56 +129,17 @@ def run_views(trunk: torch.nn.Sequential, views: torch.Tensor) -> dict[str, torc
 
 def cache_corpus(corpus: str, trunk: torch.nn.Sequential, limit: int | None, batch_views: int) -> None:
     images = read_manifest(shared_dir() / "corpus" / corpus)[:limit]
-    kept, view_counts, skipped = [], [], []
+    progress = CorpusPass(corpus)
     blocks: dict[str, list[torch.Tensor]] = {name: [] for name in BLOCKS}
-    pending: list[torch.Tensor] = []
-    started, done_views = time.monotonic(), 0
-
-    def flush() -> None:
-        nonlocal done_views
-        if not pending:
-            return
-        batch = torch.cat(pending)
-        pending.clear()
-        for start in range(0, len(batch), batch_views):
-            for name, values in run_views(trunk, batch[start : start + batch_views]).items():
-                blocks[name].append(values.to(torch.float16))
-            done_views += len(batch[start : start + batch_views])
-
-    for number, image in enumerate(images, 1):
-        try:
-            views = image_views(load_rgb_frames(image.path, max_frames=1)[0], WIDE_SPEC)
-        except Exception as error:  # any decoder failure: reported and skipped, never fatal
-            skipped.append((str(image.path), f"{type(error).__name__}: {error}"))
-            continue
-        kept.append(image)
-        view_counts.append(len(views))
-        pending.append(views)
-        if sum(len(v) for v in pending) >= batch_views:
-            flush()
-        if number % 100 == 0:
-            rate = done_views / (time.monotonic() - started)
-            print(f"  {corpus}: {number}/{len(images)} images, {done_views} views, {rate:.2f} views/s", flush=True)
-    flush()
-    elapsed = time.monotonic() - started
+    for batch in view_batches(images, batch_views, progress):
+        for name, values in run_views(trunk, batch).items():
+            blocks[name].append(values.to(torch.float16))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {
-            "files": [str(image.path) for image in kept],
-            "labels": [image.label for image in kept],
-            "origins": [image.origin for image in kept],
-            "view_counts": view_counts,
-            "blocks": {name: torch.cat(values) for name, values in blocks.items()},
-            "skipped": skipped,
-            "seconds": elapsed,
-        },
+        {**progress.record(), "blocks": {name: torch.cat(values) for name, values in blocks.items()}},
         rich_path(corpus),
     )
-    print(
-        f"{corpus}: {len(kept)} images, {sum(view_counts)} views in {elapsed:.0f} s "
-        f"({sum(view_counts) / elapsed:.2f} views/s); skipped {len(skipped)}",
-        flush=True,
-    )
+    print(progress.summary(), flush=True)
 
 
 def write_wide(corpus: str) -> Path:

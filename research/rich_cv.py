@@ -7,7 +7,6 @@ and feed figures as research.cv15, one row per block combination.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from dataclasses import replace
@@ -17,7 +16,7 @@ import torch
 from classifier import LABELS
 from classifier.features import IMAGE_STATS
 from classifier.policy import PolicyTargets
-from research.cv15 import VARIANTS, Corpus, folds_of, format_summary, head_oof_logits, summary
+from research.cv15 import VARIANTS, Corpus, folds_of, format_summary, head_oof_logits, merge_results, summary
 from research.extract import OUT_DIR
 from research.pool4 import CORPORA
 from research.rich import rich_path
@@ -145,11 +144,7 @@ def main() -> None:
                 name = f"{combo} [{how}] {args.head} l2 {l2:g} ({vectors.shape[1]})"
                 results.append(summary(name, data, logits, fold, PolicyTargets()))
                 print(format_summary(results[-1]) + f"  ({time.monotonic() - started:.0f} s)", flush=True)
-    target = OUT_DIR / "rich_cv.json"
-    existing = json.loads(target.read_text()) if target.is_file() else {}
-    existing.update({result["name"]: result for result in results})
-    target.write_text(json.dumps(existing))
-    print(f"wrote {target}")
+    merge_results(OUT_DIR / "rich_cv.json", results)
 
 
 if __name__ == "__main__":
