@@ -2,8 +2,9 @@
 
 What makes VGG16 fast on a CPU without bf16 support: batches of views (better GEMM shapes), channels-last
 tensors (oneDNN's native layout), a frozen TorchScript graph (conv+ReLU fused, weights prepacked),
-`inference_mode`, decoding overlapped with compute, and, where the CPU has VNNI, an int8 trunk (per-channel
-weights, activations calibrated on real images) whose labels are checked against fp32 before it is used.
+`inference_mode`, decoding overlapped with compute, and, where fbgemm has int8 kernels (AVX2; faster with VNNI),
+an int8 trunk (per-channel weights, activations calibrated on real images) whose labels are checked against
+fp32 before it is used and which `auto` keeps only when it measures faster.
 bf16 autocast is used only on CPUs with native bf16 (avx512_bf16 / AMX); emulated bf16 is slower than fp32.
 """
 
@@ -311,7 +312,8 @@ class FeatureRunner:
             choices = json.loads(self.choice_file.read_text())
         except (OSError, ValueError):
             return None  # none yet, unreadable or damaged: measure again (and write it anew)
-        choice = choices.get(self._choice_key(), {}).get("precision") if isinstance(choices, dict) else None
+        entry = choices.get(self._choice_key()) if isinstance(choices, dict) else None
+        choice = entry.get("precision") if isinstance(entry, dict) else None
         return choice if choice == "fp32" or choice in auto_candidates() else None
 
     def _remember_choice(self, chosen: str) -> None:

@@ -255,12 +255,18 @@ def test_auto_remembers_its_measured_choice_per_machine_and_model(monkeypatch, t
     assert second.precision == first.precision and vectors.shape[0] == 8
     assert built == ([first.precision] if first.precision != "fp32" else [])  # the loser is not even built
 
-    # Another model (feature key) or a damaged file: measured again, and the file rewritten.
+    # A damaged file (not JSON, not an object, an entry that is not one): measured again, and rewritten.
     monkeypatch.undo()
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
     monkeypatch.setattr(inference, "MIN_PRECISION_AGREEMENT", 0.0)
-    choice_file.write_text("{not json")
-    third = FeatureRunner(model, precision="auto", choice_file=choice_file)
-    third(batch)
-    assert set(third.seconds_per_batch) == {"fp32", "int8"}
-    assert len(json.loads(choice_file.read_text())) == 1
+    for damaged in (
+        "{not json",
+        "[1, 2]",
+        json.dumps({third_key: 5 for third_key in json.loads(choice_file.read_text())}),
+    ):
+        choice_file.write_text(damaged)
+        third = FeatureRunner(model, precision="auto", choice_file=choice_file)
+        third(batch)
+        assert set(third.seconds_per_batch) == {"fp32", "int8"}, damaged
+        (entry,) = json.loads(choice_file.read_text()).values()
+        assert entry["precision"] == third.precision
