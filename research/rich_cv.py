@@ -74,8 +74,10 @@ def combo_vectors(blocks: dict, counts: list[int], combo: str, how: str) -> tupl
             tail = [blocks["stats"]]  # replaces flat+noise (both are among the six)
         else:
             conv.append(blocks[name])
-    columns = torch.cat(conv + tail, dim=1)
-    return per_image(columns, counts, how), sum(part.shape[1] for part in tail) * (2 if how != "mean" else 1)
+    # Aggregated apart, so that with `whole+tiles` both views' statistics stay at the end (the head's own L2
+    # for the last `tail` columns must land on them, not on conv columns).
+    statistics = per_image(torch.cat(tail, dim=1), counts, how)
+    return torch.cat([per_image(torch.cat(conv, dim=1), counts, how), statistics], dim=1), statistics.shape[1]
 
 
 def mlp_oof_logits(
