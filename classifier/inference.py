@@ -39,26 +39,24 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MIN_PRECISION_AGREEMENT = 0.99
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The first `field : value` of /proc/cpuinfo (None where there is no such file or field)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
 
 
 def _cpu_model_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown cpu"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown cpu"
+    return _cpuinfo("model name") or "unknown cpu"
 
 
 def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
@@ -308,22 +306,23 @@ class FeatureRunner:
         """The precision `auto` chose on this machine before, when it is still one this CPU offers."""
         if self.requested_precision != "auto" or self.choice_file is None:
             return None
+        entry = self._read_choices().get(self._choice_key())
+        choice = entry.get("precision") if isinstance(entry, dict) else None
+        return choice if choice == "fp32" or choice in auto_candidates() else None
+
+    def _read_choices(self) -> dict:
+        """What the choice file holds; {} when there is none yet or it is unreadable or damaged (then `auto`
+        measures again and writes it anew)."""
         try:
             choices = json.loads(self.choice_file.read_text())
         except (OSError, ValueError):
-            return None  # none yet, unreadable or damaged: measure again (and write it anew)
-        entry = choices.get(self._choice_key()) if isinstance(choices, dict) else None
-        choice = entry.get("precision") if isinstance(entry, dict) else None
-        return choice if choice == "fp32" or choice in auto_candidates() else None
+            return {}
+        return choices if isinstance(choices, dict) else {}
 
     def _remember_choice(self, chosen: str) -> None:
         if self.choice_file is None:
             return
-        try:
-            choices = json.loads(self.choice_file.read_text())
-            choices = choices if isinstance(choices, dict) else {}
-        except (OSError, ValueError):
-            choices = {}
+        choices = self._read_choices()
         choices[self._choice_key()] = {
             "precision": chosen,
             "seconds_per_batch": {name: round(value, 4) for name, value in self.seconds_per_batch.items()},
