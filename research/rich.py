@@ -96,8 +96,8 @@ def run_views(trunk: torch.nn.Sequential, views: torch.Tensor) -> dict[str, torc
     for index in range(CONV5_3 + 1):
         x = trunk[index](x)
         if index in (CONV1_2, CONV2_2, CONV3_3, CONV4_3, CONV5_3):
-            # Copy before the next in-place ReLU changes it (the taps are after their ReLU already).
-            taps[index] = x.float().contiguous()
+            # Each tap is a ReLU's output and a max-pool (not in place) follows it: kept as is, no copy.
+            taps[index] = x
     wide = []
     for layer in (CONV3_3, CONV4_3, CONV5_3):
         tap = taps[layer]
