@@ -10,18 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from bot.config import load_config
 from bot.feed.server import server_url, start_feed_server
-from classifier.features import FeatureSpec
-from classifier.model import SCRATCH_BACKBONE, new_classifier
 from classifier.versions import register_model
-from classifier.vgg import make_features
 from storage import Store
 from storage.errors import EXIT_DAMAGED, EXIT_DISK_FULL
 from tests.storage_faults import fail_nth, inject_sqlite_fault, integrity
 from tests.test_storage_cli import assert_one_blob_per_row, make_inbox, run
+from tests.tiny_model import tiny_classifier
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -36,11 +33,7 @@ def write_config(tmp_path: Path) -> Path:
 
 def register_tiny_model(data_dir: Path) -> str:
     """A reduced-width classifier (untrained head: its calls do not matter here, its overlays do)."""
-    torch.manual_seed(0)
-    trunk = make_features(width=1 / 32)
-    model = new_classifier(trunk, FeatureSpec(framing="multi_view"), backbone=SCRATCH_BACKBONE, backbone_width=1 / 32)
-    model.version = "check-test"
-    model.backbone_delta = {f"features.{name}": tensor for name, tensor in trunk.state_dict().items()}
+    model = tiny_classifier("check-test")
     with Store.open(data_dir) as store:
         register_model(store, model)
     return model.version

@@ -11,19 +11,14 @@ from PIL import Image
 from bot.app import ActiveModelExplainer
 from bot.chat import commands
 from bot.config import parse_config
-from classifier.features import FeatureSpec
-from classifier.model import SCRATCH_BACKBONE, new_classifier, save_model
-from classifier.vgg import make_features
+from classifier.model import SCRATCH_BACKBONE, save_model
 from storage import Store, utc_now
 from tests.chat_store import ingest_images
+from tests.tiny_model import tiny_classifier
 
 
 def saved_model(path, seed: int):
-    torch.manual_seed(seed)
-    trunk = make_features(width=1 / 32)
-    model = new_classifier(trunk, FeatureSpec(framing="multi_view"), backbone=SCRATCH_BACKBONE, backbone_width=1 / 32)
-    model.version = f"chat-{seed}"
-    model.backbone_delta = {f"features.{name}": tensor for name, tensor in trunk.state_dict().items()}
+    model = tiny_classifier(f"chat-{seed}", seed)
     return save_model(model, path)
 
 

@@ -13,13 +13,12 @@ from PIL import Image
 from bot.cli import main
 from bot.cli.explain import explain_to_file
 from classifier import build_vgg16
-from classifier.features import FeatureSpec
-from classifier.model import SCRATCH_BACKBONE, new_classifier, save_model
-from classifier.vgg import make_features
+from classifier.model import save_model
 from explain import METHOD_NAMES, METHODS, method_function
 from explain.overlay import DISPLAY_VIEW_SIDE, VIEW_GAP
 from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.videogen import animation_frames
+from tests.tiny_model import tiny_classifier
 
 
 @pytest.fixture
@@ -33,11 +32,7 @@ def config_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A reduced-width product classifier (trunk, multi-view feature recipe, head) saved as a model version."""
-    torch.manual_seed(0)
-    trunk = make_features(width=1 / 32)
-    model = new_classifier(trunk, FeatureSpec(framing="multi_view"), backbone=SCRATCH_BACKBONE, backbone_width=1 / 32)
-    model.version = "explain-test"
-    model.backbone_delta = {f"features.{name}": tensor for name, tensor in trunk.state_dict().items()}
+    model = tiny_classifier("explain-test")
     return save_model(model, tmp_path / "model.pt")
 
 

@@ -14,15 +14,15 @@ from bot.cli import main
 from bot.config import IngestConfig, VideoConfig
 from bot.ingest.ingest import ingest_source
 from bot.sources.folder import FolderSource
-from classifier.features import FeatureSpec, aggregate_views, image_views
-from classifier.model import SCRATCH_BACKBONE, load_model, new_classifier, save_model
-from classifier.vgg import make_features
+from classifier.features import aggregate_views, image_views
+from classifier.model import load_model, save_model
 from classifier.preprocess import load_rgb_frames
 from classifier.video import sample_frames
 from storage import Store
 from tests import imagegen
 from tests.conftest import SHARED
 from tests.test_explain_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.tiny_model import tiny_classifier
 from tests.videogen import (
     HLS_PLAYLIST,
     animation_frames,
@@ -46,11 +46,7 @@ def write(path: Path, data: bytes) -> Path:
 def model_file(tmp_path: Path) -> Path:
     """A reduced-width product classifier whose head is standardised on real features, so that different
     pictures get visibly different probabilities (a fresh head on a random trunk answers alike for all)."""
-    torch.manual_seed(0)
-    trunk = make_features(width=1 / 32)
-    model = new_classifier(trunk, FeatureSpec(framing="multi_view"), backbone=SCRATCH_BACKBONE, backbone_width=1 / 32)
-    model.version = "video-test"
-    model.backbone_delta = {f"features.{name}": tensor for name, tensor in trunk.state_dict().items()}
+    model = tiny_classifier("video-test")
     with torch.inference_mode():
         vectors = torch.stack(
             [
